@@ -1,0 +1,30 @@
+"""Separable Gaussian blur (the denoising baseline now, the hybrid-image low-pass later)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DfeditError
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise DfeditError(f"blur kernel size must be a positive odd number, got {kernel_size}")
+    if sigma <= 0:
+        raise DfeditError(f"blur sigma must be positive, got {sigma}")
+    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).float()
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Depthwise blur with reflect padding (torchvision's convention), in x's dtype and device."""
+    k = gaussian_kernel1d(kernel_size, sigma).to(device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    pad = kernel_size // 2
+    if pad >= min(x.shape[-2:]):
+        raise DfeditError(f"blur kernel {kernel_size} is too large for a {x.shape[-1]} px image")
+    y = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

@@ -1,0 +1,130 @@
+"""Images in and out: any input file -> model-sized tensor; tensors -> PNGs that say how they were made.
+
+Inputs of any size and mode are handled the same way: EXIF orientation applied, transparency
+composited on white, 16-bit and float images scaled to 8-bit range, grayscale/CMYK/palette converted
+to RGB, then the largest centred square is cropped and resized (Lanczos) to the model's size. Square
+crops never squish a non-square photo; the cost is that the sides of a wide image are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .cache import atomic_write
+from .errors import DfeditError
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if img.mode == "F" and a.max() <= 1.0:
+            hi = 1.0
+        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB."""
+    p = Path(path)
+    if not p.exists():
+        raise DfeditError(f"input image {path} does not exist")
+    if p.is_dir():
+        raise DfeditError(f"input image {path} is a directory, not an image file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise DfeditError(f"{path} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DfeditError(f"{path} could not be decoded (truncated or corrupt: {e})") from None
+
+
+def center_square(img: Image.Image, size: int, resample=Image.Resampling.LANCZOS) -> Image.Image:
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), resample, reducing_gap=None)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL -> (1, 3, H, W) float32 in [-1, 1] (IF's pixel range)."""
+    a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    return pil_to_tensor(center_square(open_image(path), size))
+
+
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images, rounded as diffusers' numpy_to_pil does."""
+    a = (x.detach().float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in a]
+
+
+def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2) -> Image.Image:
+    """Tiles in rows (each tile resized to the largest tile size), with optional captions below."""
+    size = max(max(im.size) for row in rows for im in row)
+    font = ImageFont.load_default()
+    label_h = 14 if labels else 0
+    ncols = max(len(r) for r in rows)
+    W = ncols * size + (ncols + 1) * pad
+    H = len(rows) * (size + label_h) + (len(rows) + 1) * pad
+    canvas = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            x, y = pad + c * (size + pad), pad + r * (size + label_h + pad)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.NEAREST)
+            canvas.paste(im, (x, y))
+            if labels and labels[r][c]:
+                draw.text((x + 2, y + size + 1), labels[r][c], fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def check_output(path: str | os.PathLike, suffix: str = ".png") -> Path:
+    """Fail before any work is done if the output cannot be written."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != suffix:
+        raise DfeditError(f"--out {path} must end in {suffix}")
+    if p.is_dir():
+        raise DfeditError(f"--out {path} is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise DfeditError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise DfeditError(f"cannot write {path}: permission denied")
+    return p
+
+
+def save_png(img: Image.Image, path: str | os.PathLike, meta: dict) -> Path:
+    """Atomic PNG write with every parameter in text chunks (one key each, plus all of it as JSON)."""
+    p = check_output(path)
+    info = PngImagePlugin.PngInfo()
+    for k, v in meta.items():
+        info.add_text(k, v if isinstance(v, str) else json.dumps(v))
+    info.add_text("dfedit", json.dumps(meta, sort_keys=True))
+    try:
+        atomic_write(p, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+    except OSError as e:
+        raise DfeditError(f"cannot write {path}: {e.strerror or e}") from None
+    return p
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    with Image.open(path) as img:
+        return json.loads(img.text["dfedit"])

@@ -1,0 +1,329 @@
+"""Loading DeepFloyd IF from a Hub id or a local diffusers-layout directory.
+
+Each component is loaded on its own (not through IFPipeline) so that T5 is only loaded when a prompt
+is missing from the embedding cache, and is freed before any UNet runs. Hub ids are first resolved to
+a local snapshot holding only the files this run needs (fp16 weights only when running in fp16),
+which also turns the Hub's failure modes (gated, unknown, offline) into one sentence each.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .cache import EmbeddingCache, fingerprint
+from .denoiser import Cond
+from .errors import DfeditError
+from .schedule import NoiseSchedule
+
+DEFAULT_STAGE1 = "DeepFloyd/IF-I-XL-v1.0"
+DEFAULT_STAGE2 = "DeepFloyd/IF-II-L-v1.0"
+# diffusers' IF encode_prompt pads/truncates every prompt to 77 T5 tokens; parity depends on it.
+IF_MAX_TOKENS = 77
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+# ---- devices and dtypes ----------------------------------------------------------------------
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DfeditError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DfeditError("--device cuda was asked for but this torch build sees no CUDA GPU")
+    return dev
+
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # Half precision where it is fast and IF was published for it; CPUs lack fast fp16 kernels.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise DfeditError(f"unknown --dtype {dtype!r}: use auto, float16, bfloat16 or float32")
+    return _DTYPES[dtype]
+
+
+def quiet_hf_logging() -> None:
+    """transformers/diffusers print weight-loading bars and warnings of their own; we show ours."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as hf_logging
+
+    for lib in (df_logging, hf_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- resolving a model argument to a local directory ------------------------------------------
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _weight_patterns(sub: str, fp16: bool) -> list[str]:
+    # Safetensors only (never pickled .bin). With fp16 we fetch only the fp16 variant: IF-I-XL's
+    # fp32 UNet alone is 17 GB. Sharded checkpoints come with an index file.
+    if fp16:
+        return [f"{sub}/*.fp16.safetensors", f"{sub}/*.fp16-*.safetensors", f"{sub}/*.safetensors.index.fp16.json"]
+    return [f"{sub}/*[!6].safetensors", f"{sub}/*.safetensors.index.json"]
+
+
+def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True) -> Path:
+    """A local directory holding `components` (subfolder names) of `model` (Hub id or directory)."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").is_file() and not any((p / c / "config.json").is_file() for c in components):
+            raise DfeditError(f"{model} is not a diffusers model directory (no model_index.json): "
+                              "pass a directory saved with save_pretrained or a Hub id")
+        return p
+    if p.exists():
+        raise DfeditError(f"--model {model} is a file, not a model directory or Hub id")
+    if not _HUB_ID.match(model):
+        raise DfeditError(f"model directory {model} does not exist")
+    return _hub_snapshot(model, components, fp16, weights)
+
+
+def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hfe
+
+    patterns = ["model_index.json"]
+    for c in components:
+        patterns += [f"{c}/*.json", f"{c}/*.model", f"{c}/*.txt"]
+        if weights and c in ("unet", "text_encoder"):
+            patterns += _weight_patterns(c, fp16)
+    try:
+        path = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=_offline()))
+    except hfe.GatedRepoError:
+        raise DfeditError(
+            f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "
+            "then run `hf auth login` (or set HF_TOKEN) on this machine") from None
+    except hfe.RepositoryNotFoundError:
+        raise DfeditError(f"{repo} is not a model on the Hub (or it is private and you are not logged in): "
+                          "check the id or pass a local directory") from None
+    except (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled):
+        raise DfeditError(f"{repo} is not in the local Hub cache and the Hub cannot be reached "
+                          "(HF_HUB_OFFLINE is set or there is no network): download it once online, "
+                          "or pass --model with a local directory") from None
+    except (OSError, ValueError) as e:  # connection errors and other HTTP failures
+        raise DfeditError(f"could not fetch {repo} from the Hub ({type(e).__name__}): check your network "
+                          "or pass a local directory") from None
+    if weights and fp16 and "unet" in components and not list(path.glob("unet/*fp16*.safetensors")):
+        return _hub_snapshot(repo, components, False, weights)  # repo without an fp16 variant
+    return path
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DfeditError(f"{what} is missing ({path}): is this a DeepFloyd IF checkpoint directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DfeditError(f"{what} ({path}) is not valid JSON") from None
+
+
+def has_component(root: Path, name: str) -> bool:
+    index = root / "model_index.json"
+    if index.is_file():
+        entry = read_json(index, "model_index.json").get(name)
+        if not entry or entry[0] is None:
+            return False
+    return (root / name / "config.json").is_file() or (root / name / "tokenizer_config.json").is_file()
+
+
+# ---- the text encoder behind the cache --------------------------------------------------------
+
+class T5PromptEncoder:
+    """Prompt -> (77, D) T5 states, through the on-disk cache; T5 is loaded only on a miss.
+
+    Prompts are preprocessed as diffusers does with clean_caption=False (lower-case, strip). We
+    chose not to run diffusers' caption cleaning (it needs bs4 + ftfy and rewrites URLs, emoji,
+    punctuation): what you type is what T5 sees.
+    """
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, cache_dir=None,
+                 offload: bool = False, quiet: bool = True):
+        self.model, self.device, self.dtype, self.offload, self.quiet = model, device, dtype, offload, quiet
+        self.cache_dir = cache_dir
+        self._root: Path | None = None
+        self._cache: EmbeddingCache | None = None
+
+    def _resolve(self) -> Path:
+        if self._root is None:
+            self._root = resolve(self.model, ["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
+            if not has_component(self._root, "text_encoder"):
+                raise DfeditError(f"{self.model} has no text_encoder: pass --model with the stage I checkpoint "
+                                  "that provides T5 for it")
+        return self._root
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        if self._cache is None:
+            root = self._resolve()
+            parts: list[bytes | str] = [str(self.dtype)]
+            if Path(self.model).expanduser().is_dir():
+                parts.append(str(root.resolve()))
+            else:
+                parts.append(self.model)
+            for sub in ("text_encoder", "tokenizer"):
+                for f in sorted((root / sub).glob("*")):
+                    if f.suffix in (".json", ".model", ".txt"):
+                        parts += [f.name, f.read_bytes()]
+                    elif f.is_file():
+                        st = f.stat()
+                        parts += [f.name, f"{st.st_size}:{st.st_mtime_ns}"]
+            self._cache = EmbeddingCache("t5-" + fingerprint(parts), self.cache_dir)
+        return self._cache
+
+    @staticmethod
+    def preprocess(prompt: str) -> str:
+        return prompt.lower().strip()
+
+    def encode(self, prompts: list[str]) -> Cond:
+        texts = [self.preprocess(p) for p in prompts]
+        found = {t: self.cache.get(t) for t in dict.fromkeys(texts)}
+        missing = [t for t, v in found.items() if v is None]
+        if missing:
+            for t, emb in zip(missing, self._run_t5(missing)):
+                self.cache.put(t, {"text": emb})
+                found[t] = {"text": emb}
+        text = torch.stack([found[t]["text"] for t in texts])
+        return Cond(text=text)
+
+    def _run_t5(self, texts: list[str]) -> list[torch.Tensor]:
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        from .progress import progress_bar
+
+        root = self._resolve()
+        quiet_hf_logging()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+            variant = "fp16" if self.dtype == torch.float16 and list((root / "text_encoder").glob("*fp16*")) else None
+            t5 = T5EncoderModel.from_pretrained(root / "text_encoder", dtype=self.dtype, variant=variant,
+                                                use_safetensors=True)
+        except DfeditError:
+            raise
+        except (OSError, ValueError) as e:
+            raise DfeditError(f"could not load the T5 text encoder from {root}: {str(e).splitlines()[0]}") from None
+        t5.eval()
+        if self.offload and self.device.type != "cpu":
+            from accelerate import cpu_offload
+            cpu_offload(t5, execution_device=self.device)
+        else:
+            t5.to(self.device)
+        out = []
+        # One prompt per forward: an entry must not depend on which prompts it was batched with.
+        with torch.inference_mode(), progress_bar(len(texts), "T5 prompts", not self.quiet) as bar:
+            for t in texts:
+                tok = tokenizer(t, padding="max_length", max_length=IF_MAX_TOKENS, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+                states = t5(tok.input_ids.to(self.device), attention_mask=tok.attention_mask.to(self.device))[0]
+                out.append(states[0].to("cpu"))
+                bar.advance()
+        del t5
+        free_memory()  # T5-XXL must be gone before a UNet is moved to the GPU
+        return out
+
+
+# ---- IF UNets as denoisers --------------------------------------------------------------------
+
+class IFDenoiser:
+    """IF stage I (x_t) or stage II (cat[x_t, noised upsampled low-res], class label = noise level)."""
+
+    def __init__(self, unet, schedule: NoiseSchedule, name: str, prompt_encoder: T5PromptEncoder,
+                 device: torch.device, dtype: torch.dtype, noising_schedule: NoiseSchedule | None = None):
+        cfg = unet.config
+        self.unet, self.schedule, self.name = unet, schedule, name
+        self.prompt_encoder, self.device, self.dtype = prompt_encoder, device, dtype
+        self.sample_size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        self.is_upscaler = cfg.class_embed_type == "timestep" or noising_schedule is not None
+        self.channels = int(cfg.in_channels // 2 if self.is_upscaler else cfg.in_channels)
+        self.learned_variance = int(cfg.out_channels) == 2 * self.channels
+        self.noising_schedule = noising_schedule
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, t: int, cond: Cond):
+        inp = x if cond.image is None else torch.cat([x, cond.image], dim=1)
+        out = self.unet(inp, t, encoder_hidden_states=cond.text, class_labels=cond.noise_level,
+                        return_dict=False)[0]
+        if self.learned_variance:
+            eps, var = out.split(self.channels, dim=1)
+        else:
+            eps, var = out, None
+        return self.schedule.model_output_to_eps(eps, x, t), var
+
+    def release(self) -> None:
+        """Drop the UNet's weights (the CLI frees stage I before stage II)."""
+        self.unet = None
+        free_memory()
+
+
+def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encoder_model: str | None = None,
+            offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False) -> IFDenoiser:
+    """Stage I (upscaler=False) or stage II from a Hub id or a local directory.
+
+    `text_encoder_model` names where T5 comes from when `model` has none (IF-II ships without T5 in
+    some layouts; it shares stage I's encoder and so its cached embeddings).
+    """
+    from diffusers import UNet2DConditionModel
+
+    fp16 = dtype == torch.float16
+    comps = ["unet", "scheduler"] + (["image_noising_scheduler"] if upscaler else [])
+    root = resolve(model, comps, fp16=fp16)
+    unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
+    if upscaler != (unet_cfg.get("class_embed_type") == "timestep"):
+        want = "a stage II (super-resolution)" if upscaler else "a stage I"
+        raise DfeditError(f"{model} is not {want} IF checkpoint (its UNet config says otherwise)")
+    sched_cfg = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
+    schedule = NoiseSchedule.from_config(sched_cfg)
+    noising = None
+    if upscaler:
+        ncfg_path = root / "image_noising_scheduler" / "scheduler_config.json"
+        noising = NoiseSchedule.from_config(read_json(ncfg_path, "image_noising_scheduler/scheduler_config.json"))
+    quiet_hf_logging()
+    variant = "fp16" if fp16 and list((root / "unet").glob("*fp16*.safetensors")) else None
+    try:
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", dtype=dtype, variant=variant,
+                                                    use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise DfeditError(f"could not load the UNet from {root}/unet: {str(e).splitlines()[0]}") from None
+    unet.eval().requires_grad_(False)
+    if offload and device.type != "cpu":
+        from accelerate import cpu_offload
+        cpu_offload(unet, execution_device=device)
+    else:
+        unet.to(device)
+    te_model = model if has_component(root, "text_encoder") else (text_encoder_model or model)
+    encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet)
+    return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
+
+
+def load_configs(model: str) -> tuple[dict, NoiseSchedule]:
+    """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet."""
+    root = resolve(model, ["unet", "scheduler"], weights=False)
+    unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
+    sched = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
+    return unet_cfg, NoiseSchedule.from_config(sched)

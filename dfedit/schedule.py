@@ -1,0 +1,229 @@
+"""Noise schedule and the math of one strided step.
+
+Everything the loop needs to know about a model's diffusion process lives in `NoiseSchedule`,
+built from a diffusers DDPMScheduler config dict (IF ships one; the emoji trainer writes one).
+The step formulas follow DDPMScheduler.step term by term and in the same float32 operation order,
+because the project promises bit-for-bit parity with diffusers on CPU: reordering a product or
+computing a coefficient in float64 changes the last bit and the parity tests would catch it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import DfeditError
+
+VARIANCE_TYPES = ("learned_range", "fixed_small", "fixed_small_log", "fixed_large")
+
+
+def _alpha_bar_cosine(t: float) -> float:
+    # Nichol & Dhariwal's squared cosine, with the 0.008 offset that keeps beta_0 from being tiny.
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def make_betas(beta_schedule: str, num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Betas as float32, computed exactly as diffusers does (tested against DDPMScheduler)."""
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        betas = [min(1 - _alpha_bar_cosine((i + 1) / T) / _alpha_bar_cosine(i / T), 0.999) for i in range(T)]
+        return torch.tensor(betas, dtype=torch.float32)
+    if beta_schedule == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
+    raise DfeditError(f"unsupported beta_schedule {beta_schedule!r} in the scheduler config")
+
+
+@dataclass
+class NoiseSchedule:
+    """abar table plus the sampling options a scheduler config carries."""
+
+    alphas_cumprod: torch.Tensor  # float32, length T, on CPU
+    variance_type: str = "fixed_small"
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @classmethod
+    def from_config(cls, config: dict) -> "NoiseSchedule":
+        T = int(config.get("num_train_timesteps", 1000))
+        if config.get("trained_betas") is not None:
+            betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
+        else:
+            betas = make_betas(
+                config.get("beta_schedule", "linear"),
+                T,
+                float(config.get("beta_start", 0.0001)),
+                float(config.get("beta_end", 0.02)),
+            )
+        variance_type = config.get("variance_type", "fixed_small")
+        if variance_type not in VARIANCE_TYPES:
+            raise DfeditError(f"unsupported variance_type {variance_type!r} in the scheduler config")
+        prediction_type = config.get("prediction_type", "epsilon")
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise DfeditError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
+        return cls(
+            alphas_cumprod=torch.cumprod(1.0 - betas, dim=0),
+            variance_type=variance_type,
+            prediction_type=prediction_type,
+            thresholding=bool(config.get("thresholding", False)),
+            dynamic_thresholding_ratio=float(config.get("dynamic_thresholding_ratio", 0.995)),
+            sample_max_value=float(config.get("sample_max_value", 1.0)),
+            clip_sample=bool(config.get("clip_sample", True)),
+            clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+            config=dict(config),
+        )
+
+    # ---- timesteps -------------------------------------------------------------------------
+    def strided_timesteps(self, stride: int = 30, start: int | None = None) -> list[int]:
+        """`range(start, -1, -stride)`: the course's 990, 960, ..., 0 for stride 30.
+
+        `start` defaults to the largest multiple of `stride` below T, which is 990 for the default
+        stride 30 (and for 10, matching diffusers' 100-step list), so the list always ends at t = 0.
+        """
+        T = self.num_train_timesteps
+        if not 1 <= stride < T:
+            raise DfeditError(f"--stride must be between 1 and {T - 1}, got {stride}")
+        if start is None:
+            start = ((T - 1) // stride) * stride
+        if not 0 <= start < T:
+            raise DfeditError(f"the first timestep must be between 0 and {T - 1}, got {start}")
+        return list(range(start, -1, -stride))
+
+    def leading_timesteps(self, num_steps: int) -> list[int]:
+        """diffusers' default "leading" spacing for `num_steps` (IFSuperResolutionPipeline's 50 -> 980..0)."""
+        T = self.num_train_timesteps
+        if not 1 <= num_steps <= T:
+            raise DfeditError(f"the number of steps must be between 1 and {T}, got {num_steps}")
+        ratio = T // num_steps
+        return [i * ratio for i in range(num_steps)][::-1]
+
+    def check_t(self, t: int, what: str = "--t") -> int:
+        T = self.num_train_timesteps
+        if not 0 <= int(t) < T:
+            raise DfeditError(f"{what} must be between 0 and {T - 1}, got {t}")
+        return int(t)
+
+    # ---- forward process -------------------------------------------------------------------
+    def abar(self, t: int) -> torch.Tensor:
+        """abar[t] as a float32 0-d tensor; t = -1 means the clean end of the chain (abar = 1)."""
+        return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, per sample if t is a tensor of timesteps.
+
+        Same operation order as DDPMScheduler.add_noise (abar cast to the sample dtype first) so the
+        stage II conditioning image is noised bit-identically.
+        """
+        ac = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)
+        t = torch.as_tensor(t, device=x0.device).reshape(-1)
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        sqrt_a = (ac[t] ** 0.5).flatten().reshape(shape)
+        sqrt_1ma = ((1 - ac[t]) ** 0.5).flatten().reshape(shape)
+        return sqrt_a * x0 + sqrt_1ma * noise
+
+    def eps_to_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        """One-step denoising: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        a_t = self.abar(t)
+        return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+
+    def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """Turn a v- or x0-predicting model's output into the noise estimate the loop works with."""
+        if self.prediction_type == "epsilon":
+            return out
+        a_t = self.abar(t)
+        if self.prediction_type == "v_prediction":
+            return a_t**0.5 * out + (1 - a_t) ** 0.5 * x_t
+        return (x_t - a_t**0.5 * out) / (1 - a_t) ** 0.5  # "sample"
+
+    # ---- the reverse step ------------------------------------------------------------------
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Imagen's dynamic thresholding (per sample, in float32) or plain clipping, as configured."""
+        if self.thresholding:
+            dtype = x0.dtype
+            b, c, *rest = x0.shape
+            flat = x0.float().reshape(b, c * math.prod(rest))
+            s = torch.quantile(flat.abs(), self.dynamic_thresholding_ratio, dim=1)
+            s = torch.clamp(s, min=1, max=self.sample_max_value).unsqueeze(1)
+            return (torch.clamp(flat, -s, s) / s).reshape(b, c, *rest).to(dtype)
+        if self.clip_sample:
+            return x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return x0
+
+    def step_coefficients(self, t: int, t_prev: int) -> "StepCoefficients":
+        a_t, a_p = self.abar(t), self.abar(t_prev)
+        beta_prod_t = 1 - a_t
+        beta_prod_p = 1 - a_p
+        alpha = a_t / a_p
+        beta = 1 - alpha
+        beta_tilde = torch.clamp((1 - a_p) / (1 - a_t) * beta, min=1e-20)
+        return StepCoefficients(
+            t=t,
+            t_prev=t_prev,
+            sqrt_one_minus_abar=beta_prod_t**0.5,
+            sqrt_abar=a_t**0.5,
+            c_x0=(a_p**0.5 * beta) / beta_prod_t,
+            c_xt=alpha**0.5 * beta_prod_p / beta_prod_t,
+            log_beta=torch.log(beta),
+            log_beta_tilde=torch.log(beta_tilde),
+            beta=beta,
+            beta_tilde=beta_tilde,
+        )
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        eps: torch.Tensor,
+        var: torch.Tensor | None,
+        c: "StepCoefficients",
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t -> (x_{t'}, x0_hat) for a strided pair (t, t'); `noise` is None when t == 0."""
+        x0 = (x_t - c.sqrt_one_minus_abar * eps) / c.sqrt_abar
+        x0 = self.threshold(x0)
+        x_prev = c.c_x0 * x0 + c.c_xt * x_t
+        if noise is not None:
+            x_prev = x_prev + self.noise_std(var, c) * noise
+        return x_prev, x0
+
+    def noise_std(self, var: torch.Tensor | None, c: "StepCoefficients") -> torch.Tensor:
+        vt = self.variance_type
+        if vt == "learned_range":
+            if var is None:
+                raise DfeditError("this scheduler expects a learned variance but the model returned none")
+            frac = (var + 1) / 2
+            return torch.exp(0.5 * (frac * c.log_beta + (1 - frac) * c.log_beta_tilde))
+        if vt == "fixed_small":
+            return c.beta_tilde**0.5
+        if vt == "fixed_small_log":
+            return torch.exp(0.5 * c.log_beta_tilde)
+        return c.beta**0.5  # fixed_large
+
+
+@dataclass
+class StepCoefficients:
+    """Float32 0-d tensors for one (t, t') pair, computed once before the loop runs."""
+
+    t: int
+    t_prev: int
+    sqrt_one_minus_abar: torch.Tensor
+    sqrt_abar: torch.Tensor
+    c_x0: torch.Tensor
+    c_xt: torch.Tensor
+    log_beta: torch.Tensor
+    log_beta_tilde: torch.Tensor
+    beta: torch.Tensor
+    beta_tilde: torch.Tensor

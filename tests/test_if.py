@@ -1,0 +1,183 @@
+"""IF stage I/II through the project's own loading code: exact parity with diffusers' pipelines,
+real full-size configs on the meta device, the prompt cache, and loading errors."""
+
+import pytest
+import torch
+from diffusers import IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
+
+from dfedit import DFEdit, DfeditError
+from real_if_configs import IF_I_XL_UNET, IF_II_L_UNET
+
+PROMPT = "an oil painting of a snowy mountain village"
+COURSE_TS = list(range(990, -1, -30))
+STAGE2_TS = list(range(980, -1, -20))
+
+
+def _pipes(p1, p2):
+    kw = dict(safety_checker=None, watermarker=None, feature_extractor=None, requires_safety_checker=False)
+    s1, s2 = IFPipeline.from_pretrained(p1, **kw), IFSuperResolutionPipeline.from_pretrained(p2, **kw)
+    s1.set_progress_bar_config(disable=True)
+    s2.set_progress_bar_config(disable=True)
+    return s1, s2
+
+
+def _api(p1, p2):
+    return DFEdit(model=str(p1), stage2=str(p2), device="cpu", quiet=True)
+
+
+def test_sample_equals_ifpipeline_bit_for_bit(tiny_models):
+    p1, p2 = tiny_models
+    s1, _ = _pipes(p1, p2)
+    g = torch.Generator("cpu").manual_seed(777)
+    ref = s1(PROMPT, timesteps=COURSE_TS, guidance_scale=7.0, generator=g, clean_caption=False,
+             output_type="pt", num_images_per_prompt=2).images
+    ours = _api(p1, p2).sample(PROMPT, seed=777, cfg=7.0, stride=30, num_samples=2, upscale=False)
+    assert ours.images.shape == ref.shape == (2, 3, 16, 16)
+    assert torch.equal(ours.images, ref)
+    other = _api(p1, p2).sample(PROMPT, seed=778, cfg=7.0, num_samples=2, upscale=False)
+    assert not torch.equal(other.images, ref)
+
+
+def test_stage2_equals_superresolution_pipeline_bit_for_bit(tiny_models):
+    """Both stages share one generator, as in diffusers' IF example; stage II at its default 50 steps."""
+    p1, p2 = tiny_models
+    s1, s2 = _pipes(p1, p2)
+    g = torch.Generator("cpu").manual_seed(5)
+    low = s1(PROMPT, timesteps=COURSE_TS, guidance_scale=7.0, generator=g, clean_caption=False,
+             output_type="pt").images
+    ref = s2(image=low, prompt=PROMPT, timesteps=STAGE2_TS, guidance_scale=4.0, noise_level=250, generator=g,
+             clean_caption=False, output_type="pt").images
+    ours = _api(p1, p2).sample(PROMPT, seed=5, cfg=7.0, upscale=True, stage2_steps=50, stage2_cfg=4.0,
+                               noise_level=250)
+    assert torch.equal(ours.stage1, low)
+    assert ours.images.shape == ref.shape == (1, 3, 32, 32)
+    assert torch.equal(ours.images, ref)
+
+
+def test_stage2_noise_level_matters(tiny_models):
+    p1, p2 = tiny_models
+    low = torch.zeros(1, 3, 16, 16)
+    api = _api(p1, p2)
+    a = api.upscale(low, PROMPT, generator=torch.Generator().manual_seed(0), steps=5, noise_level=250)
+    b = api.upscale(low, PROMPT, generator=torch.Generator().manual_seed(0), steps=5, noise_level=100)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cfg_dict,params,size,channels", [(IF_I_XL_UNET, 4.305e9, 64, 3),
+                                                          (IF_II_L_UNET, 1.243e9, 256, 3)])
+def test_real_if_configs_build_on_meta_device(cfg_dict, params, size, channels, if_schedule):
+    """Full-size IF UNets from their real configs: sizes come from the config, not constants."""
+    from dfedit.models import IFDenoiser
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg_dict)
+    assert abs(sum(p.numel() for p in unet.parameters()) - params) / params < 1e-3
+    upscaler = cfg_dict["class_embed_type"] == "timestep"
+    den = IFDenoiser(unet, if_schedule, "real", None, torch.device("meta"), torch.float16,
+                     noising_schedule=if_schedule if upscaler else None)
+    assert (den.sample_size, den.channels, den.learned_variance, den.is_upscaler) == (size, channels, True, upscaler)
+    x = torch.zeros(2, 3, size // 8, size // 8, device="meta")  # a meta forward: shapes only
+    from dfedit.denoiser import Cond
+    cond = Cond(text=torch.zeros(2, 77, 4096, device="meta"))
+    if upscaler:
+        cond = cond.with_image(torch.zeros_like(x), torch.tensor([250, 250], device="meta"))
+    eps, var = den(x, 500, cond)
+    assert eps.shape == var.shape == x.shape
+
+
+# ---- the prompt embedding cache ------------------------------------------------------------------
+
+def _count_t5_loads(monkeypatch):
+    from transformers import T5EncoderModel
+    loads = []
+    real = T5EncoderModel.from_pretrained.__func__
+
+    def counting(cls, *a, **k):
+        loads.append(a[0] if a else k)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(T5EncoderModel, "from_pretrained", classmethod(counting))
+    return loads
+
+
+def test_cache_loads_t5_only_for_new_prompts(tiny_models, monkeypatch):
+    p1, p2 = tiny_models
+    loads = _count_t5_loads(monkeypatch)
+    api = _api(p1, p2)
+    api.embed(["a dog", "a cat", ""])
+    assert len(loads) == 1  # one load for all three prompts
+    first = api.sample("a dog", seed=1, upscale=False, stride=90)
+    assert len(loads) == 1  # prompt and "" were cached
+    again = _api(p1, p2).sample("A Dog ", seed=1, upscale=False, stride=90)  # same after lower/strip
+    assert len(loads) == 1 and torch.equal(first.images, again.images)
+    _api(p1, p2).sample("a horse", seed=1, upscale=False, stride=90)
+    assert len(loads) == 2
+
+
+def test_cached_embedding_equals_fresh_t5_output(tiny_models):
+    from transformers import AutoTokenizer, T5EncoderModel
+    p1, _ = tiny_models
+    api = _api(p1, p1)
+    enc = api._text_encoder()
+    cached = enc.encode(["a photo of a dog"]).text
+    tok = AutoTokenizer.from_pretrained(p1 / "tokenizer")
+    t5 = T5EncoderModel.from_pretrained(p1 / "text_encoder")
+    ids = tok("a photo of a dog", padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        fresh = t5(ids.input_ids, attention_mask=ids.attention_mask)[0]
+    assert cached.shape == (1, 77, 32) and torch.equal(cached, fresh)
+
+
+# ---- loading errors ------------------------------------------------------------------------------
+
+def test_missing_model_directory_is_one_sentence(tmp_path):
+    with pytest.raises(DfeditError, match="does not exist"):
+        DFEdit(model=str(tmp_path / "nope"), device="cpu").stage1()
+    with pytest.raises(DfeditError, match="not a diffusers model directory"):
+        DFEdit(model=str(tmp_path), device="cpu").stage1()
+
+
+def test_stage_mixup_is_reported(tiny_models):
+    p1, p2 = tiny_models
+    with pytest.raises(DfeditError, match="not a stage I"):
+        DFEdit(model=str(p2), device="cpu").stage1()
+    with pytest.raises(DfeditError, match="not a stage II"):
+        DFEdit(model=str(p1), stage2=str(p1), device="cpu").stage2()
+
+
+@pytest.mark.parametrize("exc,message", [("GatedRepoError", "gated: accept its licence"),
+                                         ("RepositoryNotFoundError", "not a model on the Hub"),
+                                         ("LocalEntryNotFoundError", "not in the local Hub cache")])
+def test_hub_failures_become_one_sentence(exc, message, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import errors as hfe
+
+    def fail(*a, **k):
+        cls = getattr(hfe, exc)
+        if exc == "LocalEntryNotFoundError":
+            raise cls("offline")
+        import requests
+        raise cls("denied", response=requests.Response()) if "Repo" in exc else cls("x")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    with pytest.raises(DfeditError, match=message) as e:
+        DFEdit(model="DeepFloyd/IF-I-XL-v1.0", device="cpu").stage1()
+    assert "\n" not in str(e.value)
+
+
+def test_hub_id_is_resolved_offline_to_the_local_snapshot(tiny_models, monkeypatch):
+    """A Hub id goes through snapshot_download with only the needed files and local_files_only under
+    HF_HUB_OFFLINE; its answer (a local snapshot dir) is then loaded like any directory."""
+    import huggingface_hub
+    p1, p2 = tiny_models
+    seen = {}
+
+    def fake(repo, allow_patterns, local_files_only):
+        seen.update(repo=repo, patterns=allow_patterns, offline=local_files_only)
+        return str(p1)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    den = DFEdit(model="DeepFloyd/IF-I-XL-v1.0", device="cpu", quiet=True).stage1()
+    assert den.sample_size == 16 and seen["offline"] is True and seen["repo"] == "DeepFloyd/IF-I-XL-v1.0"
+    assert "unet/*.safetensors.index.json" in seen["patterns"]
+    assert not any(p.endswith(".bin") for p in seen["patterns"])
