@@ -285,8 +285,7 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
             offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False) -> IFDenoiser:
     """Stage I (upscaler=False) or stage II from a Hub id or a local directory.
 
-    `text_encoder_model` names where T5 comes from when `model` has none (IF-II ships without T5 in
-    some layouts; it shares stage I's encoder and so its cached embeddings).
+    `text_encoder_model` names where T5 comes from (stage II gets stage I's, see below).
     """
     from diffusers import UNet2DConditionModel
 
@@ -316,7 +315,9 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
         cpu_offload(unet, execution_device=device)
     else:
         unet.to(device)
-    te_model = model if has_component(root, "text_encoder") else (text_encoder_model or model)
+    # All IF stages use the same T5-XXL: prefer the one named by the caller (stage I's), so both
+    # stages share cache entries and IF-II's copy of T5 is never downloaded or loaded.
+    te_model = text_encoder_model or model
     encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet)
     return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
 

@@ -5,27 +5,33 @@
     result = df.sample("an oil painting of a snowy village", seed=777)
     result.pil()[0].save("village.png")
 
-The data path is: prompts -> encode (cached) -> start state + timesteps + eps_fn -> denoise_loop ->
-optional stage II (same loop, upscaler denoiser) -> images. Models load lazily; with
-keep_loaded=False (what the CLI uses) each one is freed as soon as its stage is done, so T5, stage I
+Every generating command is an `Edit`: which prompts it encodes, how it builds its start state,
+its noise-estimate function and its per-step hook for a given denoiser. `DFEdit.generate` runs an
+Edit through stage I and, optionally, the same Edit through stage II (views, frequency splits and
+the inpainting projection are rebuilt at the upscaler's size). Models load lazily; with
+keep_loaded=False (what the CLI uses) each is freed as soon as its stage is done, so T5, stage I
 and stage II never share the GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .denoiser import Cond, Denoiser
+from . import edits
+from .denoiser import Cond, Denoiser, EpsFn
 from .errors import DfeditError
 from .filters import gaussian_blur
-from .images import to_pil
+from .images import center_square, open_image, pil_to_tensor, to_pil
 from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, load_if, pick_device, pick_dtype
 from .progress import progress_bar
-from .sampler import StepCallback, cfg as cfg_fn, denoise_loop, randn
+from .sampler import StepCallback, StepHook, cfg as cfg_fn, denoise_loop, randn
+from .views import VIEWS, make_view
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -33,11 +39,56 @@ def make_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
+def image_at(image, size: int) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1] from a path, a PIL image or a tensor in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        x = image if image.ndim == 4 else image.unsqueeze(0)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x.float(), (size, size), mode="bicubic", antialias=True, align_corners=False)
+        return x.float().clamp(-1, 1)
+    img = image if isinstance(image, Image.Image) else open_image(image)
+    return pil_to_tensor(center_square(img.convert("RGB"), size))
+
+
+def mask_at(mask, size: int, invert: bool = False) -> torch.Tensor:
+    """(1, 1, size, size) of {0, 1}: 1 (white) = regenerate, 0 (black) = keep. Nearest resize, so
+    the mask stays binary; centre-cropped like the image so the two line up."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.float().reshape(1, 1, *mask.shape[-2:])
+        m = F.interpolate(m, (size, size), mode="nearest")
+        m = (m > 0.5).float()
+    else:
+        img = mask if isinstance(mask, Image.Image) else open_image(mask)
+        img = center_square(img.convert("L"), size, resample=Image.Resampling.NEAREST)
+        m = (torch.from_numpy(np.asarray(img).copy()).float() > 127).float()[None, None]
+    return 1 - m if invert else m
+
+
+@dataclass
+class Edit:
+    """What an edit contributes to the one loop. Each builder receives the denoiser of the stage
+    it runs in (stage I, or stage II when upscaling), so sizes always come from that model."""
+
+    name: str
+    prompts: list[str]
+    # (denoiser, per-prompt conds, uncond, scale) -> eps_fn; default: CFG on the first prompt
+    eps: Callable[[Denoiser, list[Cond], Cond, float], EpsFn] = (
+        lambda den, conds, uncond, scale: cfg_fn(den, conds[0], uncond, scale))
+    # stage I start state: (denoiser, timesteps, generator, n) -> (x, timesteps); None = pure noise
+    start: Callable | None = None
+    # per-step hook factory (denoiser, generator) -> hook, applied in both stages (inpainting)
+    hook: Callable[[Denoiser, torch.Generator], StepHook] | None = None
+    # timestep list transform (RePaint's resampling), both stages
+    schedule: Callable[[list[int]], list[int]] | None = None
+    meta: dict = field(default_factory=dict)
+
+
 @dataclass
 class Result:
     images: torch.Tensor  # final images in [-1, 1], (N, 3, H, W)
     stage1: torch.Tensor  # stage I output (equal to images without stage II)
     meta: dict = field(default_factory=dict)
+    frames: list[torch.Tensor] = field(default_factory=list)  # x0 estimates, when recorded
 
     def pil(self) -> list[Image.Image]:
         return to_pil(self.images)
@@ -63,7 +114,8 @@ class DFEdit:
 
     def stage2(self) -> Denoiser:
         if self._s2 is None:
-            self._s2 = load_if(self.stage2_model, self.device, self.dtype, text_encoder_model=self.model,
+            te = None if _emoji_backend(self.model) is not None else self.model
+            self._s2 = load_if(self.stage2_model, self.device, self.dtype, text_encoder_model=te,
                                offload=self.offload, cache_dir=self.cache_dir, quiet=self.quiet, upscaler=True)
         return self._s2
 
@@ -71,9 +123,6 @@ class DFEdit:
         if not self.keep_loaded:
             setattr(self, which, None)
             free_memory()
-
-    def encode(self, denoiser: Denoiser, prompts: list[str]) -> Cond:
-        return denoiser.prompt_encoder.encode(prompts).to(denoiser.device, denoiser.dtype)
 
     def embed(self, prompts: list[str]) -> None:
         """Fill the embedding cache (no UNet weights are loaded for this)."""
@@ -89,61 +138,158 @@ class DFEdit:
         return T5PromptEncoder(self.model, self.device, self.dtype, cache_dir=self.cache_dir,
                                offload=self.offload, quiet=self.quiet)
 
-    # ---- the building blocks every edit shares ------------------------------------------------
-    def guided(self, denoiser: Denoiser, prompt: str, scale: float, n: int, negative: str = ""):
-        # One encode call for both, so a cold cache loads T5 once, not twice.
-        both = self.encode(denoiser, [prompt, negative])
-        return both[0:1].repeat_interleave(n), both[1:2].repeat_interleave(n)
+    # ---- the shared path ---------------------------------------------------------------------
+    def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
+        """Per-prompt conds and the uncond, each repeated n times; one encode call, so a cold
+        cache loads the text encoder once."""
+        enc = den.prompt_encoder.encode(list(prompts) + [negative]).to(den.device, den.dtype)
+        k = len(prompts)
+        return [enc[i:i + 1].repeat_interleave(n) for i in range(k)], enc[k:k + 1].repeat_interleave(n)
 
-    def run(self, denoiser: Denoiser, eps_fn, x: torch.Tensor, timesteps: list[int], generator,
+    def run(self, den: Denoiser, eps_fn: EpsFn, x: torch.Tensor, timesteps: list[int], generator,
             description: str, hook=None, callback: StepCallback | None = None) -> torch.Tensor:
         with progress_bar(len(timesteps), description, not self.quiet) as bar:
-            return denoise_loop(eps_fn, x, timesteps, denoiser.schedule, generator, hook=hook,
+            return denoise_loop(eps_fn, x, timesteps, den.schedule, generator, hook=hook,
                                 callback=callback, progress=bar)
 
-    # ---- commands ----------------------------------------------------------------------------
-    def sample(self, prompt: str, *, seed: int = 0, cfg: float = 7.0, stride: int = 30, num_samples: int = 1,
-               upscale: bool | None = None, stage2_steps: int = 50, stage2_cfg: float = 4.0,
-               noise_level: int = 250, negative_prompt: str = "", callback: StepCallback | None = None) -> Result:
+    def generate(self, edit: Edit, *, seed: int = 0, cfg: float = 7.0, stride: int = 30, num_samples: int = 1,
+                 upscale: bool | None = None, stage2_steps: int = 50, stage2_cfg: float = 4.0,
+                 noise_level: int = 250, negative_prompt: str = "", record_every: int = 0,
+                 callback: StepCallback | None = None, generator: torch.Generator | None = None) -> Result:
         if num_samples < 1:
             raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
-        gen = make_generator(seed)
+        gen = generator or make_generator(seed)
         s1 = self.stage1()
         ts = s1.schedule.strided_timesteps(stride)
-        cond, uncond = self.guided(s1, prompt, cfg, num_samples, negative_prompt)
-        x = randn((num_samples, s1.channels, s1.sample_size, s1.sample_size), gen, s1.device, s1.dtype)
-        x = self.run(s1, cfg_fn(s1, cond, uncond, cfg), x, ts, gen, "stage I", callback=callback)
-        meta = {"command": "sample", "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed,
-                "cfg": cfg, "stride": stride, "steps": len(ts), "model": s1.name, "num_samples": num_samples}
-        self._done_with("_s1")
+        conds, uncond = self.conds(s1, edit.prompts, negative_prompt, num_samples)
+        if edit.start is not None:
+            x, ts = edit.start(s1, ts, gen, num_samples)
+        else:
+            x = randn((num_samples, s1.channels, s1.sample_size, s1.sample_size), gen, s1.device, s1.dtype)
+        if edit.schedule is not None:
+            ts = edit.schedule(ts)
+        frames: list[torch.Tensor] = []
+        cb = _recorder(frames, record_every, callback)
+        hook = edit.hook(s1, gen) if edit.hook else None
+        x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb)
+        meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
+                "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg, "stride": stride,
+                "steps": len(ts), "model": s1.name, "num_samples": num_samples, **edit.meta}
         if upscale is None:
             upscale = getattr(s1, "default_upscale", True)
+        self._done_with("_s1")
         if not upscale:
-            return Result(x, x, meta)
-        up = self.upscale(x, prompt, generator=gen, steps=stage2_steps, cfg=stage2_cfg, noise_level=noise_level,
-                          negative_prompt=negative_prompt)
+            return Result(x, x, meta, frames)
+        up = self._stage2(edit, x, gen, stage2_steps, stage2_cfg, noise_level, negative_prompt,
+                          _recorder(frames, record_every, None))
         meta.update({"stage2": self.stage2_model, "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg,
                      "noise_level": noise_level})
-        return Result(up, x, meta)
+        return Result(up, x, meta, frames)
+
+    def _stage2(self, edit: Edit, low_res: torch.Tensor, gen: torch.Generator, steps: int, cfg: float,
+                noise_level: int, negative: str, callback=None) -> torch.Tensor:
+        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image."""
+        s2 = self.stage2()
+        n, size = low_res.shape[0], s2.sample_size
+        ts = s2.schedule.leading_timesteps(steps)
+        if edit.schedule is not None:
+            ts = edit.schedule(ts)
+        noise_level = s2.noising_schedule.check_t(noise_level, "--noise-level")
+        conds, uncond = self.conds(s2, edit.prompts, negative, n)
+        # Draw order as IFSuperResolutionPipeline: x_T first, then the conditioning-image noise.
+        x = randn((n, s2.channels, size, size), gen, s2.device, s2.dtype)
+        up = F.interpolate(low_res.to(s2.device, s2.dtype), (size, size), mode="bilinear", align_corners=True)
+        levels = torch.tensor([noise_level] * n, device=up.device)
+        up = s2.noising_schedule.add_noise(up, randn(up.shape, gen, up.device, up.dtype), levels)
+        conds = [c.with_image(up, levels) for c in conds]
+        uncond = uncond.with_image(up, levels)
+        hook = edit.hook(s2, gen) if edit.hook else None
+        out = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook, callback)
+        self._done_with("_s2")
+        return out
+
+    # ---- commands ----------------------------------------------------------------------------
+    def sample(self, prompt: str, **kw) -> Result:
+        """Text -> image. Keywords as `generate` (seed, cfg, stride, num_samples, upscale, ...)."""
+        return self.generate(Edit("sample", [prompt]), **kw)
 
     def upscale(self, low_res: torch.Tensor, prompt: str, *, generator: torch.Generator, steps: int = 50,
                 cfg: float = 4.0, noise_level: int = 250, negative_prompt: str = "") -> torch.Tensor:
-        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image."""
-        s2 = self.stage2()
-        n = low_res.shape[0]
-        ts = s2.schedule.leading_timesteps(steps)
-        noise_level = s2.noising_schedule.check_t(noise_level, "--noise-level")
-        cond, uncond = self.guided(s2, prompt, cfg, n, negative_prompt)
-        size = s2.sample_size
-        # Draw order as IFSuperResolutionPipeline: x_T first, then the conditioning-image noise.
-        x = randn((n, s2.channels, size, size), generator, s2.device, s2.dtype)
-        up = F.interpolate(low_res.to(s2.device, s2.dtype), (size, size), mode="bilinear", align_corners=True)
-        levels = torch.tensor([noise_level] * n, device=up.device)
-        up = s2.noising_schedule.add_noise(up, randn(up.shape, generator, up.device, up.dtype), levels)
-        cond, uncond = cond.with_image(up, levels), uncond.with_image(up, levels)
-        out = self.run(s2, cfg_fn(s2, cond, uncond, cfg), x, ts, generator, "stage II")
-        self._done_with("_s2")
-        return out
+        return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level, negative_prompt)
+
+    def sdedit(self, image, prompt: str = "a high quality photo", *, i_start: int = 5, repeat: int = 1,
+               **kw) -> Result:
+        """Noise `image` to the strided timestep at index i_start and denoise from there (SDEdit).
+        repeat > 1 feeds the stage I result back in, as in SDEdit's paper; stage II runs once."""
+        if repeat < 1:
+            raise DfeditError(f"--repeat must be at least 1, got {repeat}")
+        current = image
+        upscale = kw.pop("upscale", None)
+        gen = kw.pop("generator", None) or make_generator(kw.get("seed", 0))
+        for r in range(repeat):
+            last = r == repeat - 1
+
+            def start(den, ts, g, n, src=current):
+                x = image_at(src, den.sample_size).to(den.device, den.dtype)
+                x = x.expand(n, -1, -1, -1) if x.shape[0] == 1 else x
+                return edits.sdedit_start(x, ts, i_start, den.schedule, g)
+
+            edit = Edit("sdedit", [prompt], start=start, meta={"i_start": i_start, "repeat": repeat})
+            res = self.generate(edit, upscale=upscale if last else False, generator=gen, **kw)
+            current = res.stage1
+        return res
+
+    def inpaint(self, image, mask, prompt: str = "a high quality photo", *, invert_mask: bool = False,
+                jump_length: int = 1, jump_n_sample: int = 1, **kw) -> Result:
+        """RePaint: regenerate where the mask is white, keep the rest exactly (also in stage II)."""
+        src = image if isinstance(image, (torch.Tensor, Image.Image)) else open_image(image)
+        msrc = mask if isinstance(mask, (torch.Tensor, Image.Image)) else open_image(mask)
+
+        def hook(den, g):
+            orig = image_at(src, den.sample_size).to(den.device, den.dtype)
+            m = mask_at(msrc, den.sample_size, invert_mask).to(den.device, den.dtype)
+            return edits.inpaint_hook(orig, m, den.schedule, g)
+
+        edit = Edit("inpaint", [prompt], hook=hook,
+                    schedule=lambda ts: edits.repaint_timesteps(ts, jump_length, jump_n_sample),
+                    meta={"invert_mask": invert_mask, "jump_length": jump_length, "jump_n_sample": jump_n_sample})
+        return self.generate(edit, **kw)
+
+    def anagram(self, prompts: list[str], views: list[str], *, view_seed: int = 0, **kw) -> Result:
+        """Visual anagram: prompt k is what the image shows under view k (views[0] is usually identity)."""
+        if len(prompts) < 2:
+            raise DfeditError("an anagram needs at least two prompts")
+        if len(views) != len(prompts):
+            raise DfeditError(f"{len(prompts)} prompts need {len(prompts)} views (got {len(views)})")
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown:
+            raise DfeditError(f"unknown view {unknown[0]!r}: choose from {', '.join(VIEWS)}")
+
+        def eps(den, conds, uncond, scale):
+            vs = [make_view(v, den.sample_size, view_seed) for v in views]
+            return edits.multi_guided(den, conds, uncond, scale, vs)
+
+        edit = Edit("anagram", list(prompts), eps=eps, meta={"views": views, "view_seed": view_seed})
+        return self.generate(edit, **kw)
+
+    def hybrid(self, prompts: list[str], *, split: str = "gaussian", kernel: int | None = None,
+               sigma: float | None = None, **kw) -> Result:
+        """Hybrid image: low frequencies follow prompts[0], high frequencies prompts[-1] (and the
+        middle band prompts[1] with three prompts); --split color: grayscale vs colour."""
+        if len(prompts) not in (2, 3):
+            raise DfeditError(f"a hybrid takes two or three prompts, got {len(prompts)}")
+        # kernel/sigma are given at 64 px and scale with the model size, like the defaults.
+        edits.frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading
+
+        def eps(den, conds, uncond, scale):
+            f = den.sample_size / 64
+            k = None if kernel is None else max(1, round(kernel * f)) | 1
+            s = None if sigma is None else sigma * f
+            combine = edits.frequency_split(split, den.sample_size, len(prompts), k, s)
+            return edits.multi_guided(den, conds, uncond, scale, combine=combine)
+
+        edit = Edit("hybrid", list(prompts), eps=eps, meta={"split": split, "kernel": kernel, "sigma": sigma})
+        return self.generate(edit, **kw)
 
     def noise(self, image: torch.Tensor, ts: list[int], seed: int = 0) -> list[torch.Tensor]:
         """Forward process x_t = sqrt(abar) x0 + sqrt(1 - abar) eps at each t (one draw per t)."""
@@ -163,7 +309,7 @@ class DFEdit:
         grid_ts = sched.strided_timesteps(stride)
         ts = [sched.check_t(t) for t in ts]
         gen = make_generator(seed)
-        cond, uncond = self.guided(s1, prompt, cfg, 1)
+        (cond,), uncond = self.conds(s1, [prompt], "", 1)
         eps_fn = cfg_fn(s1, cond, uncond, cfg)
         x0 = image.to(s1.device, s1.dtype)
         rows = []
@@ -177,6 +323,20 @@ class DFEdit:
             rows.append({"t": t, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows
+
+
+def _recorder(frames: list, every: int, callback: StepCallback | None) -> StepCallback | None:
+    """Keep the x0 estimate every `every` reverse steps (and the last one) for --trajectory."""
+    if every <= 0:
+        return callback
+
+    def cb(i, t, t_prev, x, x0):
+        if x0 is not None and (i % every == 0 or t_prev == -1):
+            frames.append(x0.detach().float().cpu())
+        if callback is not None:
+            callback(i, t, t_prev, x, x0)
+
+    return cb
 
 
 def _schedule_for(model: str):

@@ -1,0 +1,179 @@
+"""The pieces edits are made of: start states, noise-estimate combinators and per-step hooks.
+
+Each function here returns something the one loop (sampler.denoise_loop) consumes; none iterates
+over timesteps itself. SDEdit = a noised start state; inpainting = a projection hook (+ RePaint's
+up/down timestep list); anagrams = views around the denoiser; hybrids = frequency splits of the
+per-prompt estimates.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .denoiser import Cond, Denoiser, EpsFn
+from .errors import DfeditError
+from .filters import gaussian_blur
+from .sampler import StepHook, randn
+from .schedule import NoiseSchedule
+from .views import View
+
+# ---- SDEdit --------------------------------------------------------------------------------------
+
+
+def sdedit_start(image: torch.Tensor, timesteps: list[int], i_start: int, schedule: NoiseSchedule,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
+    """Noise the image to timesteps[i_start] and return (x, the timesteps still to run)."""
+    if not 0 <= i_start < len(timesteps):
+        raise DfeditError(f"--i-start must be between 0 and {len(timesteps) - 1}, got {i_start}")
+    t = timesteps[i_start]
+    x = schedule.add_noise(image, randn(image.shape, generator, image.device, image.dtype), t)
+    return x, timesteps[i_start:]
+
+
+# ---- inpainting ----------------------------------------------------------------------------------
+
+
+def inpaint_hook(original: torch.Tensor, mask: torch.Tensor, schedule: NoiseSchedule,
+                 generator: torch.Generator | None) -> StepHook:
+    """After each step to t': keep the generated pixels where mask = 1, and put the original,
+    forward-noised to t' with fresh noise, where mask = 0. At t' = -1 the original goes in clean,
+    so pixels outside the mask come out exactly equal to the input."""
+
+    def hook(i: int, t_prev: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        if t_prev < 0:
+            known = original
+        else:
+            known = schedule.add_noise(original, randn(original.shape, generator, x.device, x.dtype), t_prev)
+        return mask * x + (1 - mask) * known
+
+    return hook
+
+
+def repaint_timesteps(timesteps: list[int], jump_length: int = 1, jump_n_sample: int = 1) -> list[int]:
+    """RePaint's resampling schedule on a strided list: every `jump_length` steps (counted from the
+    clean end) jump back up `jump_length` strides and denoise that stretch again, `jump_n_sample - 1`
+    extra times. The upward pairs are forward jumps x_t -> x_{t+k} in the loop (one fresh draw).
+    jump_n_sample 1 gives the list unchanged (plain per-step replacement)."""
+    if jump_length < 1 or jump_n_sample < 1:
+        raise DfeditError("--jump-length and --jump-n-sample must be at least 1")
+    n = len(timesteps)
+    if jump_n_sample == 1 or jump_length >= n:
+        return list(timesteps)
+    left = {i: jump_n_sample - 1 for i in range(n - 1, jump_length - 1, -jump_length)}
+    out, i = [timesteps[0]], 0
+    while i < n - 1:
+        i += 1
+        out.append(timesteps[i])
+        if left.get(i, 0) > 0:
+            left[i] -= 1
+            i -= jump_length
+            out.append(timesteps[i])
+    return out
+
+
+# ---- several prompts / views at once ------------------------------------------------------------
+
+
+def _viewed(cond: Cond, view: View) -> Cond:
+    # Stage II: the upsampled low-res image is part of the UNet input, so it goes through the view too.
+    return cond if cond.image is None else cond.with_image(view.apply(cond.image), cond.noise_level)
+
+
+def multi_guided(denoiser: Denoiser, conds: list[Cond], uncond: Cond, scale: float,
+                 views: list[View] | None = None,
+                 combine: Callable[[list[torch.Tensor]], torch.Tensor] | None = None) -> EpsFn:
+    """CFG for K (view, prompt) branches in ONE batched UNet call per step.
+
+    Branch k sees view_k(x) with prompt k; its guided estimate goes back through view_k^-1 (the
+    variance too, except for negate), then `combine` merges the K estimates (mean by default, as
+    for anagrams; hybrids pass a frequency split). Variances are averaged. When every view is the
+    identity the unconditional half is shared: K + 1 images per sample instead of 2K.
+    """
+    k = len(conds)
+    views = views or [View(denoiser.sample_size)] * k
+    if len(views) != k:
+        raise DfeditError(f"{len(views)} views need {len(views)} prompts, got {k}")
+    combine = combine or (lambda es: torch.stack(es).mean(0))
+    shared_uncond = all(type(v) is View for v in views)
+    guided = scale != 1.0
+    if guided:
+        unconds = [uncond] if shared_uncond else [_viewed(uncond, v) for v in views]
+    else:
+        unconds = []
+    batch_cond = Cond.cat(unconds + [_viewed(c, v) for c, v in zip(conds, views)])
+    n_u = len(unconds)
+
+    def eps_fn(x: torch.Tensor, t: int):
+        xs = [v.apply(x) for v in views]
+        if guided:
+            inp = torch.cat(([x] if shared_uncond else xs) + xs)
+        else:
+            inp = torch.cat(xs)
+        eps, var = denoiser(inp, t, batch_cond)
+        e = eps.chunk(n_u + k)
+        v_c = var.chunk(n_u + k)[n_u:] if var is not None else None
+        outs, variances = [], []
+        for j, view in enumerate(views):
+            e_c = e[n_u + j]
+            if guided:
+                e_u = e[0] if shared_uncond else e[j]
+                e_c = e_u + scale * (e_c - e_u)
+            outs.append(view.inverse(e_c))
+            if v_c is not None:
+                variances.append(view.inverse_variance(v_c[j]))
+        return combine(outs), (torch.stack(variances).mean(0) if variances else None)
+
+    return eps_fn
+
+
+# ---- frequency splits (hybrid images, factorized diffusion) -------------------------------------
+
+
+def hybrid_kernel(size: int, kernel: int | None = None, sigma: float | None = None) -> tuple[int, float]:
+    """Kernel 33 / sigma 2 at 64 px, scaled with the image size (133 / 8 at 256 px), kernel kept odd."""
+    scale = size / 64
+    if kernel is None:
+        kernel = max(1, round(33 * scale))
+        kernel += kernel % 2 == 0
+    if sigma is None:
+        sigma = 2.0 * scale
+    return int(kernel), float(sigma)
+
+
+def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = None,
+                    sigma: float | None = None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    """combine(estimates) -> sum of complementary components, one per prompt (low first).
+
+    gaussian, 2 prompts: low(e1) + high(e2) with high = identity - low (the course's hybrid).
+    gaussian, 3 prompts: coarse(e1) + [low(e2) - coarse(e2)] + [e3 - low(e3)], where coarse blurs
+    with twice the sigma: three bands that sum to the identity.
+    color: gray(e1) + (e2 - gray(e2)), gray = mean over channels (factorized diffusion).
+    """
+    if kind == "color":
+        if n_prompts != 2:
+            raise DfeditError("--split color takes exactly two prompts (grayscale, colour)")
+
+        def gray(e):
+            return e.mean(dim=1, keepdim=True).expand_as(e)
+
+        return lambda es: gray(es[0]) + (es[1] - gray(es[1]))
+    if kind != "gaussian":
+        raise DfeditError(f"unknown --split {kind!r}: use gaussian or color")
+    k, s = hybrid_kernel(size, kernel, sigma)
+    if n_prompts == 2:
+        def low(e):
+            return gaussian_blur(e, k, s)
+        return lambda es: low(es[0]) + (es[1] - low(es[1]))
+    if n_prompts == 3:
+        k2, s2 = hybrid_kernel(size, None if kernel is None else 2 * kernel + 1, 2 * s)
+
+        def coarse(e):
+            return gaussian_blur(e, k2, s2)
+
+        def fine_cut(e):
+            return gaussian_blur(e, k, s)
+
+        return lambda es: coarse(es[0]) + (fine_cut(es[1]) - coarse(es[1])) + (es[2] - fine_cut(es[2]))
+    raise DfeditError(f"a hybrid takes two or three prompts, got {n_prompts}")

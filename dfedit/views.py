@@ -1,0 +1,150 @@
+"""Views for visual anagrams: orthogonal pixel transforms (permutations and sign flips).
+
+Only such transforms keep i.i.d. Gaussian noise i.i.d. Gaussian, which is what lets one denoiser
+work on every view at once (Geng et al., "Visual Anagrams"); blurs, interpolated rotations or colour
+changes do not, so they are not offered. Every view is checked when it is made:
+inverse(view(x)) == x exactly, and the multiset of |values| is unchanged (a permutation or sign
+flip is norm-preserving). Permutation views are seeded, and scale with the image size, so stage II
+moves the same regions as stage I.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DfeditError
+
+
+class View:
+    name = "identity"
+    negates = False  # negate's inverse acts on the noise channels only, not the variance
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seed = size, seed
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse_variance(self, v: torch.Tensor) -> torch.Tensor:
+        return v if self.negates else self.inverse(v)
+
+
+class Flip(View):
+    name = "flip"  # upside down (a flip of H), not a mirror
+
+    def apply(self, x):
+        return x.flip(-2)
+
+    inverse = apply
+
+
+class Rotate(View):
+    def __init__(self, size, seed=0, k=1, name="rotate_ccw"):
+        super().__init__(size, seed)
+        self.k, self.name = k, name
+
+    def apply(self, x):
+        return torch.rot90(x, self.k, dims=(-2, -1))
+
+    def inverse(self, x):
+        return torch.rot90(x, -self.k, dims=(-2, -1))
+
+
+class Negate(View):
+    name, negates = "negate", True
+
+    def apply(self, x):
+        return -x
+
+    inverse = apply
+
+
+class PixelPermutation(View):
+    """Any fixed permutation of the H*W pixel positions (the same for every channel)."""
+
+    def __init__(self, size: int, perm: torch.Tensor, name: str, seed: int = 0):
+        super().__init__(size, seed)
+        self.perm, self.inv, self.name = perm, torch.argsort(perm), name
+
+    def _take(self, x, idx):
+        return x.flatten(-2)[..., idx.to(x.device)].unflatten(-1, (self.size, self.size))
+
+    def apply(self, x):
+        return self._take(x, self.perm)
+
+    def inverse(self, x):
+        return self._take(x, self.inv)
+
+
+def _tiles(pos: torch.Tensor, tile: int) -> torch.Tensor:
+    g = pos.shape[0] // tile
+    return pos.reshape(g, tile, g, tile).transpose(1, 2).reshape(g * g, tile, tile)
+
+
+def _untile(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    tile = tiles.shape[-1]
+    g = size // tile
+    return tiles.reshape(g, g, tile, tile).transpose(1, 2).reshape(size, size)
+
+
+def skew(size: int, seed: int = 0, factor: float = 1.5) -> View:
+    """Roll each column vertically by an amount growing across the image (a shear on a torus)."""
+    shifts = ((torch.arange(size) - size / 2) * factor).round().long()
+    rows = (torch.arange(size).view(-1, 1) - shifts.view(1, -1)) % size
+    return PixelPermutation(size, (rows * size + torch.arange(size).view(1, -1)).flatten(), "skew", seed)
+
+
+def patch_permute(size: int, seed: int, tile: int, name: str = "patch_permute", rotate: bool = False) -> View:
+    """Shuffle square tiles (seeded); with rotate=True also turn each tile by a seeded multiple of
+    90 degrees, so the pieces must be turned as well as moved, like a jigsaw."""
+    if size % tile:
+        raise DfeditError(f"view {name} needs an image size divisible by {tile}, got {size}")
+    g = torch.Generator().manual_seed(seed)
+    tiles = _tiles(torch.arange(size * size).view(size, size), tile)
+    tiles = tiles[torch.randperm(tiles.shape[0], generator=g)]
+    if rotate:
+        ks = torch.randint(0, 4, (tiles.shape[0],), generator=g)
+        tiles = torch.stack([torch.rot90(t, int(k)) for t, k in zip(tiles, ks)])
+    return PixelPermutation(size, _untile(tiles, size).flatten(), name, seed)
+
+
+def pixel_permute(size: int, seed: int) -> View:
+    perm = torch.randperm(size * size, generator=torch.Generator().manual_seed(seed))
+    return PixelPermutation(size, perm, "pixel_permute", seed)
+
+
+VIEWS = {
+    "identity": lambda size, seed: View(size, seed),
+    "flip": lambda size, seed: Flip(size, seed),
+    "rotate_cw": lambda size, seed: Rotate(size, seed, k=-1, name="rotate_cw"),
+    "rotate_ccw": lambda size, seed: Rotate(size, seed, k=1, name="rotate_ccw"),
+    "rotate_180": lambda size, seed: Rotate(size, seed, k=2, name="rotate_180"),
+    "negate": lambda size, seed: Negate(size, seed),
+    "skew": skew,
+    # 8x8 tiles at 64 px (tile = size / 8).
+    "patch_permute": lambda size, seed: patch_permute(size, seed, max(1, size // 8)),
+    "pixel_permute": pixel_permute,
+    # 4x4 square pieces, moved and turned.
+    "jigsaw": lambda size, seed: patch_permute(size, seed, max(1, size // 4), "jigsaw", rotate=True),
+}
+
+
+def make_view(name: str, size: int, seed: int = 0) -> View:
+    if name not in VIEWS:
+        raise DfeditError(f"unknown view {name!r}: choose from {', '.join(VIEWS)}")
+    view = VIEWS[name](size, seed)
+    check_view(view, size)
+    return view
+
+
+def check_view(view: View, size: int) -> None:
+    """Exact invertibility and norm preservation, checked on a random tensor every time a view is made."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1234))
+    y = view.apply(x)
+    if y.shape != x.shape or not torch.equal(view.inverse(y), x):
+        raise DfeditError(f"view {view.name} is not exactly invertible at {size} px")
+    if not torch.equal(y.abs().flatten().sort().values, x.abs().flatten().sort().values):
+        raise DfeditError(f"view {view.name} does not preserve the noise norm at {size} px")
