@@ -1,35 +1,70 @@
 """`dfedit` command line: thin wrappers over dfedit.pipeline.DFEdit.
 
-Every command validates its arguments and the output path before loading any model, so bad input
-costs nothing and leaves nothing behind; DfeditError becomes one line on stderr and exit code 1.
+Every command validates its arguments, its output paths and the models' configs before loading
+any weights, so bad input costs nothing and leaves nothing behind. DfeditError and click's usage
+errors become one line on stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+
+The options every generating command shares (model, seed, guidance, stage II, output, device...)
+are declared once in GEN_OPTIONS and added to each command's signature by @generating.
 """
 
-from __future__ import annotations
-
 import functools
-import os
+import inspect
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors its own click; its exceptions are the ones raised
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from typer.exceptions import Abort, Exit
+except ImportError:  # pragma: no cover - older typer uses the click package
+    from click.exceptions import Abort, ClickException, Exit, NoArgsIsHelpError
 
 from .errors import DfeditError
 from .models import DEFAULT_STAGE1, DEFAULT_STAGE2
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+_ARGV: list[str] = []  # the arguments of the current invocation, for the PNG metadata
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad number, missing argument) as one `dfedit: error:` line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        global _ARGV
+        _ARGV = list(sys.argv[1:] if args is None else args)
+        try:
+            # Not standalone: click returns the exit code of typer.Exit instead of exiting itself,
+            # and raises usage errors to us instead of printing its multi-line box.
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except NoArgsIsHelpError:
+            sys.exit(0)  # the help text has already been printed
+        except ClickException as e:
+            print(f"dfedit: error: {e.format_message()}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except Exit as e:
+            sys.exit(e.exit_code)
+        except Abort:
+            print("dfedit: error: aborted", file=sys.stderr)
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edit images with pixel-space diffusion models (DeepFloyd IF, or a dfedit-train model).")
 
 Model = Annotated[str, typer.Option("--model", help="Stage I: Hub id or local diffusers directory "
                                     "(or a dfedit-train checkpoint directory).")]
-Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler: Hub id or local directory.")]
-Upscale = Annotated[Optional[bool], typer.Option("--upscale/--no-upscale",
-                                                 help="Run stage II (default: on for IF models).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the CPU generator all random draws come from.")]
 Cfg = Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (1 = no guidance).")]
 Stride = Annotated[int, typer.Option("--stride", help="Timestep stride: t = 990, 990-stride, ..., 0.")]
-NumSamples = Annotated[int, typer.Option("--num-samples", "-n", min=1, help="Images to generate (one grid).")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
                                              "never overwriting an existing default file).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -39,9 +74,72 @@ Offload = Annotated[bool, typer.Option("--offload", help="Keep weights in CPU RA
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default "
                                                   "$DFEDIT_CACHE or ~/.cache/dfedit).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler: Hub id or local directory.")]
 Stage2Steps = Annotated[int, typer.Option("--stage2-steps", help="Stage II steps (diffusers spacing).")]
 Stage2Cfg = Annotated[float, typer.Option("--stage2-cfg", help="Stage II guidance scale.")]
 NoiseLevel = Annotated[int, typer.Option("--noise-level", help="Noise added to the low-res image for stage II.")]
+Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
+InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
+
+
+@dataclass
+class GenOptions:
+    model: str
+    stage2: str
+    upscale: Optional[bool]
+    seed: int
+    cfg: float
+    stride: int
+    num_samples: int
+    negative_prompt: str
+    stage2_steps: int
+    stage2_cfg: float
+    noise_level: int
+    out: Optional[Path]
+    trajectory: Optional[Path]
+    device: str
+    dtype: str
+    offload: bool
+    cache_dir: Optional[Path]
+    quiet: bool
+
+    def api(self):
+        return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet)
+
+    def run_kwargs(self) -> dict:
+        return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, num_samples=self.num_samples,
+                    upscale=self.upscale, stage2_steps=self.stage2_steps, stage2_cfg=self.stage2_cfg,
+                    noise_level=self.noise_level, negative_prompt=self.negative_prompt,
+                    record_every=3 if self.trajectory else 0)
+
+
+def _opt(name, typ, default, *flags, **kw):
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[typ, typer.Option(*flags, **kw)])
+
+
+GEN_OPTIONS = [
+    inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_STAGE1, annotation=Model),
+    inspect.Parameter("stage2", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_STAGE2, annotation=Stage2),
+    _opt("upscale", Optional[bool], None, "--upscale/--no-upscale",
+         help="Run stage II (default: on for IF models, off for emoji models)."),
+    inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Seed),
+    inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=7.0, annotation=Cfg),
+    inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=30, annotation=Stride),
+    _opt("num_samples", int, 1, "--num-samples", "-n", min=1, help="Images per setting (shown as a grid)."),
+    _opt("negative_prompt", str, "", "--negative-prompt", help="Unconditional prompt."),
+    inspect.Parameter("stage2_steps", inspect.Parameter.KEYWORD_ONLY, default=50, annotation=Stage2Steps),
+    inspect.Parameter("stage2_cfg", inspect.Parameter.KEYWORD_ONLY, default=4.0, annotation=Stage2Cfg),
+    inspect.Parameter("noise_level", inspect.Parameter.KEYWORD_ONLY, default=250, annotation=NoiseLevel),
+    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Out),
+    _opt("trajectory", Optional[Path], None, "--trajectory",
+         help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),
+    inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Device),
+    inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Dtype),
+    inspect.Parameter("offload", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Offload),
+    inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CacheDir),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+]
 
 
 def _fail(msg: str, code: int = 1):
@@ -68,6 +166,30 @@ def handle_errors(fn):
     return wrapper
 
 
+def generating(fn):
+    """Add GEN_OPTIONS to a command; the command receives them as one `opts: GenOptions`, with the
+    output paths and every option checkable from configs validated before it runs."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.name != "opts"]
+    names = [p.name for p in GEN_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        opts = GenOptions(**{k: kw.pop(k) for k in names})
+        name = fn.__name__
+        opts.out = _out_path(opts.out, name)
+        if opts.trajectory is not None:
+            from .images import check_output
+            opts.trajectory = check_output(opts.trajectory, ".gif")
+        return fn(opts=opts, **kw)
+
+    wrapper.__signature__ = sig.replace(parameters=own + GEN_OPTIONS)
+    wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in GEN_OPTIONS}}
+    wrapper.__annotations__.pop("opts", None)
+    del wrapper.__wrapped__  # Typer must see the new signature, not the original's
+    return handle_errors(wrapper)
+
+
 def _out_path(out: Optional[Path], command: str) -> Path:
     from .images import check_output
     if out is not None:
@@ -85,46 +207,165 @@ def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=Fals
                   cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
 
 
-def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["dfedit"] + sys.argv[1:])
-
-
 def _save(img, path: Path, meta: dict, quiet: bool) -> None:
+    from . import __version__
     from .images import save_png
-    meta = {**meta, "command_line": _command_line(), "dfedit_version": _version()}
+    meta = {**meta, "command_line": " ".join(shlex.quote(a) for a in ["dfedit"] + _ARGV),
+            "dfedit_version": __version__}
     save_png(img, path, meta)
     if not quiet:
         typer.echo(f"wrote {path}", err=True)
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
-@app.command()
-@handle_errors
-def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")],
-           model: Model = DEFAULT_STAGE1, stage2: Stage2 = DEFAULT_STAGE2, upscale: Upscale = None,
-           seed: Seed = 0, cfg: Cfg = 7.0, stride: Stride = 30, num_samples: NumSamples = 1,
-           negative_prompt: Annotated[str, typer.Option("--negative-prompt", help="Unconditional prompt.")] = "",
-           stage2_steps: Stage2Steps = 50, stage2_cfg: Stage2Cfg = 4.0, noise_level: NoiseLevel = 250,
-           out: Out = None, device: Device = "auto", dtype: Dtype = "auto", offload: Offload = False,
-           cache_dir: CacheDir = None, quiet: Quiet = False):
-    """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
+def _finish(opts: GenOptions, results: list, rows_labels: list[str] | None, extra_tiles=None) -> None:
+    """One PNG (a grid when there is more than one image) + the optional trajectory GIF."""
     from .images import grid
-    path = _out_path(out, "sample")
-    df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
-    res = df.sample(prompt, seed=seed, cfg=cfg, stride=stride, num_samples=num_samples, upscale=upscale,
-                    stage2_steps=stage2_steps, stage2_cfg=stage2_cfg, noise_level=noise_level,
-                    negative_prompt=negative_prompt)
-    ims = res.pil()
-    _save(ims[0] if len(ims) == 1 else grid([ims]), path, res.meta, quiet)
+    rows = [r.pil() for r in results]
+    if extra_tiles is not None:  # e.g. the input image beside an SDEdit sweep
+        rows = [[tile] + row for tile, row in zip(extra_tiles, rows)]
+    if len(rows) == 1 and len(rows[0]) == 1:
+        img = rows[0][0]
+    else:
+        labels = None if rows_labels is None else [[lab] * len(r) for lab, r in zip(rows_labels, rows)]
+        img = grid(rows, labels)
+    meta = dict(results[0].meta)
+    _save(img, opts.out, meta, opts.quiet)
+    if opts.trajectory is not None:
+        from .trajectory import save_trajectory
+        save_trajectory([f for r in results for f in r.frames], opts.trajectory, meta)
+        if not opts.quiet:
+            typer.echo(f"wrote {opts.trajectory}", err=True)
+
+
+# ---- generating commands -------------------------------------------------------------------------
+
+@app.command()
+@generating
+def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: GenOptions = None):
+    """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
+    df = opts.api()
+    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    _finish(opts, [df.sample(prompt, **opts.run_kwargs())], None)
 
 
 @app.command()
+@generating
+def sdedit(image: InputImage,
+           prompt: Prompt = "a high quality photo",
+           i_start: Annotated[list[int], typer.Option("--i-start", help="Start index into the strided timesteps "
+                                                     "(repeatable: several give a sweep; 1..33 at stride 30).")] = [5],
+           repeat: Annotated[int, typer.Option("--repeat", min=1, help="Feed the result back K times.")] = 1,
+           opts: GenOptions = None):
+    """SDEdit: noise IMAGE to timestep index --i-start and denoise it with --prompt."""
+    from .images import load_image, to_pil
+    df = opts.api()
+    up = df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps,
+                  noise_level=opts.noise_level)
+    ts = _stage1_timesteps(opts)
+    for i in i_start:
+        if not 0 <= i < len(ts):
+            raise DfeditError(f"--i-start must be between 0 and {len(ts) - 1} for stride {opts.stride}, got {i}")
+    from .pipeline import model_size
+    size = model_size(opts.model)
+    original = load_image(image, size)
+    results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
+    for r, i in zip(results, i_start):
+        r.meta.update(input=str(image), i_start=list(i_start))
+    shown = to_pil(original)[0]
+    if up:
+        shown = shown.resize((results[0].images.shape[-1],) * 2)
+    sweep = len(i_start) > 1
+    _finish(opts, results, [f"i_start={i} (t={ts[i]})" for i in i_start] if sweep else None,
+            extra_tiles=[shown] * len(results) if sweep else None)
+
+
+@app.command()
+@generating
+def inpaint(image: InputImage,
+            mask: Annotated[Path, typer.Option("--mask", help="Mask image: white = regenerate, black = keep "
+                                               "(any size; centre-cropped, nearest-resized).")],
+            prompt: Prompt = "a high quality photo",
+            invert_mask: Annotated[bool, typer.Option("--invert-mask", help="White = keep instead.")] = False,
+            jump_length: Annotated[int, typer.Option("--jump-length", min=1, help="RePaint: strides per jump back.")] = 1,
+            jump_n_sample: Annotated[int, typer.Option("--jump-n-sample", min=1, help="RePaint: passes over each "
+                                                       "stretch (1 = simple per-step replacement).")] = 1,
+            opts: GenOptions = None):
+    """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly."""
+    from .images import open_image
+    df = opts.api()
+    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    img, m = open_image(image), open_image(mask)  # both must decode before any model loads
+    res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                     **opts.run_kwargs())
+    res.meta.update(input=str(image), mask=str(mask))
+    _finish(opts, [res], None)
+
+
+@app.command()
+@generating
+def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per view (first: as shown).")],
+            view: Annotated[list[str], typer.Option("--view", help="View(s) for the 2nd, 3rd... prompt: flip, "
+                                                    "rotate_cw, rotate_ccw, rotate_180, negate, skew, "
+                                                    "patch_permute, pixel_permute, jigsaw.")] = ["flip"],
+            view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the permutation views.")] = 0,
+            opts: GenOptions = None):
+    """Visual anagram: one image that shows PROMPT_A, and PROMPT_B under --view (N-way with more)."""
+    from .images import grid
+    from .views import VIEWS, make_view
+    views = ["identity"] + list(view)
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(v for v in VIEWS if v != 'identity')}")
+    if len(prompts) != len(views):
+        raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
+                          f"got {len(prompts)}")
+    df = opts.api()
+    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    res = df.anagram(list(prompts), views, view_seed=view_seed, **opts.run_kwargs())
+    # Show every sample under every view: row = sample, column = view.
+    size = res.images.shape[-1]
+    vs = [make_view(v, size, view_seed) for v in views]
+    from .images import to_pil
+    rows = [[to_pil(v.apply(res.images[j:j + 1]))[0] for v in vs] for j in range(res.images.shape[0])]
+    labels = [[f"{v}: {p}"[:40] for v, p in zip(views, prompts)] for _ in rows]
+    _save(grid(rows, labels), opts.out, res.meta, opts.quiet)
+    _trajectory(opts, [res])
+
+
+@app.command()
+@generating
+def hybrid(prompts: Annotated[list[str], typer.Argument(help="Low-frequency prompt, [middle band], high-frequency prompt.")],
+           split: Annotated[str, typer.Option("--split", help="gaussian (low/high frequencies) or color "
+                                              "(grayscale / colour).")] = "gaussian",
+           kernel: Annotated[Optional[int], typer.Option("--kernel", help="Gaussian kernel size at 64 px "
+                                                         "(default 33; scaled with the model size).")] = None,
+           sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian sigma at 64 px (default 2).")] = None,
+           opts: GenOptions = None):
+    """Hybrid image: low frequencies from the first prompt, high from the last (factorized diffusion)."""
+    from .edits import frequency_split
+    frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading anything
+    df = opts.api()
+    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    res = df.hybrid(list(prompts), split=split, kernel=kernel, sigma=sigma, **opts.run_kwargs())
+    _finish(opts, [res], None)
+
+
+def _trajectory(opts: GenOptions, results) -> None:
+    if opts.trajectory is not None:
+        from .trajectory import save_trajectory
+        save_trajectory([f for r in results for f in r.frames], opts.trajectory, results[0].meta)
+
+
+def _stage1_timesteps(opts: GenOptions) -> list[int]:
+    from .pipeline import _schedule_for
+    return _schedule_for(opts.model).strided_timesteps(opts.stride)
+
+
+# ---- diagnostic commands (model size, no stage II) -----------------------------------------------
+
+@app.command()
 @handle_errors
-def noise(image: Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped).")],
+def noise(image: InputImage,
           t: Annotated[list[int], typer.Option("--t", help="Timestep(s) to noise to (repeatable).")] = [250, 500, 750],
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
@@ -143,11 +384,11 @@ def noise(image: Annotated[Path, typer.Argument(help="Input image (any size/mode
 
 @app.command()
 @handle_errors
-def denoise(image: Annotated[Path, typer.Argument(help="Clean input image to noise and denoise.")],
+def denoise(image: InputImage,
             t: Annotated[Optional[list[int]], typer.Option("--t", help="Noise level(s) (repeatable; default 690).")] = None,
             i_start: Annotated[Optional[int], typer.Option("--i-start", help="Start index into the strided "
                                                            "timesteps instead of --t (10 -> t=690).")] = None,
-            prompt: Annotated[str, typer.Option("--prompt")] = "a high quality photo",
+            prompt: Prompt = "a high quality photo",
             blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size.")] = 5,
             blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian baseline sigma.")] = 2.0,
             model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = 7.0, stride: Stride = 30,
@@ -174,10 +415,8 @@ def denoise(image: Annotated[Path, typer.Argument(help="Clean input image to noi
     rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, blur_kernel=blur_kernel,
                       blur_sigma=blur_sigma)
     cols = ["noisy", "blur", "one_step", "iterative"]
-    tiles = [[to_pil(r[c])[0] for c in cols] for r in rows]
-    labels = [[f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
-    tiles = [[to_pil(x0)[0]] + row for row in tiles]
-    labels = [["original"] + row for row in labels]
+    tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
+    labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
     meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": cfg,
             "stride": stride, "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _save(grid(tiles, labels), path, meta, quiet)
@@ -204,10 +443,11 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             out: Out = None, device: Device = "auto", dtype: Dtype = "auto", offload: Offload = False,
             cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image."""
-    from .images import load_image
+    from .images import load_image, to_pil
+    from .models import check_stage2
     from .pipeline import make_generator, model_size
-    from .images import to_pil
     path = _out_path(out, "upscale")
+    check_stage2(stage2, stage2_steps, noise_level)
     x = load_image(image, model_size(model))
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,

@@ -27,7 +27,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode == "F" and a.max() <= 1.0:
             hi = 1.0
         img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    # "transparency" in info: a palette's tRNS, or an RGB / L colour key (PNG tRNS, GIF).
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -46,6 +47,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise DfeditError(f"{path} is too large to load safely ({e}): downscale it first") from None
     except UnidentifiedImageError:
         raise DfeditError(f"{path} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -75,9 +78,15 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in a]
 
 
-def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2) -> Image.Image:
-    """Tiles in rows (each tile resized to the largest tile size), with optional captions below."""
+def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2,
+         min_labelled_tile: int = 128) -> Image.Image:
+    """Tiles in rows (each tile resized to the largest tile size), with optional captions below.
+
+    Captioned grids are diagnostic sheets, so their tiles are shown at least `min_labelled_tile`
+    pixels wide (nearest-neighbour, so small models' pixels stay visible and the captions fit)."""
     size = max(max(im.size) for row in rows for im in row)
+    if labels:
+        size = max(size, min_labelled_tile)
     font = ImageFont.load_default()
     label_h = 14 if labels else 0
     ncols = max(len(r) for r in rows)
@@ -92,7 +101,10 @@ def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, p
                 im = im.resize((size, size), Image.Resampling.NEAREST)
             canvas.paste(im, (x, y))
             if labels and labels[r][c]:
-                draw.text((x + 2, y + size + 1), labels[r][c], fill=(0, 0, 0), font=font)
+                text = labels[r][c]
+                while len(text) > 1 and draw.textlength(text, font=font) > size - 4:
+                    text = text[:-2] + "…"
+                draw.text((x + 2, y + size + 1), text, fill=(0, 0, 0), font=font)
     return canvas
 
 

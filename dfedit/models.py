@@ -322,6 +322,20 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
     return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
 
 
+def check_stage2(model: str, steps: int, noise_level: int) -> None:
+    """Validate stage II from its configs alone, so a bad --stage2 / --noise-level / --stage2-steps
+    is reported before stage I spends minutes on a GPU."""
+    root = resolve(model, ["unet", "scheduler", "image_noising_scheduler"], weights=False)
+    unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
+    if unet_cfg.get("class_embed_type") != "timestep":
+        raise DfeditError(f"--stage2 {model} is not a stage II (super-resolution) IF checkpoint")
+    sched = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
+    NoiseSchedule.from_config(sched).leading_timesteps(steps)
+    noising = read_json(root / "image_noising_scheduler" / "scheduler_config.json",
+                        "image_noising_scheduler/scheduler_config.json")
+    NoiseSchedule.from_config(noising).check_t(noise_level, "--noise-level")
+
+
 def load_configs(model: str) -> tuple[dict, NoiseSchedule]:
     """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet."""
     root = resolve(model, ["unet", "scheduler"], weights=False)

@@ -138,6 +138,19 @@ class DFEdit:
         return T5PromptEncoder(self.model, self.device, self.dtype, cache_dir=self.cache_dir,
                                offload=self.offload, quiet=self.quiet)
 
+    def check(self, *, stride: int | None = None, upscale: bool | None = None, stage2_steps: int = 50,
+              noise_level: int = 250) -> bool:
+        """Validate options from configs only (no weights): stride for stage I, and stage II's
+        directory, steps and noise level when upscaling. Returns whether stage II will run."""
+        if stride is not None:
+            _schedule_for(self.model).strided_timesteps(stride)
+        if upscale is None:
+            upscale = _emoji_backend(self.model) is None  # IF pairs with stage II; emoji models do not
+        if upscale:
+            from .models import check_stage2
+            check_stage2(self.stage2_model, stage2_steps, noise_level)
+        return upscale
+
     # ---- the shared path ---------------------------------------------------------------------
     def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
         """Per-prompt conds and the uncond, each repeated n times; one encode call, so a cold
@@ -158,6 +171,7 @@ class DFEdit:
                  callback: StepCallback | None = None, generator: torch.Generator | None = None) -> Result:
         if num_samples < 1:
             raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
+        upscale = self.check(stride=stride, upscale=upscale, stage2_steps=stage2_steps, noise_level=noise_level)
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         ts = s1.schedule.strided_timesteps(stride)
@@ -175,8 +189,6 @@ class DFEdit:
         meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
                 "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg, "stride": stride,
                 "steps": len(ts), "model": s1.name, "num_samples": num_samples, **edit.meta}
-        if upscale is None:
-            upscale = getattr(s1, "default_upscale", True)
         self._done_with("_s1")
         if not upscale:
             return Result(x, x, meta, frames)
@@ -371,5 +383,7 @@ def model_size(model: str) -> int:
         return emoji.load_denoiser(model, torch.device("cpu"), torch.float32).sample_size
     from .models import load_configs
     cfg = load_configs(model)[0]
+    if cfg.get("class_embed_type") == "timestep":
+        raise DfeditError(f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model")
     s = cfg.get("sample_size")
     return int(s if isinstance(s, int) else s[0])

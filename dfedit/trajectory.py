@@ -1,0 +1,37 @@
+"""`--trajectory out.gif`: the x0 estimates the loop produced, as an animation.
+
+Frames are recorded by a loop callback (pipeline._recorder) every few reverse steps, in both
+stages; here they become one GIF at the final image size (stage I frames are upscaled with
+nearest so small models stay crisp). Written atomically like every output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .cache import atomic_write
+from .errors import DfeditError
+from .images import check_output, grid, to_pil
+
+
+def save_trajectory(frames: list[torch.Tensor], path: str | Path, meta: dict, duration_ms: int = 120) -> Path:
+    if not frames:
+        raise DfeditError("no trajectory frames were recorded")
+    p = check_output(path, ".gif")
+    size = max(f.shape[-1] for f in frames)
+    images = []
+    for f in frames:
+        tiles = [im.resize((size, size), Image.Resampling.NEAREST) for im in to_pil(f)]
+        images.append(tiles[0] if len(tiles) == 1 else grid([tiles]))
+    images += [images[-1]] * 5  # hold the final frame
+    comment = json.dumps(meta, sort_keys=True).encode("utf-8")
+    try:
+        atomic_write(p, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                   duration=duration_ms, loop=0, comment=comment))
+    except OSError as e:
+        raise DfeditError(f"cannot write {path}: {e.strerror or e}") from None
+    return p
