@@ -12,7 +12,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
-import tiny_if  # noqa: E402
+from dfedit import testing as tiny_if  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import torch
 from diffusers import IFPipeline, IFSuperResolutionPipeline, UNet2DConditionModel
 
 from dfedit import DFEdit, DfeditError
-from real_if_configs import IF_I_XL_UNET, IF_II_L_UNET
+from dfedit.testing import IF_I_XL_UNET, IF_II_L_UNET
 
 PROMPT = "an oil painting of a snowy mountain village"
 COURSE_TS = list(range(990, -1, -30))
