@@ -34,6 +34,8 @@ _ARGV: list[str] = []  # the arguments of the current invocation, for the PNG me
 class OneLineErrors(TyperGroup):
     """Usage errors (unknown option, bad number, missing argument) as one `dfedit: error:` line."""
 
+    prefix = "dfedit"  # dfedit-train subclasses this with its own name
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         global _ARGV
         _ARGV = list(sys.argv[1:] if args is None else args)
@@ -45,12 +47,12 @@ class OneLineErrors(TyperGroup):
         except NoArgsIsHelpError:
             sys.exit(0)  # the help text has already been printed
         except ClickException as e:
-            print(f"dfedit: error: {e.format_message()}", file=sys.stderr)
+            print(f"{self.prefix}: error: {e.format_message()}", file=sys.stderr)
             sys.exit(e.exit_code)
         except Exit as e:
             sys.exit(e.exit_code)
         except Abort:
-            print("dfedit: error: aborted", file=sys.stderr)
+            print(f"{self.prefix}: error: aborted", file=sys.stderr)
             sys.exit(1)
         if not standalone_mode:
             return rv
@@ -95,6 +97,8 @@ class GenOptions:
     stage2_steps: int
     stage2_cfg: float
     noise_level: int
+    sampler: str
+    eta: float
     out: Optional[Path]
     trajectory: Optional[Path]
     device: str
@@ -110,6 +114,7 @@ class GenOptions:
         return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, num_samples=self.num_samples,
                     upscale=self.upscale, stage2_steps=self.stage2_steps, stage2_cfg=self.stage2_cfg,
                     noise_level=self.noise_level, negative_prompt=self.negative_prompt,
+                    sampler=self.sampler, eta=self.eta,
                     record_every=3 if self.trajectory else 0)
 
 
@@ -131,6 +136,8 @@ GEN_OPTIONS = [
     inspect.Parameter("stage2_steps", inspect.Parameter.KEYWORD_ONLY, default=50, annotation=Stage2Steps),
     inspect.Parameter("stage2_cfg", inspect.Parameter.KEYWORD_ONLY, default=4.0, annotation=Stage2Cfg),
     inspect.Parameter("noise_level", inspect.Parameter.KEYWORD_ONLY, default=250, annotation=NoiseLevel),
+    _opt("sampler", str, "ddpm", "--sampler", help="ddpm (strided DDPM, as the course) or ddim (stage I)."),
+    _opt("eta", float, 0.0, "--eta", min=0.0, help="DDIM noise: 0 = deterministic, 1 = DDPM-like."),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Out),
     _opt("trajectory", Optional[Path], None, "--trajectory",
          help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),

@@ -160,17 +160,26 @@ class DFEdit:
         return [enc[i:i + 1].repeat_interleave(n) for i in range(k)], enc[k:k + 1].repeat_interleave(n)
 
     def run(self, den: Denoiser, eps_fn: EpsFn, x: torch.Tensor, timesteps: list[int], generator,
-            description: str, hook=None, callback: StepCallback | None = None) -> torch.Tensor:
+            description: str, hook=None, callback: StepCallback | None = None,
+            eta: float | None = None) -> torch.Tensor:
         with progress_bar(len(timesteps), description, not self.quiet) as bar:
             return denoise_loop(eps_fn, x, timesteps, den.schedule, generator, hook=hook,
-                                callback=callback, progress=bar)
+                                callback=callback, progress=bar, eta=eta)
 
     def generate(self, edit: Edit, *, seed: int = 0, cfg: float = 7.0, stride: int = 30, num_samples: int = 1,
                  upscale: bool | None = None, stage2_steps: int = 50, stage2_cfg: float = 4.0,
                  noise_level: int = 250, negative_prompt: str = "", record_every: int = 0,
+                 sampler: str = "ddpm", eta: float = 0.0,
                  callback: StepCallback | None = None, generator: torch.Generator | None = None) -> Result:
+        """Run `edit` through stage I (and stage II). sampler "ddpm" (strided DDPM, the default) or
+        "ddim" with `eta` (0 = deterministic); stage II always uses DDPM, as IF was tuned for."""
         if num_samples < 1:
             raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
+        if sampler not in ("ddpm", "ddim"):
+            raise DfeditError(f"unknown --sampler {sampler!r}: use ddpm or ddim")
+        if eta < 0:
+            raise DfeditError(f"--eta must be >= 0, got {eta}")
+        loop_eta = None if sampler == "ddpm" else eta
         upscale = self.check(stride=stride, upscale=upscale, stage2_steps=stage2_steps, noise_level=noise_level)
         gen = generator or make_generator(seed)
         s1 = self.stage1()
@@ -185,10 +194,12 @@ class DFEdit:
         frames: list[torch.Tensor] = []
         cb = _recorder(frames, record_every, callback)
         hook = edit.hook(s1, gen) if edit.hook else None
-        x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb)
+        x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
+                     eta=loop_eta)
         meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
                 "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg, "stride": stride,
-                "steps": len(ts), "model": s1.name, "num_samples": num_samples, **edit.meta}
+                "steps": len(ts), "model": s1.name, "num_samples": num_samples, "sampler": sampler,
+                **({"eta": eta} if sampler == "ddim" else {}), **edit.meta}
         self._done_with("_s1")
         if not upscale:
             return Result(x, x, meta, frames)

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Cond, Denoiser, EpsFn
+from .errors import DfeditError
 from .progress import Progress
 from .schedule import NoiseSchedule
 
@@ -45,13 +46,17 @@ def denoise_loop(
     hook: StepHook | None = None,
     callback: StepCallback | None = None,
     progress: Progress | None = None,
+    eta: float | None = None,
 ) -> torch.Tensor:
     """Run x (at timesteps[0]) down the strided chain to t' = -1 and return the clean estimate.
 
+    eta None: the strided DDPM step (learned or fixed variance). eta >= 0: DDIM with that eta.
     A pair with t' > t is a forward jump (RePaint's resampling): x is re-noised from t to t'
     with fresh noise instead of calling the model. Random draws happen in diffusers' order: one
-    per reverse step with t > 0, none for the terminal step.
+    per reverse step with t > 0 (DDPM) or with eta > 0 (DDIM), none for DDPM's terminal step.
     """
+    if eta is not None and eta < 0:
+        raise DfeditError(f"--eta must be >= 0, got {eta}")
     pairs = step_pairs(timesteps)
     # Coefficients are 0-d float32 tensors precomputed once, so the hot loop is tensor ops only.
     coefs = [schedule.step_coefficients(t, tp) if tp < t else None for t, tp in pairs]
@@ -63,8 +68,12 @@ def denoise_loop(
             x0 = None
         else:
             eps, var = eps_fn(x, t)
-            noise = randn(eps.shape, generator, eps.device, eps.dtype) if t > 0 else None
-            x, x0 = schedule.step(x, eps, var, c, noise)
+            if eta is None:
+                noise = randn(eps.shape, generator, eps.device, eps.dtype) if t > 0 else None
+                x, x0 = schedule.step(x, eps, var, c, noise)
+            else:
+                noise = randn(eps.shape, generator, eps.device, eps.dtype) if eta > 0 else None
+                x, x0 = schedule.ddim_step(x, eps, c, eta, noise)
             if hook is not None:
                 x = hook(i, t_prev, x, x0)
         if callback is not None:

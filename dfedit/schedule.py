@@ -173,6 +173,8 @@ class NoiseSchedule:
         return StepCoefficients(
             t=t,
             t_prev=t_prev,
+            abar_prev=a_p,
+            ddim_var=(beta_prod_p / beta_prod_t) * (1 - a_t / a_p),
             sqrt_one_minus_abar=beta_prod_t**0.5,
             sqrt_abar=a_t**0.5,
             c_x0=(a_p**0.5 * beta) / beta_prod_t,
@@ -199,6 +201,20 @@ class NoiseSchedule:
             x_prev = x_prev + self.noise_std(var, c) * noise
         return x_prev, x0
 
+    def ddim_step(self, x_t: torch.Tensor, eps: torch.Tensor, c: "StepCoefficients", eta: float,
+                  noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM (Song et al.): eta = 0 is deterministic, eta = 1 has DDPM's posterior variance.
+
+        As DDIMScheduler.step (its default use_clipped_model_output=False): the direction term uses
+        the model's noise estimate even when x0 was thresholded. A learned variance is ignored.
+        """
+        x0 = self.threshold((x_t - c.sqrt_one_minus_abar * eps) / c.sqrt_abar)
+        std = eta * c.ddim_var**0.5
+        x_prev = c.abar_prev**0.5 * x0 + (1 - c.abar_prev - std**2) ** 0.5 * eps
+        if noise is not None:
+            x_prev = x_prev + std * noise
+        return x_prev, x0
+
     def noise_std(self, var: torch.Tensor | None, c: "StepCoefficients") -> torch.Tensor:
         vt = self.variance_type
         if vt == "learned_range":
@@ -219,6 +235,8 @@ class StepCoefficients:
 
     t: int
     t_prev: int
+    abar_prev: torch.Tensor
+    ddim_var: torch.Tensor
     sqrt_one_minus_abar: torch.Tensor
     sqrt_abar: torch.Tensor
     c_x0: torch.Tensor

@@ -147,3 +147,38 @@ def test_same_seed_same_output_different_seed_different(if_schedule):
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("thresholding", [False, True])
+def test_ddim_loop_equals_ddim_scheduler(eta, thresholding):
+    """DDIM through the one loop == diffusers' DDIMScheduler (100 steps = our stride 10, final abar 1)."""
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", set_alpha_to_one=True, thresholding=thresholding,
+                        sample_max_value=1.5, clip_sample=False)
+    ref.set_timesteps(100)
+    ours = NoiseSchedule.from_config(dict(ref.config))
+    ts = ours.strided_timesteps(10)
+    assert ts == ref.timesteps.tolist()
+    w = torch.randn(3, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def model(x, t):  # any deterministic function of (x, t) will do
+        return torch.nn.functional.conv2d(x, w) * 0.3 + t / 1000, None
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    expect = x
+    for t in ref.timesteps:
+        expect = ref.step(model(expect, int(t))[0], t, expect, eta=eta, generator=g).prev_sample
+    got = denoise_loop(model, x, ts, ours, torch.Generator().manual_seed(3), eta=eta)
+    assert torch.equal(got, expect)
+
+
+def test_ddim_oracle_returns_the_clean_image(if_schedule):
+    x0 = _clean_image()
+    g = torch.Generator().manual_seed(0)
+    for eta in (0.0, 1.0):
+        out = denoise_loop(conditioned(OracleDenoiser(x0, if_schedule), None), torch.randn(1, 3, 16, 16, generator=g),
+                           COURSE_TS, if_schedule, g, eta=eta)
+        assert (out - x0).abs().max() < 1e-5
