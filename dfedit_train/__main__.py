@@ -1,0 +1,5 @@
+"""`python -m dfedit_train` = `dfedit-train`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""Presets and the config dataclasses that are written, as JSON, into every checkpoint.
+
+Everything needed to rebuild a model and continue a run is here, so a checkpoint directory is
+self-describing: `load_denoiser` needs nothing but the directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from dfedit.errors import DfeditError
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 64
+    channels: tuple[int, ...] = (64, 128, 192, 256)  # one width per resolution level
+    num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder gets one more, for the stem skip)
+    self_attn: tuple[bool, ...] = (False, False, True, True)  # per level; the middle block always attends
+    cross_attn: tuple[bool, ...] = (False, True, True, True)
+    head_dim: int = 32  # attention heads = width // head_dim
+    time_dim: int = 0  # 0: 4 * channels[0]
+    text_dim: int = 384  # width of the text encoder's token states
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        n = len(self.channels)
+        if n < 1 or len(self.self_attn) != n or len(self.cross_attn) != n:
+            raise DfeditError("the model needs one width and one self/cross-attention flag per level")
+        if self.image_size % (2 ** (n - 1)):
+            raise DfeditError(f"image size {self.image_size} is not divisible by 2^{n - 1} for {n} levels")
+        for c in self.channels:
+            if c % 8 or c % self.head_dim:
+                raise DfeditError(f"width {c} must be a multiple of 8 and of the head size {self.head_dim}")
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine; "linear" and "sigmoid" too
+    prediction_type: str = "epsilon"  # "v_prediction" and "sample" (x0) too
+    min_snr_gamma: float = 0.0  # 0: plain MSE on the target; >0: min-SNR-gamma weighting
+    cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
+
+    def scheduler_config(self) -> dict:
+        """A diffusers DDPMScheduler config: what `dfedit.schedule.NoiseSchedule.from_config` reads."""
+        if self.beta_schedule not in ("linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear"):
+            raise DfeditError(f"unknown noise schedule {self.beta_schedule!r}: use cosine, linear or sigmoid")
+        return {
+            "_class_name": "DDPMScheduler",
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "prediction_type": self.prediction_type,
+            "variance_type": "fixed_small",
+            # The diffusion runs in plain [-1, 1] pixel space (standardisation is input
+            # preconditioning, see diffusion.py), so clipping x0 to [-1, 1] is valid.
+            "clip_sample": True,
+            "clip_sample_range": 1.0,
+            "thresholding": False,
+        }
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 500
+    batch_size: int = 64  # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 2e-4
+    min_lr: float = 2e-6
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4  # only on matrices/kernels (ndim > 1), as the Flax trainer did
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9995
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    flip_prob: float = 0.0  # horizontal flips, only for captions without left/right/text-like content
+    seed: int = 0
+    save_every: int = 10  # epochs between checkpoints (and always at the end)
+    sample_every: int = 10  # epochs between validation grids (0: never)
+    keep_checkpoints: int = 3
+    grid_prompts: int = 8
+    sample_stride: int = 20  # DDPM stride of the validation grid (1000 / 20 = 50 steps)
+    guidance: float = 3.0
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "npm"  # "npm" (default, the emoji-datasource-<vendor> package) or a path
+    vendor: str = "google"
+    base_only: bool = False  # drop skin-tone variants
+    val_fraction: float = 0.1
+    text_encoder: str = "minilm"  # "minilm" = the pinned offline MiniLM; else any HF id or path
+    max_length: int = 24
+
+
+PRESETS: dict[str, dict] = {
+    # Seconds on one CPU thread: tests and smoke runs.
+    "tiny": dict(
+        model=dict(image_size=16, channels=(16, 32), num_res_blocks=1, self_attn=(False, True),
+                   cross_attn=(False, True), head_dim=16),
+        train=dict(epochs=2, batch_size=8, lr=1e-3, warmup_steps=5, ema_decay=0.9, save_every=1,
+                   sample_every=1, grid_prompts=4, sample_stride=100, mixed_precision="no"),
+    ),
+    # 32 px on a 2-core CPU: levels 32/16/8 with attention at 16 and 8.
+    "cpu": dict(
+        model=dict(image_size=32, channels=(32, 64, 128), num_res_blocks=2, self_attn=(False, True, True),
+                   cross_attn=(False, True, True), head_dim=32),
+        # v-prediction: after ~1.3k steps on real emoji an eps model's samples from pure noise were
+        # frame-filling textures while a v model already drew white-background blobs (docs/train.md);
+        # at high noise eps errors are amplified by 1/sqrt(abar) into x0, v errors are not.
+        diffusion=dict(prediction_type="v_prediction"),
+        # bf16 autocast: 1.3-2.6x on CPUs with native bf16 (pass --mixed-precision no on older ones).
+        train=dict(epochs=40, batch_size=32, lr=5e-4, warmup_steps=200, ema_decay=0.999, save_every=5,
+                   sample_every=5, mixed_precision="bf16"),
+    ),
+    # The full 64 px recipe for one GPU: levels 64/32/16/8, attention at 16 and 8.
+    "gpu": dict(
+        model=dict(image_size=64, channels=(64, 128, 192, 256), num_res_blocks=2,
+                   self_attn=(False, False, True, True), cross_attn=(False, True, True, True), head_dim=32),
+        train=dict(epochs=500, batch_size=128, lr=3e-4, warmup_steps=500, ema_decay=0.9995, save_every=50,
+                   sample_every=50, mixed_precision="bf16"),
+    ),
+}
+
+
+def _coerce(cls, d: dict):
+    """Dataclass from a JSON dict: lists back to tuples, unknown keys rejected with a clear line."""
+    names = {f.name: f for f in fields(cls)}
+    out = {}
+    for k, v in d.items():
+        if k not in names:
+            raise DfeditError(f"unknown {cls.__name__} field {k!r} in the checkpoint config")
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**out)
+
+
+def preset(name: str) -> tuple[ModelConfig, DiffusionConfig, TrainConfig]:
+    if name not in PRESETS:
+        raise DfeditError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return (_coerce(ModelConfig, p.get("model", {})), _coerce(DiffusionConfig, p.get("diffusion", {})),
+            _coerce(TrainConfig, p.get("train", {})))
+
+
+def to_dict(obj) -> dict:
+    return asdict(obj)
+
+
+def from_dict(cls, d: dict):
+    return _coerce(cls, d)
+
+
+SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2", "linear": "linear", "sigmoid": "sigmoid",
+                    "squaredcos_cap_v2": "squaredcos_cap_v2"}
+OBJECTIVE_ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction",
+                     "x0": "sample", "sample": "sample"}

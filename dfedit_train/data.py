@@ -1,0 +1,385 @@
+"""Emoji data: every supported layout becomes one `EmojiData` (uint8 images, captions, split), cached.
+
+Sources, detected from `--data`:
+  * nothing / "npm": the npm package emoji-datasource-<vendor>, fetched once with the ordinary
+    `npm pack` into the user cache and read straight from the tarball (no download addresses here);
+  * a .tgz or an unpacked npm package (emoji.json + img/<vendor>/64/*.png);
+  * the Kaggle "emojiimage-dataset" layout: full_emoji.csv + image/<Vendor>/<#>.png;
+  * a folder of PNGs with a CSV naming the file and its caption.
+Images are alpha-composited on white (emoji PNGs are ~43% transparent; black-on-transparent would
+otherwise become black-on-black) and resized to 64x64 once; training resizes further on the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dfedit.errors import DfeditError
+
+NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
+VENDORS = ("google", "twitter", "apple", "facebook")
+LICENCE_WARNINGS = {
+    "apple": "Apple's emoji images are not licensed for commercial use; do not publish models trained on them.",
+    "facebook": "Facebook's emoji images have no clear licence; check before publishing models trained on them.",
+}
+STORE_SIZE = 64  # side every source is stored at
+CACHE_VERSION = 1
+SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
+              "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
+
+
+def cache_dir() -> Path:
+    """User cache: $DFEDIT_CACHE, else $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
+    if os.environ.get("DFEDIT_CACHE"):
+        return Path(os.environ["DFEDIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfedit"
+
+
+@dataclass
+class EmojiData:
+    images: np.ndarray  # (N, 64, 64, 3) uint8, composited on white
+    captions: list[str]
+    groups: list[str]  # split key: the base emoji, so skin tones share a split
+    val: np.ndarray  # (N,) bool
+    source: str  # human-readable description, recorded in the checkpoint
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def subset(self, mask: np.ndarray) -> "EmojiData":
+        idx = np.flatnonzero(mask)
+        return EmojiData(self.images[idx], [self.captions[i] for i in idx], [self.groups[i] for i in idx],
+                         self.val[idx], self.source)
+
+
+# ---- image decoding --------------------------------------------------------------------------
+
+def decode_png(data: bytes, name: str) -> np.ndarray:
+    """PNG bytes -> (64, 64, 3) uint8 on white. Modes vary (RGBA, LA, P): always go through RGBA."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        im = im.convert("RGBA")
+    except Exception as e:  # PIL raises several types for broken files
+        raise DfeditError(f"could not read image {name}: not a valid image ({str(e).splitlines()[0]})") from None
+    white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(white, im).convert("RGB")
+    if rgb.size != (STORE_SIZE, STORE_SIZE):
+        rgb = rgb.resize((STORE_SIZE, STORE_SIZE), Image.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# ---- captions ----------------------------------------------------------------------------------
+
+def _chars(unified: str) -> str:
+    return "".join(chr(int(c, 16)) for c in unified.split("-"))
+
+
+def _emoji_package_name(*unified: str | None) -> str | None:
+    """CLDR short name from the PyPI `emoji` package (":thumbs_up:" -> "thumbs up"), if installed."""
+    try:
+        from emoji import EMOJI_DATA
+    except ImportError:
+        return None
+    for u in unified:
+        if not u:
+            continue
+        for s in (_chars(u), _chars(u).replace("\ufe0f", "")):
+            if s in EMOJI_DATA:
+                return EMOJI_DATA[s]["en"].strip(":").replace("_", " ")
+    return None
+
+
+def npm_caption(entry: dict, tone_key: str | None = None) -> str:
+    """CLDR-style caption: "grinning face", "thumbs up: medium skin tone", "flag: United States"."""
+    name = _emoji_package_name(entry.get("unified"), entry.get("non_qualified"))
+    if name is None:  # old upper-case Unicode name: worse, but never missing
+        name = (entry.get("name") or entry.get("short_name") or entry["unified"]).lower()
+    hair = _HAIR.match(name)  # "man red hair" -> CLDR's "man: red hair" / "man: light skin tone, red hair"
+    if entry.get("subcategory") in ("country-flag", "subdivision-flag") and not name.startswith("flag"):
+        name = "flag: " + name
+    if name.startswith("keycap ") and not name.startswith("keycap:"):
+        name = "keycap: " + name[len("keycap "):]
+    tones = ", ".join(dict.fromkeys(SKIN_TONES.get(k, k.lower()) for k in tone_key.split("-"))) if tone_key else ""
+    if hair:
+        return f"{hair[1]}: {tones + ', ' if tones else ''}{hair[2]}"
+    return f"{name}: {tones}" if tones else name
+
+
+_HAIR = re.compile(r"^(man|woman|person) (red hair|curly hair|white hair|bald|beard)$")
+_TONE_SUFFIX = re.compile(r":\s*(light|medium-light|medium|medium-dark|dark) skin tone.*$")
+
+
+def base_of_caption(caption: str) -> str:
+    return _TONE_SUFFIX.sub("", caption)
+
+
+# ---- sources -----------------------------------------------------------------------------------
+
+def fetch_npm_package(vendor: str) -> Path:
+    """The pinned npm tarball in the cache, fetched with `npm pack` the first time."""
+    pkg = f"emoji-datasource-{vendor}"
+    dest = cache_dir() / "npm"
+    tgz = dest / f"{pkg}-{NPM_VERSION}.tgz"
+    if tgz.exists():
+        return tgz
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DfeditError(f"npm was not found: install Node.js/npm to fetch {pkg}@{NPM_VERSION}, "
+                          f"or pass --data with a local copy of the emoji images")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run([npm, "pack", f"{pkg}@{NPM_VERSION}", "--pack-destination", str(dest)],
+                           capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed: {e}") from None
+    if r.returncode != 0 or not tgz.exists():
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed ({last}); check your network or pass --data")
+    return tgz
+
+
+class _NpmFiles:
+    """emoji.json + PNGs from either the tarball (read in one pass) or an unpacked package directory."""
+
+    def __init__(self, path: Path, vendor: str):
+        self.path, self.vendor = path, vendor
+        self.prefix = f"img/{vendor}/64/"
+
+    def read(self) -> tuple[list[dict], dict[str, bytes]]:
+        files: dict[str, bytes] = {}
+        if self.path.is_dir():
+            root = self.path / "package" if (self.path / "package" / "emoji.json").exists() else self.path
+            if not (root / "emoji.json").exists():
+                raise DfeditError(f"{self.path} has no emoji.json: not an emoji-datasource package")
+            entries = json.loads((root / "emoji.json").read_text())
+            for p in (root / self.prefix).glob("*.png"):
+                files[p.name] = p.read_bytes()
+            return entries, files
+        try:
+            with tarfile.open(self.path) as tf:
+                entries = None
+                for m in tf:  # one sequential pass: random access into a .tgz re-decompresses
+                    rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
+                    if rel == "emoji.json":
+                        entries = json.load(tf.extractfile(m))
+                    elif rel.startswith(self.prefix) and m.isfile():
+                        files[rel[len(self.prefix):]] = tf.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as e:
+            raise DfeditError(f"could not read the npm tarball {self.path}: {e}") from None
+        if entries is None:
+            raise DfeditError(f"{self.path} has no package/emoji.json: not an emoji-datasource tarball")
+        return entries, files
+
+
+def read_npm(path: Path, vendor: str, base_only: bool) -> tuple[list[np.ndarray], list[str], list[str]]:
+    src = _NpmFiles(path, vendor)
+    entries, files = src.read()
+    images, captions, groups = [], [], []
+    for e in entries:
+        if e.get("category") == "Component":  # bare skin-tone swatches: not emoji anyone asks for
+            continue
+        variants = [(None, e)]
+        if not base_only:
+            variants += sorted((e.get("skin_variations") or {}).items())
+        for tone, v in variants:
+            name = v.get("image") or (v["unified"].lower() + ".png")
+            if not v.get(f"has_img_{vendor}", True) or name not in files:
+                continue
+            images.append(decode_png(files[name], name))
+            captions.append(npm_caption(e, tone))
+            groups.append(e["unified"])
+    if not images:
+        raise DfeditError(f"no {vendor} images found in {path}")
+    return images, captions, groups
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DfeditError(f"could not read {path}: {e}") from None
+
+
+def read_kaggle(root: Path, vendor: str, base_only: bool):
+    """Kaggle emojiimage-dataset: full_emoji.csv ('#', 'unicode', 'name', ...) + image/<Vendor>/<#>.png."""
+    rows = _read_csv(root / "full_emoji.csv")
+    cols = set(rows[0]) if rows else set()
+    for col in ("#", "name"):
+        if col not in cols:
+            raise DfeditError(f"{root / 'full_emoji.csv'} has no {col!r} column: not the emojiimage-dataset layout")
+    vendors = {p.name.lower(): p for p in (root / "image").iterdir() if p.is_dir()} if (root / "image").is_dir() else {}
+    if vendor.lower() not in vendors:
+        raise DfeditError(f"{root} has no image/{vendor.capitalize()} folder (found: {', '.join(sorted(vendors)) or 'none'})")
+    img_dir = vendors[vendor.lower()]
+    images, captions, groups = [], [], []
+    for r in rows:
+        caption = (r["name"] or "").strip()
+        p = img_dir / f"{(r['#'] or '').strip()}.png"
+        if not caption or not p.exists() or (base_only and "skin tone" in caption):
+            continue  # vendors lack some emoji: skip, do not fail
+        images.append(decode_png(p.read_bytes(), str(p)))
+        captions.append(caption)
+        groups.append(_kaggle_group(r.get("unicode"), caption))
+    if not images:
+        raise DfeditError(f"no images with captions found under {img_dir}")
+    return images, captions, groups
+
+
+def _kaggle_group(unicode: str | None, caption: str) -> str:
+    """Base emoji of a row: its code points without skin-tone modifiers, else the caption's base."""
+    if unicode:
+        cps = [c.upper().replace("U+", "") for c in unicode.split()]
+        cps = [c for c in cps if c not in SKIN_TONES]
+        if cps:
+            return "-".join(cps)
+    return base_of_caption(caption)
+
+
+FILE_COLUMNS = ("file", "filename", "image", "path")
+CAPTION_COLUMNS = ("caption", "name", "text", "prompt")
+
+
+def read_folder(root: Path, base_only: bool):
+    """A folder of images and one CSV with a file column and a caption column."""
+    csvs = sorted(root.glob("*.csv"))
+    if not csvs:
+        raise DfeditError(f"{root} has no emoji.json, full_emoji.csv or captions CSV: not a supported data layout")
+    path = next((c for c in csvs if c.name == "captions.csv"), csvs[0])
+    rows = _read_csv(path)
+    cols = set(rows[0]) if rows else set()
+    fcol = next((c for c in FILE_COLUMNS if c in cols), None)
+    ccol = next((c for c in CAPTION_COLUMNS if c in cols), None)
+    if fcol is None or ccol is None:
+        raise DfeditError(f"{path} needs a file column ({'/'.join(FILE_COLUMNS)}) and a caption column "
+                          f"({'/'.join(CAPTION_COLUMNS)}); it has: {', '.join(sorted(cols)) or 'nothing'}")
+    images, captions, groups = [], [], []
+    for r in rows:
+        caption = (r[ccol] or "").strip()
+        if not caption or (base_only and "skin tone" in caption):
+            continue
+        p = root / (r[fcol] or "").strip()
+        if not p.is_file():
+            raise DfeditError(f"{path} names {r[fcol]!r}, which is not a file in {root}")
+        images.append(decode_png(p.read_bytes(), str(p)))
+        captions.append(caption)
+        groups.append(base_of_caption(caption))
+    if not images:
+        raise DfeditError(f"{path} lists no images with captions")
+    return images, captions, groups
+
+
+# ---- split -------------------------------------------------------------------------------------
+
+def _bucket(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def split(images: np.ndarray, groups: list[str], val_fraction: float) -> np.ndarray:
+    """Validation mask by hash of the base emoji, with exact-duplicate images tied to one split.
+
+    Union-find over rows joined by base emoji and by identical pixels; each component goes to the
+    split its smallest base key hashes to, so no image appears (even as a copy) on both sides.
+    """
+    n = len(groups)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict = {}
+    for i, key in enumerate(groups):
+        for k in (("g", key), ("h", hashlib.sha1(images[i].tobytes()).hexdigest())):
+            if k in first:
+                parent[find(i)] = find(first[k])
+            else:
+                first[k] = i
+    comp_key: dict[int, str] = {}
+    for i, key in enumerate(groups):
+        r = find(i)
+        comp_key[r] = min(comp_key.get(r, key), key)
+    return np.array([_bucket(comp_key[find(i)]) < val_fraction for i in range(n)], dtype=bool)
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+def _identity(path: Path) -> dict:
+    """What the cache key depends on: the path and the size/mtime of the files that define it."""
+    parts = [path] + [path / n for n in ("emoji.json", "package/emoji.json", "full_emoji.csv", "image")]
+    parts += sorted(path.glob("*.csv")) if path.is_dir() else []
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in parts if p.exists()]
+    return {"path": str(path.resolve()), "stats": stats}
+
+
+def resolve_source(source: str, vendor: str) -> tuple[Path, str]:
+    """(path, layout) for a --data value; layout is 'npm', 'kaggle' or 'folder'."""
+    if vendor not in VENDORS:
+        raise DfeditError(f"unknown vendor {vendor!r}: choose one of {', '.join(VENDORS)}")
+    if source in ("", "npm"):
+        return fetch_npm_package(vendor), "npm"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DfeditError(f"data path {path} does not exist")
+    if path.is_file():
+        if tarfile.is_tarfile(path):
+            return path, "npm"
+        raise DfeditError(f"{path} is a file but not an npm tarball: pass a .tgz or a data folder")
+    if (path / "emoji.json").exists() or (path / "package" / "emoji.json").exists():
+        return path, "npm"
+    if (path / "full_emoji.csv").exists():
+        return path, "kaggle"
+    return path, "folder"
+
+
+def load(source: str = "npm", vendor: str = "google", base_only: bool = False, val_fraction: float = 0.1,
+         use_cache: bool = True) -> EmojiData:
+    """Build (or read from the compressed cache) the dataset for one source."""
+    path, layout = resolve_source(source, vendor)
+    key = hashlib.sha1(json.dumps([CACHE_VERSION, layout, _identity(path), vendor, base_only, val_fraction],
+                                  sort_keys=True).encode()).hexdigest()[:16]
+    cache = cache_dir() / "data" / f"{layout}-{vendor}-{key}.npz"
+    desc = f"{layout}:{path.name}" + (f" ({vendor})" if layout != "folder" else "")
+    if use_cache and cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return EmojiData(z["images"], z["captions"].tolist(), z["groups"].tolist(), z["val"], desc)
+    if layout == "npm":
+        images, captions, groups = read_npm(path, vendor, base_only)
+    elif layout == "kaggle":
+        images, captions, groups = read_kaggle(path, vendor, base_only)
+    else:
+        images, captions, groups = read_folder(path, base_only)
+    arr = np.stack(images)
+    val = split(arr, groups, val_fraction)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, images=arr, captions=np.array(captions), groups=np.array(groups), val=val)
+        os.replace(tmp, cache)  # atomic: a killed build never leaves a half cache behind
+    return EmojiData(arr, captions, groups, val, desc)
+
+
+_NO_FLIP = re.compile(r"\b(left|right|flag|keycap|letter|clock|o.clock|arrow|button|sign|symbol|input|"
+                      r"japanese|squared|circled|numbers?|ideograph|abc|abcd|sos|id|ok|cool|free|new|ng|top|"
+                      r"soon|end|back|on|up!|vs)\b", re.I)
+
+
+def flippable(captions: list[str]) -> np.ndarray:
+    """Which images a horizontal flip leaves correct: nothing with a side, text, digits or a flag."""
+    return np.array([_NO_FLIP.search(c) is None for c in captions], dtype=bool)

@@ -1,0 +1,356 @@
+"""The training loop: accelerate for devices/precision, everything else explicit.
+
+Determinism and resume: every random draw of optimizer step s (batch order, timesteps, noise, CFG
+dropout, flips, nn.Dropout) comes from generators seeded by (seed, epoch) or (seed, step, rank), not
+from a stream that runs through the whole run. The training RNG state at step s is therefore a
+function of s, so a checkpoint that stores step, weights, EMA and AdamW moments (the learning rate
+is a function of s too) resumes to exactly the run that was never interrupted; tests check it
+bit-for-bit on CPU.
+
+The dataset (as float32 at training resolution) and the caption embeddings sit on the training
+device: 3.5k emoji are ~170 MB at 64 px, far cheaper than a DataLoader feeding a GPU per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfedit.errors import DfeditError
+
+from . import checkpoint as ckpt
+from . import data as datamod
+from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
+from .diffusion import Diffusion
+from .sample import EmojiDenoiser, sample, save_grid, to_uint8
+from .text import TextEncoder
+from .unet import UNet
+
+# Options that may change when a run is resumed; anything else must match the checkpoint.
+RESUMABLE = {"epochs", "save_every", "sample_every", "keep_checkpoints", "compile", "grid_prompts"}
+
+
+def mix(*xs: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), so nearby (seed, step) pairs are unrelated."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def lr_at(step: int, total: int, tc: TrainConfig) -> float:
+    """Linear warmup to tc.lr, then cosine decay to tc.min_lr at the last step."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # Decay kernels and matrices only: decaying norms, biases and the null token just shrinks them.
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_configs(out: Path, preset_cfgs: tuple, given: dict) -> tuple[ModelConfig, DiffusionConfig,
+                                                                           TrainConfig, DataConfig, dict | None]:
+    """Configs for this invocation: the checkpoint's when resuming (plus allowed changes), else preset+given.
+
+    `given` maps "section.field" to values the user typed explicitly.
+    """
+    existing = ckpt.resolve(out) if out.exists() else None
+    if existing is None:
+        mc, dc, tc = (copy.deepcopy(c) for c in preset_cfgs)
+        dac = DataConfig()
+        sections = {"model": mc, "diffusion": dc, "train": tc, "data": dac}
+        for key, v in given.items():
+            sec, f = key.split(".")
+            sections[sec] = replace(sections[sec], **{f: v})
+        mc, dc, tc, dac = sections["model"], sections["diffusion"], sections["train"], sections["data"]
+        return mc, dc, tc, dac, None
+    _, saved = ckpt.load(existing)
+    mc, dc = from_dict(ModelConfig, saved["model"]), from_dict(DiffusionConfig, saved["diffusion"])
+    tc = from_dict(TrainConfig, saved["train"])
+    dac = from_dict(DataConfig, {k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
+    sections = {"model": mc, "diffusion": dc, "train": tc, "data": dac}
+    for key, v in given.items():
+        sec, f = key.split(".")
+        old = getattr(sections[sec], f)
+        if f in RESUMABLE:
+            sections[sec] = replace(sections[sec], **{f: v})
+        elif (tuple(old) if isinstance(old, (list, tuple)) else old) != (tuple(v) if isinstance(v, (list, tuple)) else v):
+            raise DfeditError(f"{out} holds a run with {f}={old!r}; resume it without --{f.replace('_', '-')} "
+                              f"or train into a new --out")
+    tc = sections["train"]
+    if tc.epochs < saved["state"]["epoch"]:
+        raise DfeditError(f"{out} is already at epoch {saved['state']['epoch']}; --epochs {tc.epochs} is smaller")
+    return mc, dc, tc, dac, saved
+
+
+def prepare_data(dac: DataConfig, size: int, device, progress: bool):
+    """Train/val tensors on the device at training resolution, caption embeddings, stats."""
+    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    if dac.vendor in datamod.LICENCE_WARNINGS:
+        import sys
+        print(f"warning: {datamod.LICENCE_WARNINGS[dac.vendor]}", file=sys.stderr)
+    train = d.subset(~d.val)
+    if len(train) == 0:
+        raise DfeditError("the training split is empty: add images or lower --val-fraction")
+    enc = TextEncoder(dac.text_encoder, dac.max_length, device="cpu")
+    states, mask = enc.embed(d.captions)
+
+    def to_device(idx):
+        x = torch.from_numpy(d.images[idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        if x.shape[-1] != size:  # area-style downsample with antialiasing, once, on the CPU
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x.contiguous().to(device)
+
+    tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
+    x_train = to_device(tr)
+    mean = x_train.mean(dim=(0, 2, 3)).tolist()
+    std = x_train.std(dim=(0, 2, 3)).tolist()
+    return {
+        "x": x_train, "text": states[tr].to(device), "mask": mask[tr].to(device),
+        "flip_ok": torch.from_numpy(datamod.flippable([d.captions[i] for i in tr])).to(device),
+        "captions": [d.captions[i] for i in tr],
+        "val_x": to_device(va), "val_text": states[va].to(device), "val_mask": mask[va].to(device),
+        "val_captions": [d.captions[i] for i in va],
+        "mean": mean, "std": std, "source": d.source, "text_identity": enc.identity,
+        "text_dim": int(states.shape[-1]),
+    }
+
+
+def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int], list[int]]:
+    """Fixed validation-grid prompts: half from train, half held out, chosen once by the seed."""
+    g = torch.Generator().manual_seed(mix(seed, 7))
+    kv = min(n_val, k // 2)
+    kt = min(n_train, k - kv)
+    return torch.randperm(n_train, generator=g)[:kt].tolist(), torch.randperm(max(n_val, 1), generator=g)[:kv].tolist()
+
+
+def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: DataConfig,
+          saved: dict | None = None, progress: bool = True, max_steps: int | None = None,
+          cpu: bool = False, log=print) -> dict:
+    """Train (or resume) into `out`. `max_steps` stops early (after saving) for tests and smoke runs."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu, gradient_accumulation_steps=1)
+    out.mkdir(parents=True, exist_ok=True)
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    D = prepare_data(dac, mc.image_size, device, progress)
+    mc = replace(mc, text_dim=D["text_dim"])
+    n = D["x"].shape[0]
+    per_step = tc.batch_size * tc.grad_accum * world  # images per optimizer step, all processes
+    if n < tc.batch_size * world:
+        raise DfeditError(f"only {n} training images for a batch of {tc.batch_size} x {world} processes: "
+                          f"lower --batch-size")
+    steps_per_epoch = max(1, n // per_step)
+    total_steps = steps_per_epoch * tc.epochs
+    diff = Diffusion(dc, D["mean"], D["std"], device)
+
+    torch.manual_seed(tc.seed)  # model init only; the loop re-seeds per step
+    net = UNet(mc).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    step, skipped, scaler_state = 0, 0, None
+    if saved is not None:
+        ck = ckpt.resolve(out)
+        net.load_state_dict(ckpt.load_tensors(ck, "model"))
+        ema.load_state_dict(ckpt.load_tensors(ck, "ema"))
+        opt.load_state_dict(ckpt.optimizer_from_flat(ckpt.load_tensors(ck, "optimizer"), saved["optimizer"]))
+        st = saved["state"]
+        step, skipped, scaler_state = st["step"], st["skipped_steps"], st.get("scaler")
+        if st["steps_per_epoch"] != steps_per_epoch:
+            raise DfeditError(f"{out} was trained with {st['steps_per_epoch']} steps per epoch, this setup "
+                              f"gives {steps_per_epoch} (different data or number of processes)")
+    net, opt = acc.prepare(net, opt)
+    if scaler_state and acc.scaler is not None:
+        acc.scaler.load_state_dict(scaler_state)
+    raw = acc.unwrap_model(net)
+    fwd = torch.compile(net) if tc.compile else net
+
+    def config_dict(epoch: int) -> dict:
+        return {
+            "model": asdict(mc), "diffusion": asdict(dc), "schedule": dc.scheduler_config(), "train": asdict(tc),
+            "data": {**asdict(dac), "mean": D["mean"], "std": D["std"], "source_desc": D["source"],
+                     "n_train": n, "n_val": int(D["val_x"].shape[0]), "image_size": mc.image_size},
+            "text_encoder": {"name": dac.text_encoder, "identity": D["text_identity"],
+                             "max_length": dac.max_length, "dim": D["text_dim"]},
+            "state": {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                      "images_seen": step * per_step, "skipped_steps": skipped, "world_size": world,
+                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None},
+            "versions": {"torch": torch.__version__},
+        }
+
+    def save(epoch: int) -> None:
+        if acc.is_main_process:
+            ckpt.save(out, step, config_dict(epoch), raw.state_dict(), ema.state_dict(),
+                      opt.optimizer.state_dict() if hasattr(opt, "optimizer") else opt.state_dict(),
+                      tc.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    gt, gv = grid_indices(n, D["val_x"].shape[0], tc.grid_prompts, tc.seed)
+
+    def validation_grid(epoch: int) -> None:
+        if not acc.is_main_process:
+            return
+        from dfedit.denoiser import Cond
+
+        prompts = [D["captions"][i] for i in gt] + [D["val_captions"][i] for i in gv]
+        cond = Cond(text=torch.cat([D["text"][gt], D["val_text"][gv]]).float(),
+                    text_mask=torch.cat([D["mask"][gt], D["val_mask"][gv]]))
+        den = EmojiDenoiser(copy.deepcopy(ema), diff, _NullOnly(mc.text_dim, dac.max_length, device),
+                            mc.image_size, str(out), device, torch.float32)
+        x = sample(den, prompts, seed=tc.seed, stride=tc.sample_stride, guidance=tc.guidance, cond=cond)
+        save_grid(to_uint8(x), out / "samples" / f"epoch-{epoch:04d}.png",
+                  {"prompts": prompts, "epoch": epoch, "step": step, "seed": tc.seed, "stride": tc.sample_stride,
+                   "guidance": tc.guidance, "weights": "ema"}, ncol=len(prompts), scale=max(1, 64 // mc.image_size))
+
+    start_epoch = step // steps_per_epoch
+    if step >= total_steps:
+        log(f"{out} already finished {tc.epochs} epochs; nothing to do")
+        return {"step": step, "skipped": skipped, "images_per_s": None}
+    ema_params, net_params = list(ema.parameters()), list(raw.parameters())
+    losses, t_train, imgs_done, stopped = [], 0.0, 0, False
+    T, S = diff.T, mc.image_size
+    bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
+    logf = open(out / "log.jsonl", "a") if acc.is_main_process else None
+    try:
+        with bar:
+            for epoch in range(start_epoch, tc.epochs):
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(tc.seed, 1, epoch))).to(device)
+                ep_losses, ep_t0, ep_imgs = [], time.perf_counter(), 0
+                for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
+                    t0 = time.perf_counter()
+                    g = torch.Generator(device).manual_seed(mix(tc.seed, 2, step, rank))
+                    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
+                    lr = lr_at(step, total_steps, tc)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    base = s * per_step + rank * tc.batch_size * tc.grad_accum
+                    total = torch.zeros((), device=device)
+                    for j in range(tc.grad_accum):
+                        idx = perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
+                        b = idx.shape[0]
+                        t = torch.randint(0, T, (b,), generator=g, device=device)
+                        noise = torch.randn((b, 3, S, S), generator=g, device=device)
+                        drop = torch.rand((b,), generator=g, device=device) < dc.cfg_dropout
+                        flip = (torch.rand((b,), generator=g, device=device) < tc.flip_prob) & D["flip_ok"][idx]
+                        x0 = torch.where(flip[:, None, None, None], D["x"][idx].flip(-1), D["x"][idx])
+                        mask = D["mask"][idx] & ~drop[:, None]  # an empty mask is the null prompt
+                        sync = acc.no_sync(net) if j < tc.grad_accum - 1 else contextlib.nullcontext()
+                        with sync, acc.autocast():
+                            loss = diff.loss(fwd, x0, t, noise, D["text"][idx], mask).mean() / tc.grad_accum
+                        acc.backward(loss)
+                        total += loss.detach()
+                    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
+                    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
+                    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
+                        opt.step()
+                    if ok:
+                        decay = min(tc.ema_decay, (1 + step) / (10 + step))
+                        with torch.no_grad():
+                            torch._foreach_lerp_(ema_params, net_params, 1 - decay)
+                        losses.append(loss_v)
+                        ep_losses.append(loss_v)
+                    else:
+                        skipped += 1
+                        log(f"warning: non-finite loss/gradient at step {step} (loss {loss_v}, grad norm {gnorm_v}); "
+                            f"step skipped ({skipped} so far)")
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+                    dt = time.perf_counter() - t0
+                    t_train += dt
+                    imgs_done += per_step
+                    ep_imgs += per_step
+                    bar.update(epoch + 1, tc.epochs, loss_v, imgs_done / max(t_train, 1e-9))
+                    if max_steps is not None and step >= max_steps and step < total_steps:
+                        stopped = True
+                        break
+                done_epoch = step // steps_per_epoch
+                if logf is not None and ep_losses:
+                    ep_time = time.perf_counter() - ep_t0
+                    logf.write(json.dumps({"epoch": done_epoch, "step": step, "loss": float(np.mean(ep_losses)),
+                                           "lr": lr, "images_per_s": ep_imgs / ep_time, "epoch_s": ep_time,
+                                           "skipped": skipped}) + "\n")
+                    logf.flush()
+                if stopped:
+                    save(done_epoch)
+                    break
+                last = epoch + 1 == tc.epochs
+                if tc.sample_every and ((epoch + 1) % tc.sample_every == 0 or last):
+                    validation_grid(epoch + 1)
+                if (epoch + 1) % tc.save_every == 0 or last:
+                    save(epoch + 1)
+    except KeyboardInterrupt:
+        save(step // steps_per_epoch)  # a clean stop at a step boundary: rerun the command to resume
+        raise DfeditError(f"interrupted at step {step}; checkpoint saved, run the same command to resume") from None
+    finally:
+        if logf is not None:
+            logf.close()
+    return {"step": step, "skipped": skipped, "images_per_s": imgs_done / max(t_train, 1e-9),
+            "mean_loss": float(np.mean(losses)) if losses else None, "train_seconds": t_train,
+            "steps_per_epoch": steps_per_epoch, "stopped_early": stopped}
+
+
+class _NullOnly:
+    """Prompt encoder for in-training grids: prompts arrive pre-embedded; only "" is ever encoded."""
+
+    def __init__(self, dim: int, length: int, device):
+        self.dim, self.length, self.device = dim, length, device
+
+    def encode(self, prompts: list[str]):
+        from dfedit.denoiser import Cond
+
+        if any(prompts):
+            raise ValueError("validation grids pass their conditioning in directly")
+        b = len(prompts)
+        return Cond(text=torch.zeros(b, self.length, self.dim, device=self.device),
+                    text_mask=torch.zeros(b, self.length, dtype=torch.bool, device=self.device))
+
+
+class _Bar:
+    """Rich bar over optimizer steps with epoch, loss and images/s; free when disabled."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            import sys
+
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import TimeRemainingColumn
+            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  "
+                                         "{task.fields[ips]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                              console=Console(file=sys.stderr))
+            self.task = self.p.add_task("train", total=total, completed=done, epoch="-", loss=float("nan"), ips=0.0)
+        self._ema = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        if self.enabled:
+            self.p.__exit__(*a)
+
+    def update(self, epoch: int, epochs: int, loss: float, ips: float) -> None:
+        if not self.enabled:
+            return
+        if math.isfinite(loss):
+            self._ema = loss if self._ema is None else 0.95 * self._ema + 0.05 * loss
+        self.p.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", loss=self._ema or float("nan"), ips=ips)

@@ -1,0 +1,79 @@
+"""The `dfedit-train` CLI end to end on the tiny preset, and bad input as one line + exit 1."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dfedit_train.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r, fragment):
+    assert r.exit_code == 1, r.output
+    err = r.stderr.strip()
+    assert err.startswith("dfedit-train: error: ") and "\n" not in err and "Traceback" not in r.output + err
+    assert fragment in err, err
+
+
+def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder):
+    out = tmp_path / "run"
+    common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
+              "--max-length", "12", "--out", out, "--quiet", "--sample-every", "0"]
+    r = invoke(*common, "--epochs", "1")
+    assert r.exit_code == 0, r.output
+    step1 = json.loads((out / "latest.json").read_text())["step"]
+    r = invoke(*common, "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "resuming" in r.stderr
+    assert json.loads((out / "latest.json").read_text())["step"] == 2 * step1
+    one_line_error(invoke(*common, "--epochs", "2", "--lr", "0.1"), "holds a run with lr=")
+    r = invoke("eval", out, "--n-samples", "4", "--stride", "100", "--quiet", "--max-images", "16")
+    assert r.exit_code == 0, r.output
+    ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
+    assert set(ev["val_loss"]) == set(ev["bands"]) and len(ev["samples"]) == 4
+    assert ev["nn_rmse_samples_median"] > 0 and "held-out eps-MSE" in r.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "no-name", "corrupt"])
+def test_bad_data_is_one_line(tmp_path, tiny_encoder, corrupt_folder, case):
+    if case == "missing":
+        data, frag = tmp_path / "nope", "does not exist"
+    elif case == "no-name":
+        (tmp_path / "full_emoji.csv").write_text("#,emoji,unicode\n1,x,U+1F600\n")
+        data, frag = tmp_path, "no 'name' column"
+    else:
+        data, frag = corrupt_folder, "not a valid image"
+    one_line_error(invoke("emoji", "--preset", "tiny", "--data", data, "--text-encoder", tiny_encoder,
+                          "--out", tmp_path / "o", "--quiet"), frag)
+
+
+def test_missing_npm_is_one_line(tmp_path, monkeypatch, tiny_encoder):
+    from dfedit_train import data
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    one_line_error(invoke("emoji", "--preset", "tiny", "--vendor", "twitter", "--text-encoder", tiny_encoder,
+                          "--out", tmp_path / "o", "--quiet"), "npm was not found")
+
+
+def test_bad_options_are_one_line(tmp_path, npm_tarball):
+    one_line_error(invoke("emoji", "--preset", "huge", "--out", tmp_path / "o"), "unknown preset")
+    one_line_error(invoke("emoji", "--preset", "tiny", "--schedule", "quadratic", "--out", tmp_path / "o"),
+                   "--schedule")
+    one_line_error(invoke("emoji", "--preset", "tiny", "--channels", "16,x", "--out", tmp_path / "o"), "--channels")
+    one_line_error(invoke("eval", tmp_path), "not a dfedit-train checkpoint")
+    # Flags parse before the preset is checked.
+    one_line_error(invoke("emoji", "--base-only", "--no-compile", "--preset", "huge", "--out", tmp_path / "o"),
+                   "unknown preset")
+
+
+def test_data_command(npm_tarball):
+    r = invoke("data", "--data", npm_tarball)
+    assert r.exit_code == 0, r.output
+    assert "36 images" in r.stdout
+    r = invoke("data", "--data", npm_tarball, "--base-only")
+    assert r.exit_code == 0 and "21 images" in r.stdout

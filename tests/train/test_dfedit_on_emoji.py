@@ -1,0 +1,90 @@
+"""Every dfedit command runs on a dfedit-train checkpoint through the same loop (issue 3.4, 4.7)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dfedit.cli import app as dfedit_app
+from dfedit.images import read_metadata
+from dfedit_train.cli import app as train_app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, npm_tarball, tiny_encoder):
+    out = tmp_path_factory.mktemp("emoji") / "run"
+    r = runner.invoke(train_app, [str(a) for a in ["emoji", "--preset", "tiny", "--data", npm_tarball,
+                                                   "--text-encoder", tiny_encoder, "--max-length", "12",
+                                                   "--out", out, "--epochs", "1", "--quiet",
+                                                   "--sample-every", "0"]])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def dfedit(*args):
+    r = runner.invoke(dfedit_app, [str(a) for a in args] + ["--quiet"])
+    assert r.exit_code == 0, r.stderr
+    return r
+
+
+def px(p):
+    with Image.open(p) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def size_of(run_dir):
+    ck = run_dir / json.loads((run_dir / "latest.json").read_text())["checkpoint"]
+    return json.loads((ck / "config.json").read_text())["model"]["image_size"]
+
+
+def test_sample_runs_on_the_checkpoint_without_stage2(run_dir, tmp_path):
+    dfedit("sample", "grinning face", "--model", run_dir, "--seed", "3", "--stride", "50", "-o", tmp_path / "a.png")
+    dfedit("sample", "grinning face", "--model", run_dir, "--seed", "3", "--stride", "50", "-o", tmp_path / "b.png")
+    dfedit("sample", "grinning face", "--model", run_dir, "--seed", "4", "--stride", "50", "-o", tmp_path / "c.png")
+    s = size_of(run_dir)
+    a = px(tmp_path / "a.png")
+    assert a.shape == (s, s, 3)  # the emoji model's own size: no stage II by default
+    assert np.array_equal(a, px(tmp_path / "b.png")) and not np.array_equal(a, px(tmp_path / "c.png"))
+    meta = read_metadata(tmp_path / "a.png")
+    assert meta["prompt"] == "grinning face" and "stage2" not in meta and str(run_dir) in meta["model"]
+
+
+def test_ddim_and_ddpm_both_run(run_dir, tmp_path):
+    dfedit("sample", "red heart", "--model", run_dir, "--sampler", "ddim", "--eta", "0", "--stride", "50",
+           "-o", tmp_path / "d.png")
+    dfedit("sample", "red heart", "--model", run_dir, "--stride", "50", "-o", tmp_path / "p.png")
+    assert not np.array_equal(px(tmp_path / "d.png"), px(tmp_path / "p.png"))
+    assert read_metadata(tmp_path / "d.png")["sampler"] == "ddim"
+
+
+def test_every_edit_runs_on_the_emoji_model(run_dir, tmp_path):
+    s = size_of(run_dir)
+    src = tmp_path / "in.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).save(src)
+    mask = tmp_path / "mask.png"
+    m = np.zeros((s, s), np.uint8)
+    m[s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 255
+    Image.fromarray(m).save(mask)
+    common = ["--model", run_dir, "--stride", "100"]
+    dfedit("sdedit", src, "--i-start", "3", "--i-start", "6", *common, "-o", tmp_path / "sd.png")
+    dfedit("inpaint", src, "--mask", mask, *common, "-o", tmp_path / "in-out.png", "--trajectory", tmp_path / "t.gif")
+    out, inp, hole = px(tmp_path / "in-out.png"), px(src), m > 127
+    assert np.array_equal(out[~hole], inp[~hole])
+    dfedit("anagram", "grinning face", "red heart", "--view", "rotate_cw", *common, "-o", tmp_path / "an.png")
+    dfedit("hybrid", "rocket", "snowman", *common, "-o", tmp_path / "hy.png")
+    dfedit("noise", src, "--model", run_dir, "--t", "500", "-o", tmp_path / "n.png")
+    dfedit("denoise", src, "--model", run_dir, "--t", "500", "-o", tmp_path / "de.png")
+    dfedit("embed", "thumbs up", "--model", run_dir)
+    for f in ("sd.png", "in-out.png", "an.png", "hy.png", "n.png", "de.png", "t.gif"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
+def test_hybrid_of_one_prompt_equals_sample_on_emoji(run_dir, tmp_path):
+    dfedit("sample", "rocket", "--model", run_dir, "--seed", "1", "--stride", "50", "-o", tmp_path / "s.png")
+    dfedit("hybrid", "rocket", "rocket", "--model", run_dir, "--seed", "1", "--stride", "50", "-o", tmp_path / "h.png")
+    assert np.abs(px(tmp_path / "s.png") - px(tmp_path / "h.png")).max() <= 1

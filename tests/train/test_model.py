@@ -1,0 +1,138 @@
+"""The U-Net, the null conditioning, the objectives and the preconditioning."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dfedit.errors import DfeditError
+from dfedit.schedule import NoiseSchedule
+from dfedit_train.config import DiffusionConfig, ModelConfig, preset
+from dfedit_train.diffusion import Diffusion
+from dfedit_train.unet import UNet
+
+
+def tiny_net(**kw):
+    mc = replace(preset("tiny")[0], text_dim=32, **kw)
+    torch.manual_seed(0)
+    return UNet(mc), mc
+
+
+def inputs(b=2, size=16, L=6, d=32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, 3, size, size, generator=g)
+    t = torch.tensor([10, 900][:b])
+    text = torch.randn(b, L, d, generator=g)
+    mask = torch.ones(b, L, dtype=torch.bool)
+    mask[:, 4:] = False
+    return x, t, text, mask
+
+
+def perturb(net):
+    with torch.no_grad():  # the zero-initialised output layers hide everything at init
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+
+
+def test_shapes_and_zero_init_output():
+    net, mc = tiny_net()
+    x, t, text, mask = inputs()
+    out = net(x, t, text, mask)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised head: a fresh model predicts eps = 0
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_other_level_counts(levels):
+    chans = (16, 32, 32)[:levels]
+    flags = (False, True, True)[:levels]
+    net, _ = tiny_net(channels=chans, self_attn=flags, cross_attn=flags)
+    x, t, text, mask = inputs()
+    assert net(x, t, text, mask).shape == x.shape
+
+
+def test_empty_mask_is_the_learned_null_token():
+    net, _ = tiny_net()
+    perturb(net)
+    x, t, text, mask = inputs()
+    empty = torch.zeros_like(mask)
+    a = net(x, t, torch.zeros_like(text), empty)
+    b = net(x, t, text * 5, empty)  # token states are ignored when the mask is empty
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    c = net(x, t, text, mask)
+    assert not torch.allclose(a, c)
+    with torch.no_grad():
+        net.null_token.add_(1.0)
+    assert not torch.allclose(net(x, t, text, empty), a)
+
+
+def test_text_changes_output_and_padding_does_not():
+    net, _ = tiny_net()
+    perturb(net)
+    x, t, text, mask = inputs()
+    text2 = text.clone()
+    text2[:, 5] += 10  # a padded position
+    assert torch.allclose(net(x, t, text, mask), net(x, t, text2, mask), atol=1e-6)
+    text3 = text.clone()
+    text3[:, 1] += 1
+    assert not torch.allclose(net(x, t, text, mask), net(x, t, text3, mask))
+
+
+def test_bad_model_config():
+    with pytest.raises(DfeditError):
+        ModelConfig(image_size=20, channels=(16, 32, 64), self_attn=(0, 0, 0), cross_attn=(0, 0, 0)).validate()
+    with pytest.raises(DfeditError):
+        ModelConfig(channels=(16, 32), self_attn=(False,), cross_attn=(False, False)).validate()
+
+
+@pytest.mark.parametrize("sched", ["squaredcos_cap_v2", "linear", "sigmoid"])
+def test_schedule_config_is_dfedits(sched):
+    dc = DiffusionConfig(beta_schedule=sched)
+    s = NoiseSchedule.from_config(dc.scheduler_config())
+    assert s.num_train_timesteps == 1000 and s.prediction_type == "epsilon" and s.variance_type == "fixed_small"
+    assert s.alphas_cumprod[0] > 0.99 and s.alphas_cumprod[-1] < 0.01
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_objective_targets_convert_back_to_the_noise(pred):
+    """For a perfect model, the per-sample to_eps and dfedit's model_output_to_eps both recover eps."""
+    diff = Diffusion(DiffusionConfig(prediction_type=pred), [0.0] * 3, [1.0] * 3)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([5, 400, 990])
+    ab = diff.abar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    target = {"epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "sample": x0}[pred]
+    tol = 1e-3 if pred == "sample" else 1e-4  # x0 -> eps divides by sqrt(1 - abar), small at t = 5
+    assert torch.allclose(diff.to_eps(target, x_t, t), eps, atol=tol)
+    for i in range(3):
+        got = diff.schedule.model_output_to_eps(target[i:i + 1], x_t[i:i + 1], int(t[i]))
+        assert torch.allclose(got, eps[i:i + 1], atol=tol)
+    # And the training loss of that perfect output is zero.
+    net = lambda x, tt, text, mask: target  # noqa: E731
+    assert diff.loss(net, x0, t, eps, None, None).abs().max() < 1e-6
+
+
+def test_preconditioning_standardises_each_channel():
+    mean, std = [0.5, -0.2, 0.1], [0.3, 0.6, 0.4]
+    diff = Diffusion(DiffusionConfig(), mean, std)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4000, 3, 2, 2, generator=g) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    for tv in (0, 300, 999):
+        t = torch.full((4000,), tv)
+        ab = diff.abar[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g)
+        z = diff.net_input(x_t, t)
+        assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
+        assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_min_snr_weights_are_min_not_max():
+    diff = Diffusion(DiffusionConfig(min_snr_gamma=5.0), [0.0] * 3, [1.0] * 3)
+    x0 = torch.zeros(2, 3, 4, 4)
+    noise = torch.ones(2, 3, 4, 4)
+    net = lambda x, t, a, b: torch.zeros_like(x)  # noqa: E731  loss 1 per sample before weighting
+    t = torch.tensor([1, 999])  # huge SNR at t=1 -> weight gamma/snr << 1; tiny SNR -> weight 1
+    w = diff.loss(net, x0, t, noise, None, None)
+    assert w[0] < 0.01 and abs(float(w[1]) - 1.0) < 1e-5
