@@ -149,28 +149,35 @@ GEN_OPTIONS = [
 ]
 
 
-def _fail(msg: str, code: int = 1):
-    typer.echo(f"dfedit: error: {msg}", err=True)
-    raise typer.Exit(code)
+def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-samples"):
+    """A decorator: one clear `PREFIX: error:` line and a non-zero exit for anything the user can
+    fix (DfeditError, Ctrl-C, out of memory); bugs keep their traceback. dfedit-train uses it too."""
+
+    def fail(msg: str, code: int = 1):
+        typer.echo(f"{prefix}: error: {msg}", err=True)
+        raise typer.Exit(code)
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except DfeditError as e:
+                fail(str(e))
+            except KeyboardInterrupt:
+                fail("interrupted", 130)
+            except MemoryError:
+                fail(f"out of memory: {oom_hint}")
+            except RuntimeError as e:
+                if "out of memory" in str(e).lower():
+                    fail(f"the GPU ran out of memory: {oom_hint}")
+                raise
+        return wrapper
+
+    return decorate
 
 
-def handle_errors(fn):
-    """One clear line and a non-zero exit for anything the user can fix; bugs keep their traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DfeditError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted; no output was written", 130)
-        except MemoryError:
-            _fail("out of memory: try --offload, --dtype float16 or fewer --num-samples")
-        except RuntimeError as e:
-            if "out of memory" in str(e).lower():
-                _fail("the GPU ran out of memory: try --offload or fewer --num-samples")
-            raise
-    return wrapper
+handle_errors = error_handler("dfedit")
 
 
 def generating(fn):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from dfedit.cli import OneLineErrors
+from dfedit.cli import OneLineErrors, error_handler
 from dfedit.errors import DfeditError
 
 
@@ -21,15 +20,7 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Train a text-conditional emoji U-Net that dfedit can sample and edit with.")
 
 
-def one_line_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DfeditError as e:
-            typer.echo(f"dfedit-train: error: {e}", err=True)
-            raise typer.Exit(1) from None
-    return wrapper
+one_line_errors = error_handler("dfedit-train", "lower --batch-size (with --grad-accum to keep the batch)")
 
 
 def _ints(s: str, what: str) -> tuple[int, ...]:

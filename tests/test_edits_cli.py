@@ -1,7 +1,5 @@
 """Issue-4 invariants through the real CLI on the tiny IF checkpoints (16 px -> 32 px)."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
