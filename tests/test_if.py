@@ -181,3 +181,40 @@ def test_hub_id_is_resolved_offline_to_the_local_snapshot(tiny_models, monkeypat
     assert den.sample_size == 16 and seen["offline"] is True and seen["repo"] == "DeepFloyd/IF-I-XL-v1.0"
     assert "unet/*.safetensors.index.json" in seen["patterns"]
     assert not any(p.endswith(".bin") for p in seen["patterns"])
+
+
+def test_fp16_variant_is_preferred_when_running_in_half_precision(tiny_models, tmp_path):
+    """A directory with both weight files: fp16 runs load *.fp16.safetensors, fp32 runs the full file."""
+    import shutil
+    from diffusers import UNet2DConditionModel
+    p1, _ = tiny_models
+    d = tmp_path / "with-variant"
+    shutil.copytree(p1, d)
+    unet = UNet2DConditionModel.from_pretrained(p1, subfolder="unet")
+    marker = unet.conv_in.bias.detach().clone()
+    with torch.no_grad():
+        unet.conv_in.bias.fill_(0.125)  # the fp16 file differs, so we can tell which one loaded
+    unet.to(torch.float16).save_pretrained(d / "unet", variant="fp16")
+    half = DFEdit(model=str(d), device="cpu", dtype="float16", quiet=True).stage1()
+    assert half.unet.dtype == torch.float16 and torch.all(half.unet.conv_in.bias == 0.125)
+    full = DFEdit(model=str(d), device="cpu", dtype="float32", quiet=True).stage1()
+    assert full.unet.dtype == torch.float32 and torch.equal(full.unet.conv_in.bias, marker)
+
+
+def test_fp16_hub_download_asks_only_for_fp16_weights(tiny_models, monkeypatch):
+    """fp16 runs fetch only the fp16 variant (IF-I-XL's fp32 UNet alone is 17 GB); a repo without
+    one is fetched again with the full-precision patterns."""
+    import huggingface_hub
+    from dfedit.models import resolve
+    p1, _ = tiny_models
+    calls = []
+
+    def fake(repo, allow_patterns, local_files_only):
+        calls.append(allow_patterns)
+        return str(p1)  # the tiny checkpoint has no fp16 files
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    resolve("DeepFloyd/IF-I-XL-v1.0", ["unet"], fp16=True)
+    first, second = calls
+    assert "unet/*.fp16.safetensors" in first and not any(p.endswith("[!6].safetensors") for p in first)
+    assert "unet/*[!6].safetensors" in second and not any("fp16" in p for p in second)
