@@ -87,7 +87,7 @@ def _weight_patterns(sub: str, fp16: bool) -> list[str]:
     # fp32 UNet alone is 17 GB. Sharded checkpoints come with an index file.
     if fp16:
         return [f"{sub}/*.fp16.safetensors", f"{sub}/*.fp16-*.safetensors", f"{sub}/*.safetensors.index.fp16.json"]
-    return [f"{sub}/*[!6].safetensors", f"{sub}/*.safetensors.index.json"]
+    return [f"{sub}/*.safetensors", f"{sub}/*.safetensors.index.json"]  # fp16 files excluded by the caller
 
 
 def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True) -> Path:
@@ -114,8 +114,11 @@ def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool) -
         patterns += [f"{c}/*.json", f"{c}/*.model", f"{c}/*.txt"]
         if weights and c in ("unet", "text_encoder"):
             patterns += _weight_patterns(c, fp16)
+    # Full precision: never the fp16 variant's files (they match the broad patterns above).
+    ignore = [] if fp16 else ["*.fp16.*", "*.fp16-*"]
     try:
-        path = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=_offline()))
+        path = Path(snapshot_download(repo, allow_patterns=patterns, ignore_patterns=ignore,
+                                      local_files_only=_offline()))
     except hfe.GatedRepoError:
         raise DfeditError(
             f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "

@@ -172,7 +172,7 @@ def test_hub_id_is_resolved_offline_to_the_local_snapshot(tiny_models, monkeypat
     p1, p2 = tiny_models
     seen = {}
 
-    def fake(repo, allow_patterns, local_files_only):
+    def fake(repo, allow_patterns, ignore_patterns, local_files_only):
         seen.update(repo=repo, patterns=allow_patterns, offline=local_files_only)
         return str(p1)
 
@@ -209,12 +209,21 @@ def test_fp16_hub_download_asks_only_for_fp16_weights(tiny_models, monkeypatch):
     p1, _ = tiny_models
     calls = []
 
-    def fake(repo, allow_patterns, local_files_only):
-        calls.append(allow_patterns)
+    def fake(repo, allow_patterns, ignore_patterns, local_files_only):
+        calls.append((allow_patterns, ignore_patterns))
         return str(p1)  # the tiny checkpoint has no fp16 files
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     resolve("DeepFloyd/IF-I-XL-v1.0", ["unet"], fp16=True)
-    first, second = calls
-    assert "unet/*.fp16.safetensors" in first and not any(p.endswith("[!6].safetensors") for p in first)
-    assert "unet/*[!6].safetensors" in second and not any("fp16" in p for p in second)
+    (first, ign1), (second, ign2) = calls
+    import fnmatch
+    fp32_file, fp16_file = "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"
+    fp16_shard = "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors"
+
+    def fetched(name, allow, ignore):
+        return any(fnmatch.fnmatch(name, p) for p in allow) and not any(fnmatch.fnmatch(name, p) for p in ignore)
+
+    assert fetched(fp16_file, first, ign1) and fetched(fp16_shard, first, ign1)
+    assert not fetched(fp32_file, first, ign1)
+    assert fetched(fp32_file, second, ign2) and not fetched(fp16_file, second, ign2)
+    assert not fetched(fp16_shard, second, ign2) and not fetched("unet/diffusion_pytorch_model.bin", second, ign2)
