@@ -26,6 +26,8 @@ DEFAULT_STAGE2 = "DeepFloyd/IF-II-L-v1.0"
 # diffusers' IF encode_prompt pads/truncates every prompt to 77 T5 tokens; parity depends on it.
 IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# Every Hub failure points at the model that needs no Hub: the emoji model shipped in the package.
+OFFLINE_HINT = "; or use --model emoji, the built-in emoji model that runs offline on a CPU"
 
 
 # ---- devices and dtypes ----------------------------------------------------------------------
@@ -126,17 +128,17 @@ def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool) -
     except hfe.GatedRepoError:
         raise DfeditError(
             f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "
-            "then run `hf auth login` (or set HF_TOKEN) on this machine") from None
+            f"then run `hf auth login` (or set HF_TOKEN) on this machine{OFFLINE_HINT}") from None
     except hfe.RepositoryNotFoundError:
         raise DfeditError(f"{repo} is not a model on the Hub (or it is private and you are not logged in): "
-                          "check the id or pass a local directory") from None
+                          f"check the id or pass a local directory{OFFLINE_HINT}") from None
     except (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled):
         raise DfeditError(f"{repo} is not in the local Hub cache and the Hub cannot be reached "
                           "(HF_HUB_OFFLINE is set or there is no network): download it once online, "
-                          "or pass --model with a local directory") from None
+                          f"or pass --model with a local directory{OFFLINE_HINT}") from None
     except (OSError, ValueError) as e:  # connection errors and other HTTP failures
         raise DfeditError(f"could not fetch {repo} from the Hub ({type(e).__name__}): check your network "
-                          "or pass a local directory") from None
+                          f"or pass a local directory{OFFLINE_HINT}") from None
     if weights and fp16 and "unet" in components and not list(path.glob("unet/*fp16*.safetensors")):
         return _hub_snapshot(repo, components, False, weights)  # repo without an fp16 variant
     return path

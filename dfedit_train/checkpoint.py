@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+import dfedit
 from dfedit.errors import DfeditError
 
 FORMAT = "dfedit-train/emoji-unet"
@@ -107,8 +108,15 @@ def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: 
 
 # ---- reading -----------------------------------------------------------------------------------
 
+# `--model emoji`: the model that ships inside the dfedit package (see `export`).
+BUILTIN = {"emoji": Path(dfedit.__file__).resolve().parent / "weights" / "emoji"}
+
+
 def resolve(path: str | Path) -> Path | None:
-    """The checkpoint directory a path names: itself, or a run directory's latest checkpoint."""
+    """The checkpoint directory a path names: itself, a run directory's latest checkpoint, or a
+    built-in model's name ("emoji"; write ./emoji for a local directory of that name)."""
+    if str(path) in BUILTIN:
+        path = BUILTIN[str(path)]
     p = Path(path).expanduser()
     cfg = p / "config.json"
     if cfg.is_file():
@@ -171,3 +179,42 @@ def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: 
     except RuntimeError as e:
         raise DfeditError(f"{ck} does not match its own config: {str(e).splitlines()[0]}") from None
     return EmojiDenoiser.from_config(net, cfg, name=str(ck), device=device, dtype=dtype)
+
+
+# ---- export: a run's EMA weights as a small, inference-only model directory ---------------------
+
+def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None) -> Path:
+    """Write DEST/config.json, DEST/ema.safetensors (fp16 by default) and DEST/record.json.
+
+    The config keeps everything `load_denoiser` needs (model, schedule, text encoder, data stats)
+    and drops the optimizer state; record.json is the training record: recipe, epochs, steps,
+    wall time and images/s from the run's log.jsonl, and the eval numbers when `dfedit-train eval`
+    has been run on that checkpoint.
+    """
+    ck, cfg = load(run)
+    ema = load_tensors(ck, "ema")
+    if fp16:
+        ema = {k: v.half() if v.is_floating_point() else v for k, v in ema.items()}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    log = []
+    run_dir = ck.parent.parent
+    if (run_dir / "log.jsonl").is_file():
+        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    record = {
+        "source_checkpoint": ck.name, "weights": "ema", "dtype": "float16" if fp16 else "float32",
+        "recipe": {k: cfg[k] for k in ("model", "diffusion", "train") if k in cfg},
+        "data": {k: cfg["data"].get(k) for k in ("source_desc", "vendor", "n_train", "n_val", "image_size")},
+        "text_encoder": cfg.get("text_encoder"), "state": {k: v for k, v in cfg["state"].items() if k != "scaler"},
+        "epochs_logged": len(log), "train_wall_s": round(sum(e.get("epoch_s", 0) for e in log), 1),
+        "images_per_s_median": (sorted(e["images_per_s"] for e in log)[len(log) // 2] if log else None),
+        "final_epoch_loss": log[-1]["loss"] if log else None, "versions": cfg.get("versions"),
+        **(extra_record or {}),
+    }
+    if (ck / "eval" / "eval.json").is_file():
+        record["eval"] = json.loads((ck / "eval" / "eval.json").read_text())
+    out_cfg = {k: v for k, v in cfg.items() if k != "optimizer"}
+    _save_tensors(ema, dest / "ema.safetensors")
+    _write_json(dest / "config.json", out_cfg)
+    _write_json(dest / "record.json", record)
+    return dest

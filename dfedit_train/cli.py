@@ -188,6 +188,22 @@ def eval_cmd(
 
 @app.command()
 @one_line_errors
+def export(
+    run: Path = typer.Argument(..., help="run or checkpoint directory"),
+    dest: Path = typer.Argument(..., help="output directory (config.json, ema.safetensors, record.json)"),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="store the EMA weights in half precision"),
+    device: str = typer.Option("", help="what it was trained on, for the record (e.g. '2-core CPU')"),
+):
+    """Export a run's EMA weights as a small inference-only model directory (dfedit --model DEST)."""
+    from .checkpoint import export as export_run
+
+    d = export_run(run, dest, fp16=fp16, extra_record={"device": device} if device else None)
+    size = sum(f.stat().st_size for f in d.iterdir()) / 2**20
+    typer.echo(f"wrote {d} ({size:.1f} MiB)", err=True)
+
+
+@app.command()
+@one_line_errors
 def data(
     data: Optional[str] = typer.Option(None, help="as for `emoji --data`"),
     vendor: str = typer.Option("google"),

@@ -88,3 +88,31 @@ def test_hybrid_of_one_prompt_equals_sample_on_emoji(run_dir, tmp_path):
     dfedit("sample", "rocket", "--model", run_dir, "--seed", "1", "--stride", "50", "-o", tmp_path / "s.png")
     dfedit("hybrid", "rocket", "rocket", "--model", run_dir, "--seed", "1", "--stride", "50", "-o", tmp_path / "h.png")
     assert np.abs(px(tmp_path / "s.png") - px(tmp_path / "h.png")).max() <= 1
+
+
+def test_export_and_the_builtin_alias(run_dir, tmp_path, monkeypatch):
+    """`dfedit-train export` writes an fp16 inference-only model; `--model emoji` names the built-in one."""
+    from safetensors.torch import load_file
+
+    from dfedit_train import checkpoint
+
+    dest = tmp_path / "shipped"
+    r = runner.invoke(train_app, ["export", str(run_dir), str(dest), "--device", "test CPU"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "ema.safetensors", "record.json"]
+    assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16"
+               for v in load_file(str(dest / "ema.safetensors")).values())
+    cfg, rec = json.loads((dest / "config.json").read_text()), json.loads((dest / "record.json").read_text())
+    assert "optimizer" not in cfg and rec["device"] == "test CPU" and rec["epochs_logged"] >= 1
+    assert rec["recipe"]["train"]["epochs"] == 1 and rec["train_wall_s"] > 0
+    monkeypatch.setitem(checkpoint.BUILTIN, "emoji", dest)
+    dfedit("sample", "grinning face", "--model", "emoji", "--seed", "3", "--stride", "50", "-o", tmp_path / "e.png")
+    dfedit("sample", "grinning face", "--model", run_dir, "--seed", "3", "--stride", "50", "-o", tmp_path / "r.png")
+    # fp16 storage of the same EMA weights: the images agree to within a few levels
+    assert np.abs(px(tmp_path / "e.png") - px(tmp_path / "r.png")).max() <= 8
+
+
+def test_missing_if_model_points_at_the_builtin_emoji_model(tmp_path):
+    r = runner.invoke(dfedit_app, ["sample", "a dog", "--model", "DeepFloyd/IF-I-XL-v1.0", "-o", str(tmp_path / "x.png"),
+                                   "--quiet"])
+    assert r.exit_code == 1 and "--model emoji" in r.stderr and len(r.stderr.strip().splitlines()) == 1
