@@ -362,12 +362,26 @@ def _recorder(frames: list, every: int, callback: StepCallback | None) -> StepCa
     return cb
 
 
-def _schedule_for(model: str):
+def model_info(model: str):
+    """(noise schedule, image size) of a stage I model from its config alone, no weights loaded:
+    what commands check their options against before any model loads."""
     emoji = _emoji_backend(model)
     if emoji is not None:
-        return emoji.load_denoiser(model, torch.device("cpu"), torch.float32).schedule
+        return emoji.describe(model)
     from .models import load_configs
-    return load_configs(model)[1]
+    cfg, schedule = load_configs(model)
+    if cfg.get("class_embed_type") == "timestep":
+        raise DfeditError(f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model")
+    s = cfg.get("sample_size")
+    return schedule, int(s if isinstance(s, int) else s[0])
+
+
+def _schedule_for(model: str):
+    return model_info(model)[0]
+
+
+def model_size(model: str) -> int:
+    return model_info(model)[1]
 
 
 def _emoji_backend(model: str):
@@ -385,16 +399,3 @@ def load_denoiser(model: str, device: torch.device, dtype: torch.dtype, **kw) ->
     if emoji is not None:
         return emoji.load_denoiser(model, device, dtype)
     return load_if(model, device, dtype, **kw)
-
-
-def model_size(model: str) -> int:
-    """The stage I model's image side, from its config (no weights loaded)."""
-    emoji = _emoji_backend(model)
-    if emoji is not None:
-        return emoji.load_denoiser(model, torch.device("cpu"), torch.float32).sample_size
-    from .models import load_configs
-    cfg = load_configs(model)[0]
-    if cfg.get("class_embed_type") == "timestep":
-        raise DfeditError(f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model")
-    s = cfg.get("sample_size")
-    return int(s if isinstance(s, int) else s[0])

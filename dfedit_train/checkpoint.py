@@ -151,6 +151,17 @@ def load(path: str | Path) -> tuple[Path, dict]:
     return ck, cfg
 
 
+def describe(path: str | Path):
+    """(NoiseSchedule, image size) from the config alone: what dfedit checks before loading weights."""
+    from dfedit.schedule import NoiseSchedule
+
+    from .config import DiffusionConfig, from_dict
+
+    _, cfg = load(path)
+    return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
+        int(cfg["model"]["image_size"])
+
+
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
     f = ck / f"{which}.safetensors"
     if not f.is_file():
