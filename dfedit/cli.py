@@ -65,7 +65,8 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
 Model = Annotated[str, typer.Option("--model", help="Stage I: Hub id or local diffusers directory "
                                     "(or a dfedit-train checkpoint directory).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the CPU generator all random draws come from.")]
-Cfg = Annotated[float, typer.Option("--cfg", help="Classifier-free guidance scale (1 = no guidance).")]
+Cfg = Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (1 = no guidance; "
+                                              "default: 7 for IF, the model's own for emoji models).")]
 Stride = Annotated[int, typer.Option("--stride", help="Timestep stride: t = 990, 990-stride, ..., 0.")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
                                              "never overwriting an existing default file).")]
@@ -90,7 +91,7 @@ class GenOptions:
     stage2: str
     upscale: Optional[bool]
     seed: int
-    cfg: float
+    cfg: Optional[float]
     stride: int
     num_samples: int
     negative_prompt: str
@@ -129,7 +130,7 @@ GEN_OPTIONS = [
     _opt("upscale", Optional[bool], None, "--upscale/--no-upscale",
          help="Run stage II (default: on for IF models, off for emoji models)."),
     inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Seed),
-    inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=7.0, annotation=Cfg),
+    inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Cfg),
     inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=30, annotation=Stride),
     _opt("num_samples", int, 1, "--num-samples", "-n", min=1, help="Images per setting (shown as a grid)."),
     _opt("negative_prompt", str, "", "--negative-prompt", help="Unconditional prompt."),
@@ -405,7 +406,7 @@ def denoise(image: InputImage,
             prompt: Prompt = "a high quality photo",
             blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size.")] = 5,
             blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian baseline sigma.")] = 2.0,
-            model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = 7.0, stride: Stride = 30,
+            model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = 30,
             out: Out = None, device: Device = "auto", dtype: Dtype = "auto", offload: Offload = False,
             cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
@@ -431,7 +432,7 @@ def denoise(image: InputImage,
     cols = ["noisy", "blur", "one_step", "iterative"]
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
-    meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": cfg,
+    meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
             "stride": stride, "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _save(grid(tiles, labels), path, meta, quiet)
 

@@ -262,6 +262,8 @@ class T5PromptEncoder:
 class IFDenoiser:
     """IF stage I (x_t) or stage II (cat[x_t, noised upsampled low-res], class label = noise level)."""
 
+    default_cfg = 7.0  # IFPipeline's default and the course's scale
+
     def __init__(self, unet, schedule: NoiseSchedule, name: str, prompt_encoder: T5PromptEncoder,
                  device: torch.device, dtype: torch.dtype, noising_schedule: NoiseSchedule | None = None):
         cfg = unet.config

@@ -166,7 +166,7 @@ class DFEdit:
             return denoise_loop(eps_fn, x, timesteps, den.schedule, generator, hook=hook,
                                 callback=callback, progress=bar, eta=eta)
 
-    def generate(self, edit: Edit, *, seed: int = 0, cfg: float = 7.0, stride: int = 30, num_samples: int = 1,
+    def generate(self, edit: Edit, *, seed: int = 0, cfg: float | None = None, stride: int = 30, num_samples: int = 1,
                  upscale: bool | None = None, stage2_steps: int = 50, stage2_cfg: float = 4.0,
                  noise_level: int = 250, negative_prompt: str = "", record_every: int = 0,
                  sampler: str = "ddpm", eta: float = 0.0,
@@ -183,6 +183,8 @@ class DFEdit:
         upscale = self.check(stride=stride, upscale=upscale, stage2_steps=stage2_steps, noise_level=noise_level)
         gen = generator or make_generator(seed)
         s1 = self.stage1()
+        if cfg is None:
+            cfg = getattr(s1, "default_cfg", 7.0)  # IF: 7; an emoji model: the scale it was validated with
         ts = s1.schedule.strided_timesteps(stride)
         conds, uncond = self.conds(s1, edit.prompts, negative_prompt, num_samples)
         if edit.start is not None:
@@ -325,9 +327,12 @@ class DFEdit:
         return out
 
     def denoise(self, image: torch.Tensor, ts: list[int], *, prompt: str = "a high quality photo", seed: int = 0,
-                cfg: float = 7.0, stride: int = 30, blur_kernel: int = 5, blur_sigma: float = 2.0) -> list[dict]:
+                cfg: float | None = None, stride: int = 30, blur_kernel: int = 5,
+                blur_sigma: float = 2.0) -> list[dict]:
         """The course's comparison at each t: noisy, Gaussian blur, one-step and iterative denoising."""
         s1 = self.stage1()
+        if cfg is None:
+            cfg = getattr(s1, "default_cfg", 7.0)
         sched = s1.schedule
         grid_ts = sched.strided_timesteps(stride)
         ts = [sched.check_t(t) for t in ts]
@@ -343,7 +348,7 @@ class DFEdit:
             # Iterative: from t down the stride grid (t itself need not be on it).
             chain = [t] + [s for s in grid_ts if s < t]
             iterative = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}")
-            rows.append({"t": t, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
+            rows.append({"t": t, "cfg": cfg, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows
 

@@ -44,7 +44,10 @@ class EmojiDenoiser:
         diff = Diffusion(from_dict(DiffusionConfig, cfg["diffusion"]), d["mean"], d["std"], device)
         pe = CaptionEncoder(cfg["text_encoder"]["name"], cfg["text_encoder"]["max_length"],
                             cfg["model"]["text_dim"], device, dtype)
-        return cls(net, diff, pe, cfg["model"]["image_size"], name, device, dtype)
+        den = cls(net, diff, pe, cfg["model"]["image_size"], name, device, dtype)
+        # dfedit uses this when --cfg is not given: the scale the run's validation grids used.
+        den.default_cfg = float(cfg.get("train", {}).get("guidance", 3.0))
+        return den
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: int, cond: Cond):

@@ -51,6 +51,7 @@ def test_sample_runs_on_the_checkpoint_without_stage2(run_dir, tmp_path):
     assert np.array_equal(a, px(tmp_path / "b.png")) and not np.array_equal(a, px(tmp_path / "c.png"))
     meta = read_metadata(tmp_path / "a.png")
     assert meta["prompt"] == "grinning face" and "stage2" not in meta and str(run_dir) in meta["model"]
+    assert meta["cfg"] == 3.0  # without --cfg: the guidance the run validated with, not IF's 7
 
 
 def test_ddim_and_ddpm_both_run(run_dir, tmp_path):
