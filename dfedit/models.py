@@ -286,11 +286,6 @@ class IFDenoiser:
             eps, var = out, None
         return self.schedule.model_output_to_eps(eps, x, t), var
 
-    def release(self) -> None:
-        """Drop the UNet's weights (the CLI frees stage I before stage II)."""
-        self.unet = None
-        free_memory()
-
 
 def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encoder_model: str | None = None,
             offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False) -> IFDenoiser:
