@@ -82,6 +82,7 @@ Stage2Steps = Annotated[int, typer.Option("--stage2-steps", help="Stage II steps
 Stage2Cfg = Annotated[float, typer.Option("--stage2-cfg", help="Stage II guidance scale.")]
 NoiseLevel = Annotated[int, typer.Option("--noise-level", help="Noise added to the low-res image for stage II.")]
 Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
+Trajectory = Annotated[Optional[Path], typer.Option("--trajectory", help="Also write a GIF of the process.")]
 InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
 
 
@@ -193,9 +194,7 @@ def generating(fn):
         opts = GenOptions(**{k: kw.pop(k) for k in names})
         name = fn.__name__
         opts.out = _out_path(opts.out, name)
-        if opts.trajectory is not None:
-            from .images import check_output
-            opts.trajectory = check_output(opts.trajectory, ".gif")
+        opts.trajectory = _gif_path(opts.trajectory)
         return fn(opts=opts, **kw)
 
     wrapper.__signature__ = sig.replace(parameters=own + GEN_OPTIONS)
@@ -245,11 +244,7 @@ def _finish(opts: GenOptions, results: list, rows_labels: list[str] | None, extr
         img = grid(rows, labels)
     meta = dict(results[0].meta)
     _save(img, opts.out, meta, opts.quiet)
-    if opts.trajectory is not None:
-        from .trajectory import save_trajectory
-        save_trajectory([f for r in results for f in r.frames], opts.trajectory, meta)
-        if not opts.quiet:
-            typer.echo(f"wrote {opts.trajectory}", err=True)
+    _trajectory(opts, results)
 
 
 # ---- generating commands -------------------------------------------------------------------------
@@ -365,10 +360,24 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Low-frequency prom
     _finish(opts, [res], None)
 
 
+def _gif_path(trajectory: Optional[Path]) -> Optional[Path]:
+    """Validate a --trajectory path up front, like --out."""
+    if trajectory is None:
+        return None
+    from .images import check_output
+    return check_output(trajectory, ".gif")
+
+
+def _write_gif(frames, path: Path, meta: dict, quiet: bool) -> None:
+    from .trajectory import save_trajectory
+    save_trajectory(frames, path, meta)
+    if not quiet:
+        typer.echo(f"wrote {path}", err=True)
+
+
 def _trajectory(opts: GenOptions, results) -> None:
     if opts.trajectory is not None:
-        from .trajectory import save_trajectory
-        save_trajectory([f for r in results for f in r.frames], opts.trajectory, results[0].meta)
+        _write_gif([f for r in results for f in r.frames], opts.trajectory, results[0].meta, opts.quiet)
 
 
 def _stage1_timesteps(opts: GenOptions) -> list[int]:
@@ -382,11 +391,13 @@ def _stage1_timesteps(opts: GenOptions) -> list[int]:
 @handle_errors
 def noise(image: InputImage,
           t: Annotated[list[int], typer.Option("--t", help="Timestep(s) to noise to (repeatable).")] = [250, 500, 750],
-          model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, quiet: Quiet = False):
+          model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
+          quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
     from .images import grid, load_image, to_pil
     from .pipeline import _schedule_for, model_size
     path = _out_path(out, "noise")
+    gif = _gif_path(trajectory)
     schedule = _schedule_for(model)
     ts = [schedule.check_t(v) for v in t]
     x0 = load_image(image, model_size(model))
@@ -395,6 +406,11 @@ def noise(image: InputImage,
     ims = [to_pil(x0)[0]] + [to_pil(x)[0] for x in noisy]
     meta = {"command": "noise", "input": str(image), "t": ts, "seed": seed, "model": model}
     _save(grid([ims], [["original"] + [f"t={v}" for v in ts]]), path, meta, quiet)
+    if gif is not None:  # one noise draw, t = 0, 30, ..., 990: the forward process as a film
+        import torch
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        frames = [schedule.add_noise(x0, eps, t) for t in range(0, schedule.num_train_timesteps, 30)]
+        _write_gif(frames, gif, meta, quiet)
 
 
 @app.command()
@@ -407,8 +423,8 @@ def denoise(image: InputImage,
             blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size.")] = 5,
             blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian baseline sigma.")] = 2.0,
             model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = 30,
-            out: Out = None, device: Device = "auto", dtype: Dtype = "auto", offload: Offload = False,
-            cache_dir: CacheDir = None, quiet: Quiet = False):
+            out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
     from .filters import gaussian_kernel1d
     from .images import grid, load_image, to_pil
@@ -416,6 +432,7 @@ def denoise(image: InputImage,
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     path = _out_path(out, "denoise")
+    gif = _gif_path(trajectory)
     gaussian_kernel1d(blur_kernel, blur_sigma)  # validate before loading anything
     schedule = _schedule_for(model)
     grid_ts = schedule.strided_timesteps(stride)
@@ -428,13 +445,15 @@ def denoise(image: InputImage,
     x0 = load_image(image, model_size(model))
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
     rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, blur_kernel=blur_kernel,
-                      blur_sigma=blur_sigma)
+                      blur_sigma=blur_sigma, record_every=1 if gif else 0)
     cols = ["noisy", "blur", "one_step", "iterative"]
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
     meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
             "stride": stride, "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _save(grid(tiles, labels), path, meta, quiet)
+    if gif is not None:
+        _write_gif([f for r in rows for f in r["frames"]], gif, meta, quiet)
 
 
 @app.command()
@@ -455,21 +474,25 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             prompt: Annotated[str, typer.Option("--prompt", help="Prompt describing the image.")] = "",
             model: Model = DEFAULT_STAGE1, stage2: Stage2 = DEFAULT_STAGE2, seed: Seed = 0,
             stage2_steps: Stage2Steps = 50, stage2_cfg: Stage2Cfg = 4.0, noise_level: NoiseLevel = 250,
-            out: Out = None, device: Device = "auto", dtype: Dtype = "auto", offload: Offload = False,
-            cache_dir: CacheDir = None, quiet: Quiet = False):
+            out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image."""
     from .images import load_image, to_pil
     from .models import check_stage2
     from .pipeline import make_generator, model_size
     path = _out_path(out, "upscale")
+    gif = _gif_path(trajectory)
     check_stage2(stage2, stage2_steps, noise_level)
     x = load_image(image, model_size(model))
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
+    frames: list = []
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,
-                   noise_level=noise_level)
+                   noise_level=noise_level, frames=frames if gif else None)
     meta = {"command": "upscale", "input": str(image), "prompt": prompt, "seed": seed, "stage2": stage2,
             "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg, "noise_level": noise_level, "model": model}
     _save(to_pil(y)[0], path, meta, quiet)
+    if gif is not None:
+        _write_gif(frames, gif, meta, quiet)
 
 
 def main():  # console-script entry point

@@ -239,8 +239,12 @@ class DFEdit:
         return self.generate(Edit("sample", [prompt]), **kw)
 
     def upscale(self, low_res: torch.Tensor, prompt: str, *, generator: torch.Generator, steps: int = 50,
-                cfg: float = 4.0, noise_level: int = 250, negative_prompt: str = "") -> torch.Tensor:
-        return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level, negative_prompt)
+                cfg: float = 4.0, noise_level: int = 250, negative_prompt: str = "",
+                frames: list | None = None, record_every: int = 3) -> torch.Tensor:
+        """Stage II alone; x0 estimates go into `frames` (every `record_every` steps) when given."""
+        cb = _recorder(frames, record_every, None) if frames is not None else None
+        return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level,
+                            negative_prompt, cb)
 
     def sdedit(self, image, prompt: str = "a high quality photo", *, i_start: int = 5, repeat: int = 1,
                **kw) -> Result:
@@ -328,8 +332,9 @@ class DFEdit:
 
     def denoise(self, image: torch.Tensor, ts: list[int], *, prompt: str = "a high quality photo", seed: int = 0,
                 cfg: float | None = None, stride: int = 30, blur_kernel: int = 5,
-                blur_sigma: float = 2.0) -> list[dict]:
-        """The course's comparison at each t: noisy, Gaussian blur, one-step and iterative denoising."""
+                blur_sigma: float = 2.0, record_every: int = 0) -> list[dict]:
+        """The course's comparison at each t: noisy, Gaussian blur, one-step and iterative denoising
+        (row["frames"]: the iterative run's x0 estimates every `record_every` steps, when > 0)."""
         s1 = self.stage1()
         if cfg is None:
             cfg = getattr(s1, "default_cfg", 7.0)
@@ -347,8 +352,10 @@ class DFEdit:
             one_step = sched.eps_to_x0(x_t, eps, t).clamp(-1, 1)
             # Iterative: from t down the stride grid (t itself need not be on it).
             chain = [t] + [s for s in grid_ts if s < t]
-            iterative = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}")
-            rows.append({"t": t, "cfg": cfg, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
+            frames: list[torch.Tensor] = []
+            iterative = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}",
+                                 callback=_recorder(frames, record_every, None))
+            rows.append({"t": t, "cfg": cfg, "frames": frames, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows
 

@@ -144,6 +144,14 @@ def test_every_generating_command_writes_a_trajectory(cli, m, tmp_path, photo, m
         _ok(cli(*cmd, *m, "--no-upscale", "--stride", "90", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
         with Image.open(gif) as g:
             assert g.n_frames >= 3, cmd
+    s1 = m[m.index("--model") + 1]
+    s2 = m[m.index("--stage2") + 1]
+    for cmd in (["noise", src, "--model", s1], ["denoise", src, "--model", s1, "--t", "300", "--device", "cpu"],
+                ["upscale", src, "--model", s1, "--stage2", s2, "--stage2-steps", "10", "--device", "cpu"]):
+        gif = tmp_path / f"{cmd[0]}.gif"
+        _ok(cli(*cmd, "--quiet", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
+        with Image.open(gif) as g:
+            assert g.n_frames >= 3, cmd
 
 
 def _bad(cli, tmp_path, *args):
