@@ -131,6 +131,20 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     }
 
 
+def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, T: int, cfg_dropout: float, flip_prob: float):
+    """One training batch from the device-resident data: indexing and on-device draws only, no host
+    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this)."""
+    b, device = idx.shape[0], idx.device
+    S = D["x"].shape[-1]
+    t = torch.randint(0, T, (b,), generator=g, device=device)
+    noise = torch.randn((b, 3, S, S), generator=g, device=device)
+    drop = torch.rand((b,), generator=g, device=device) < cfg_dropout
+    flip = (torch.rand((b,), generator=g, device=device) < flip_prob) & D["flip_ok"][idx]
+    x0 = torch.where(flip[:, None, None, None], D["x"][idx].flip(-1), D["x"][idx])
+    mask = D["mask"][idx] & ~drop[:, None]  # an empty mask is the null prompt
+    return x0, t, noise, D["text"][idx], mask
+
+
 def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int], list[int]]:
     """Fixed validation-grid prompts: half from train, half held out, chosen once by the seed."""
     g = torch.Generator().manual_seed(mix(seed, 7))
@@ -223,7 +237,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         return {"step": step, "skipped": skipped, "images_per_s": None}
     ema_params, net_params = list(ema.parameters()), list(raw.parameters())
     losses, t_train, imgs_done, stopped = [], 0.0, 0, False
-    T, S = diff.T, mc.image_size
+    T = diff.T
     bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
     logf = open(out / "log.jsonl", "a") if acc.is_main_process else None
     try:
@@ -242,16 +256,10 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     total = torch.zeros((), device=device)
                     for j in range(tc.grad_accum):
                         idx = perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
-                        b = idx.shape[0]
-                        t = torch.randint(0, T, (b,), generator=g, device=device)
-                        noise = torch.randn((b, 3, S, S), generator=g, device=device)
-                        drop = torch.rand((b,), generator=g, device=device) < dc.cfg_dropout
-                        flip = (torch.rand((b,), generator=g, device=device) < tc.flip_prob) & D["flip_ok"][idx]
-                        x0 = torch.where(flip[:, None, None, None], D["x"][idx].flip(-1), D["x"][idx])
-                        mask = D["mask"][idx] & ~drop[:, None]  # an empty mask is the null prompt
+                        x0, t, noise, text, mask = draw_batch(D, idx, g, T, dc.cfg_dropout, tc.flip_prob)
                         sync = acc.no_sync(net) if j < tc.grad_accum - 1 else contextlib.nullcontext()
                         with sync, acc.autocast():
-                            loss = diff.loss(fwd, x0, t, noise, D["text"][idx], mask).mean() / tc.grad_accum
+                            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / tc.grad_accum
                         acc.backward(loss)
                         total += loss.detach()
                     gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)

@@ -74,7 +74,14 @@ class Attention(nn.Module):
         q = self.q(h).view(b, -1, self.heads, c // self.heads).transpose(1, 2)
         k, v = self.kv(src).view(b, src.shape[1], 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L) bool, True = attend
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if q.device.type == "cpu" and q.dtype != torch.float32:
+            # PyTorch's CPU flash-attention kernels are 1.5-5x slower in bf16 than in fp32 at these
+            # sizes (forward + backward, L = 24..256, head 32; benchmarks/bench_train.py), so on CPU
+            # attention runs in fp32 even under autocast. GPUs keep the low-precision kernel.
+            with torch.autocast("cpu", enabled=False):
+                o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask).to(q.dtype)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         o = self.out(o.transpose(1, 2).reshape(b, hgt * wid, c))
         return x + o.transpose(1, 2).reshape(b, c, hgt, wid)
 
