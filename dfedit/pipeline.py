@@ -143,10 +143,10 @@ class DFEdit:
         """Validate options from configs only (no weights): stride for stage I, and stage II's
         directory, steps and noise level when upscaling. Returns whether stage II will run."""
         if stride is not None:
-            _schedule_for(self.model).strided_timesteps(stride)
+            (self._s1.schedule if self._s1 is not None else _schedule_for(self.model)).strided_timesteps(stride)
         if upscale is None:
             upscale = _emoji_backend(self.model) is None  # IF pairs with stage II; emoji models do not
-        if upscale:
+        if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
             from .models import check_stage2
             check_stage2(self.stage2_model, stage2_steps, noise_level)
         return upscale

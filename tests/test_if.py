@@ -13,11 +13,13 @@ COURSE_TS = list(range(990, -1, -30))
 STAGE2_TS = list(range(980, -1, -20))
 
 
-def _pipes(p1, p2):
+def _pipes(p1, p2, channels_last: bool = True):
     kw = dict(safety_checker=None, watermarker=None, feature_extractor=None, requires_safety_checker=False)
     s1, s2 = IFPipeline.from_pretrained(p1, **kw), IFSuperResolutionPipeline.from_pretrained(p2, **kw)
-    s1.set_progress_bar_config(disable=True)
-    s2.set_progress_bar_config(disable=True)
+    for pipe in (s1, s2):
+        pipe.set_progress_bar_config(disable=True)
+        if channels_last:  # dfedit's default layout: same kernels, so parity can be bit for bit
+            pipe.unet.to(memory_format=torch.channels_last)
     return s1, s2
 
 
@@ -36,6 +38,32 @@ def test_sample_equals_ifpipeline_bit_for_bit(tiny_models):
     assert torch.equal(ours.images, ref)
     other = _api(p1, p2).sample(PROMPT, seed=778, cfg=7.0, num_samples=2, upscale=False)
     assert not torch.equal(other.images, ref)
+
+
+def test_channels_last_fast_path_changes_only_rounding(tiny_models):
+    """dfedit runs IF UNets channels_last; against diffusers' own contiguous layout the result may
+    differ only by float rounding, not by a wrong stride or a transposed image."""
+    p1, p2 = tiny_models
+    s1, _ = _pipes(p1, p2, channels_last=False)
+    ref = s1(PROMPT, timesteps=COURSE_TS, guidance_scale=7.0, generator=torch.Generator().manual_seed(777),
+             clean_caption=False, output_type="pt").images
+    df = _api(p1, p2)
+    ours = df.sample(PROMPT, seed=777, cfg=7.0, stride=30, upscale=False)
+    assert df.stage1().unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.images, ref, atol=1e-4, rtol=0)
+
+
+def test_unet_without_sdpa_attention_is_refused():
+    from diffusers.models.attention_processor import AttnAddedKVProcessor
+
+    from dfedit.models import configure_unet
+    from dfedit.testing import tiny_stage1_unet
+
+    unet = tiny_stage1_unet()
+    assert configure_unet(unet, torch.device("cpu")) is unet
+    unet.set_attn_processor(AttnAddedKVProcessor())
+    with pytest.raises(DfeditError, match="AttnAddedKVProcessor, not torch's scaled_dot_product_attention"):
+        configure_unet(unet, torch.device("cpu"))
 
 
 def test_stage2_equals_superresolution_pipeline_bit_for_bit(tiny_models):
