@@ -1,15 +1,18 @@
 """Sampler speed as ratios against references run in the same process, alternated, medians.
 
   (a) dfedit's loop vs the bare UNet forwards it needs (same count, same batch): the loop's own cost
-  (b) `DFEdit.sample` vs diffusers' IFPipeline on the same checkpoint, timesteps and seed:
-      loop-only (prompt embeddings given) and end-to-end (load from disk + T5 + loop)
+  (b) IF: `DFEdit.sample` vs diffusers' IFPipeline on the same checkpoint, timesteps and seed,
+      loop-only (prompt embeddings given) and end-to-end (load from disk + T5 + loop);
+      emoji model: dfedit's loop vs a loop over diffusers' DDPMScheduler.step, same eps function
   (c) anagram (2 views) and hybrid (2 prompts): UNet calls per step and time per step vs sample
+  (d) the channels_last default vs contiguous weights, same sampling run
 
-Default: a tiny random IF-shaped stage I at 64 px (dfedit.testing) on CPU, one thread, because
-these machines are shared and noisy: only the ratios are meant to be compared.
+IF runs on a tiny random IF-shaped stage I (dfedit.testing) unless --model names a real one; the
+emoji rows run the shipped model (`--model emoji`). CPU, one thread by default: these machines are
+shared and noisy, so only the ratios are meant to be compared.
 
-    python benchmarks/bench_sampler.py                     # CPU, prints the table
-    python benchmarks/bench_sampler.py --write             # ... and updates docs/benchmarks.md
+    python benchmarks/run.py --only sampler                # how the docs table is made
+    python benchmarks/bench_sampler.py                     # the same, printed only
     python benchmarks/bench_sampler.py --device cuda --model /path/to/IF-I-XL   # a real checkpoint
 """
 
@@ -18,17 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from report import update_section  # noqa: E402
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT, SEED = "an oil painting of a snowy mountain village", 777
 
 
 def sync(device):
@@ -45,7 +46,9 @@ def timed(fn, device) -> float:
 
 
 def alternate(fns: dict, rounds: int, device) -> dict:
-    """Run each fn once per round, in alternating order; medians per fn."""
+    """Run each fn once per round, in alternating order, after one untimed warm-up; medians per fn."""
+    for fn in fns.values():
+        fn()
     times = {k: [] for k in fns}
     for r in range(rounds):
         order = list(fns) if r % 2 == 0 else list(fns)[::-1]
@@ -55,54 +58,89 @@ def alternate(fns: dict, rounds: int, device) -> dict:
 
 
 class CountingUNet(torch.nn.Module):
-    """Wraps a UNet to count calls and batch sizes (proves 'one batched call per step')."""
+    """Wraps a network to count calls and batch sizes (proves 'one batched call per step')."""
 
-    def __init__(self, unet):
+    def __init__(self, net):
         super().__init__()
-        self.inner, self.calls = unet, []
-        self.config = unet.config
+        self.inner, self.calls = net, []
+        self.config = getattr(net, "config", None)
 
     def forward(self, x, *a, **k):
         self.calls.append(x.shape[0])
         return self.inner(x, *a, **k)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--model", default=None, help="stage I checkpoint dir (default: tiny random 64 px)")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+def views_rows(label: str, den, cond, cond_b, uncond, scale, x0, ts, rounds, device, attr: str) -> list:
+    """(c): anagram and hybrid against sample, counting the network calls per step."""
+    from dfedit.edits import frequency_split, multi_guided
+    from dfedit.sampler import cfg as cfg_fn, denoise_loop
+    from dfedit.views import make_view
 
+    size = den.sample_size
+    counting = CountingUNet(getattr(den, attr))
+    setattr(den, attr, counting)
+    views = [make_view("identity", size), make_view("flip", size)]
+    gen = lambda: torch.Generator().manual_seed(SEED)  # noqa: E731
+    fns = {
+        "sample": lambda: denoise_loop(cfg_fn(den, cond, uncond, scale), x0, ts, den.schedule, gen()),
+        "anagram": lambda: denoise_loop(multi_guided(den, [cond, cond_b], uncond, scale, views), x0, ts,
+                                        den.schedule, gen()),
+        "hybrid": lambda: denoise_loop(multi_guided(den, [cond, cond_b], uncond, scale,
+                                                    combine=frequency_split("gaussian", size, 2)),
+                                       x0, ts, den.schedule, gen()),
+    }
+    calls = {}
+    for k, fn in fns.items():
+        counting.calls.clear()
+        fn()
+        calls[k] = (len(counting.calls) / len(ts), sorted(set(counting.calls)))
+    m = alternate(fns, rounds, device)
+    setattr(den, attr, counting.inner)
+    rows = []
+    for k in ("anagram", "hybrid"):
+        per_step, batches = calls[k]
+        rows.append((f"(c) {label}: {k} / sample per step ({per_step:g} network call/step, batch "
+                     f"{'/'.join(map(str, batches))} vs {'/'.join(map(str, calls['sample'][1]))})",
+                     m[k], m["sample"], "1 call/step"))
+    return rows
+
+
+def layout_row(label: str, net, run, rounds, device) -> tuple:
+    """(d): the same run with the network's weights channels_last (the default) and contiguous."""
+    def with_layout(fmt):
+        def fn():
+            net.to(memory_format=fmt)
+            run()
+        return fn
+    m = alternate({"cl": with_layout(torch.channels_last), "contig": with_layout(torch.contiguous_format)},
+                  rounds, device)
+    net.to(memory_format=torch.channels_last)
+    return (f"(d) {label}: channels_last / contiguous weights, same run", m["cl"], m["contig"], "< 1 to keep it")
+
+
+def if_rows(device: torch.device, model: str | None, rounds: int, size: int = 64) -> tuple[list, str]:
     from diffusers import IFPipeline
 
-    from dfedit import DFEdit
-    from dfedit.edits import multi_guided, frequency_split
+    from dfedit import DFEdit, testing
+    from dfedit.models import configure_unet
     from dfedit.sampler import cfg as cfg_fn, denoise_loop, randn
-    from dfedit.views import make_view
-    from dfedit import testing
 
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     tmp = Path(tempfile.mkdtemp())
-    model = args.model or str(testing.save_tiny_if(tmp, stage1_size=64)[0])
-    os.environ["DFEDIT_CACHE"] = str(tmp / "cache")
-    prompt, seed = "an oil painting of a snowy mountain village", 777
+    model = model or str(testing.save_tiny_if(tmp, stage1_size=size)[0])
+    cache = tmp / "cache"
     ts = list(range(990, -1, -30))
 
-    df = DFEdit(model=model, device=str(device), dtype="auto", quiet=True)
+    df = DFEdit(model=model, device=str(device), dtype="auto", quiet=True, cache_dir=str(cache))
     s1 = df.stage1()
-    (cond,), uncond = df.conds(s1, [prompt], "", 1)
+    (cond,), uncond = df.conds(s1, [PROMPT], "", 1)
     (cond_b,), _ = df.conds(s1, ["a photo of a dog"], "", 1)
-    size, ch = s1.sample_size, s1.channels
+    ch, sz = s1.channels, s1.sample_size
+    x0 = randn((1, ch, sz, sz), torch.Generator().manual_seed(SEED), device, dtype)
     rows = []
 
-    # (a) loop vs bare forwards ---------------------------------------------------------------------
+    # (a) loop vs bare forwards
     both = torch.cat([uncond.text, cond.text])
-    x0 = randn((1, ch, size, size), torch.Generator().manual_seed(seed), device, dtype)
 
     def bare():
         x2 = torch.cat([x0, x0])
@@ -111,82 +149,149 @@ def main():
                 s1.unet(x2, t, encoder_hidden_states=both, return_dict=False)
 
     def loop():
-        g = torch.Generator().manual_seed(seed)
-        denoise_loop(cfg_fn(s1, cond, uncond, 7.0), x0, ts, s1.schedule, g)
+        denoise_loop(cfg_fn(s1, cond, uncond, 7.0), x0, ts, s1.schedule, torch.Generator().manual_seed(SEED))
 
-    m = alternate({"bare": bare, "loop": loop}, args.rounds, device)
-    rows.append(("(a) dfedit loop / bare UNet forwards (34 steps, CFG batch 2)", m["loop"], m["bare"], "≤ 1.02"))
+    m = alternate({"bare": bare, "loop": loop}, rounds, device)
+    rows.append((f"(a) IF: dfedit loop / bare UNet forwards ({len(ts)} steps, CFG batch 2)",
+                 m["loop"], m["bare"], "≤ 1.02"))
 
-    # (b) vs IFPipeline -----------------------------------------------------------------------------
-    pipe = IFPipeline.from_pretrained(model, safety_checker=None, watermarker=None, feature_extractor=None,
-                                      requires_safety_checker=False, dtype=dtype).to(device)
+    # (b) vs IFPipeline, whose UNet gets dfedit's layout so both run the same kernels
+    kw = dict(safety_checker=None, watermarker=None, feature_extractor=None, requires_safety_checker=False,
+              dtype=dtype)
+    pipe = IFPipeline.from_pretrained(model, **kw).to(device)
+    configure_unet(pipe.unet, device)
     pipe.set_progress_bar_config(disable=True)
 
     def theirs_loop():
         pipe(prompt_embeds=cond.text, negative_prompt_embeds=uncond.text, timesteps=ts, guidance_scale=7.0,
-             generator=torch.Generator().manual_seed(seed), output_type="pt")
+             generator=torch.Generator().manual_seed(SEED), output_type="pt")
 
     def ours_loop():
-        df.sample(prompt, seed=seed, cfg=7.0, stride=30, upscale=False)
+        df.sample(PROMPT, seed=SEED, cfg=7.0, stride=30, upscale=False)
 
-    m = alternate({"theirs": theirs_loop, "ours": ours_loop}, args.rounds, device)
-    rows.append(("(b) DFEdit.sample / IFPipeline, loop only (models loaded, embeddings given)",
+    m = alternate({"theirs": theirs_loop, "ours": ours_loop}, rounds, device)
+    rows.append(("(b) IF: DFEdit.sample / IFPipeline, loop only (models loaded, embeddings given)",
                  m["ours"], m["theirs"], "≤ 1.0"))
 
     counter = [0]
 
     def theirs_e2e():
-        p = IFPipeline.from_pretrained(model, safety_checker=None, watermarker=None, feature_extractor=None,
-                                       requires_safety_checker=False, dtype=dtype).to(device)
+        p = IFPipeline.from_pretrained(model, **kw).to(device)
+        configure_unet(p.unet, device)
         p.set_progress_bar_config(disable=True)
-        p(prompt, timesteps=ts, guidance_scale=7.0, generator=torch.Generator().manual_seed(seed),
+        p(PROMPT, timesteps=ts, guidance_scale=7.0, generator=torch.Generator().manual_seed(SEED),
           clean_caption=False, output_type="pt")
 
     def ours_e2e():
         counter[0] += 1  # a fresh cache each time: T5 runs, as it does in diffusers
         DFEdit(model=model, device=str(device), quiet=True, cache_dir=str(tmp / f"e2e{counter[0]}"),
-               keep_loaded=False).sample(prompt, seed=seed, cfg=7.0, upscale=False)
+               keep_loaded=False).sample(PROMPT, seed=SEED, cfg=7.0, upscale=False)
 
-    m = alternate({"theirs": theirs_e2e, "ours": ours_e2e}, max(3, args.rounds // 2), device)
-    rows.append(("(b) dfedit sample / IFPipeline, end to end (load + T5 + loop)", m["ours"], m["theirs"], "≤ 1.0"))
+    m = alternate({"theirs": theirs_e2e, "ours": ours_e2e}, rounds, device)
+    rows.append(("(b) IF: dfedit sample / IFPipeline, end to end (load + T5 + loop)",
+                 m["ours"], m["theirs"], "≤ 1.0"))
 
-    # (c) anagram / hybrid: one batched call per step -----------------------------------------------
-    counting = CountingUNet(s1.unet)
-    s1.unet = counting
-    views = [make_view("identity", size), make_view("flip", size)]
-    fns = {
-        "sample": lambda: denoise_loop(cfg_fn(s1, cond, uncond, 7.0), x0, ts, s1.schedule,
-                                       torch.Generator().manual_seed(seed)),
-        "anagram": lambda: denoise_loop(multi_guided(s1, [cond, cond_b], uncond, 7.0, views), x0, ts,
-                                        s1.schedule, torch.Generator().manual_seed(seed)),
-        "hybrid": lambda: denoise_loop(multi_guided(s1, [cond, cond_b], uncond, 7.0,
-                                                    combine=frequency_split("gaussian", size, 2)),
-                                       x0, ts, s1.schedule, torch.Generator().manual_seed(seed)),
-    }
-    calls = {}
-    for k, fn in fns.items():
-        counting.calls.clear()
-        fn()
-        calls[k] = (len(counting.calls) / len(ts), sorted(set(counting.calls)))
-    m = alternate(fns, args.rounds, device)
-    for k in ("anagram", "hybrid"):
-        per_step, batches = calls[k]
-        rows.append((f"(c) {k} / sample per step ({per_step:g} UNet call/step, batch {batches[0]} vs 2)",
-                     m[k], m["sample"], "1 call/step"))
-    s1.unet = counting.inner
+    rows += views_rows("IF", s1, cond, cond_b, uncond, 7.0, x0, ts, rounds, device, "unet")
+    rows.append(layout_row("IF", s1.unet, loop, rounds, device))
+    desc = ("tiny random IF-shaped stage I, " + f"{sz} px" if model.startswith(str(tmp)) else model)
+    return rows, desc
 
+
+def emoji_rows(device: torch.device, rounds: int, stride: int = 20) -> tuple[list, str]:
+    from diffusers import DDPMScheduler
+
+    from dfedit import DFEdit
+    from dfedit.denoiser import Cond
+    from dfedit.sampler import cfg as cfg_fn, denoise_loop, randn
+
+    df = DFEdit(model="emoji", device=str(device), dtype="auto", quiet=True,
+                cache_dir=tempfile.mkdtemp())
+    den = df.stage1()
+    scale = den.default_cfg
+    (cond,), uncond = df.conds(den, ["grinning face"], "", 1)
+    (cond_b,), _ = df.conds(den, ["red apple"], "", 1)
+    ts = den.schedule.strided_timesteps(stride)
+    sz = den.sample_size
+    x0 = randn((1, 3, sz, sz), torch.Generator().manual_seed(SEED), device, torch.float32)
+    eps_fn = cfg_fn(den, cond, uncond, scale)
+    rows = []
+
+    both = Cond.cat([uncond, cond])
+    text, mask = both.text.to(device), both.text_mask.to(device)
+
+    def bare():
+        x2 = torch.cat([x0, x0])
+        with torch.no_grad():
+            for t in ts:
+                den.diffusion.predict(den.net, x2, torch.full((2,), t, device=device), text, mask)
+
+    def loop():
+        denoise_loop(eps_fn, x0, ts, den.schedule, torch.Generator().manual_seed(SEED))
+
+    m = alternate({"bare": bare, "loop": loop}, rounds, device)
+    rows.append((f"(a) emoji: dfedit loop / bare U-Net forwards ({len(ts)} steps, CFG batch 2)",
+                 m["loop"], m["bare"], "≤ 1.02"))
+
+    # (b) the same eps function stepped by diffusers' DDPMScheduler instead of our step math
+    sched = DDPMScheduler.from_config({**emoji_scheduler_config(), "prediction_type": "epsilon"})
+    sched.set_timesteps(timesteps=ts)
+
+    def theirs():
+        g, x = torch.Generator().manual_seed(SEED), x0
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(eps_fn(x, int(t))[0], t, x, generator=g).prev_sample
+
+    m = alternate({"theirs": theirs, "ours": loop}, rounds, device)
+    rows.append(("(b) emoji: dfedit loop / loop over diffusers DDPMScheduler.step (same eps, CFG)",
+                 m["ours"], m["theirs"], "≤ 1.0"))
+    rows += views_rows("emoji", den, cond, cond_b, uncond, scale, x0, ts, rounds, device, "net")
+    rows.append(layout_row("emoji", den.net, loop, rounds, device))
+    den.net.to(memory_format=torch.contiguous_format)  # what EmojiDenoiser uses (see the table)
+    return rows, f"the shipped emoji model ({sz} px, {len(ts)} steps, cfg {scale:g})"
+
+
+def emoji_scheduler_config() -> dict:
+    """The emoji model's scheduler config, as stored in its checkpoint."""
+    import json
+
+    from dfedit_train.checkpoint import resolve
+
+    return json.loads((resolve("emoji") / "config.json").read_text())["schedule"]
+
+
+def table(rows: list) -> str:
     lines = ["| measurement | ours (s) | reference (s) | ratio | goal |", "|---|---|---|---|---|"]
     for name, a, b, goal in rows:
         lines.append(f"| {name} | {a:.4f} | {b:.4f} | **{a / b:.3f}** | {goal} |")
-    table = "\n".join(lines)
-    env = (f"Machine: {device} ({torch.get_num_threads()} thread(s)), torch {torch.__version__}; model: "
-           f"{'tiny random IF-shaped stage I, 64 px' if args.model is None else args.model}; "
-           f"{args.rounds} alternated rounds, medians. Command: `python benchmarks/bench_sampler.py"
-           f"{' --device ' + args.device if args.device != 'cpu' else ''}`.")
-    print(env)
-    print(table)
-    if args.write:
-        update_section("sampler-" + device.type, f"{env}\n\n{table}")
+    return "\n".join(lines)
+
+
+def run(device: str = "cpu", model: str | None = None, rounds: int = 5, size: int = 64,
+        emoji: bool = True, emoji_stride: int = 20) -> tuple[str, str]:
+    """(description, markdown table)."""
+    dev = torch.device(device)
+    rows, desc = if_rows(dev, model, rounds, size)
+    descs = [f"IF: {desc}"]
+    if emoji:
+        erows, edesc = emoji_rows(dev, rounds, emoji_stride)
+        rows += erows
+        descs.append(f"emoji: {edesc}")
+    return "; ".join(descs) + f"; {rounds} alternated rounds after a warm-up, medians.", table(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=None, help="stage I checkpoint dir (default: tiny random IF)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=64, help="tiny IF resolution")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    desc, tab = run(a.device, a.model, a.rounds, a.size)
+    print(desc)
+    print(tab)
 
 
 if __name__ == "__main__":

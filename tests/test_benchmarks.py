@@ -1,0 +1,44 @@
+"""The benchmark runner must keep working: a --quick run on tiny models fills every CPU section.
+
+The numbers of a quick run mean nothing (one round, tiny sizes); what is tested is that the one
+documented command runs end to end and writes the tables it promises, and that it never
+overwrites docs/benchmarks.md with them.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    for m in ("run", "bench_if", "bench_sampler", "bench_train", "report"):
+        sys.modules.pop(m, None)
+    import run
+    return run
+
+
+def test_quick_run_writes_every_cpu_section(runner, tmp_path):
+    doc = tmp_path / "bench.md"
+    doc.write_text("# Benchmarks\n\nhand-written text\n\n<!-- train-cuda:begin -->\nnot measured\n<!-- train-cuda:end -->\n")
+    runner.main(["--quick", "--doc", str(doc)])
+    text = doc.read_text()
+    assert "hand-written text" in text and "<!-- train-cuda:begin -->\nnot measured\n" in text  # others kept
+    for section in ("env-cpu", "sampler-cpu", "train-cpu", "if-cpu"):
+        assert f"<!-- {section}:begin -->" in text and f"<!-- {section}:end -->" in text
+    assert "command: `python benchmarks/run.py --quick --doc" in text and "torch 2." in text
+    for row in ("(a) IF: dfedit loop / bare UNet forwards", "(b) IF: DFEdit.sample / IFPipeline",
+                "(a) emoji:", "(b) emoji:", "(c) IF: anagram", "(c) emoji: hybrid", "(d) IF: channels_last"):
+        assert row in text
+    assert "1 network call/step, batch 4 vs 2" in text and "1 network call/step, batch 3 vs 2" in text
+    assert "| fp32, eager |" in text and "| bf16 autocast, eager |" in text
+    assert "AttnAddedKVProcessor2_0" in text
+
+
+def test_quick_run_refuses_the_real_doc(runner):
+    with pytest.raises(SystemExit):
+        runner.main(["--quick"])
