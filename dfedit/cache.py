@@ -26,13 +26,26 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(base) / "dfedit"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename over `path`, so readers see the old file or the new one."""
+def atomic_write(path: Path, write, exclusive: bool = False) -> None:
+    """Call write(tmp_path) then rename over `path`, so readers see the old file or the new one.
+
+    exclusive: never replace an existing `path` (FileExistsError instead), decided atomically at
+    publish time, so two processes that picked the same name cannot overwrite each other.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # atomic: fails if path exists
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: reserve the name, then fill it
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

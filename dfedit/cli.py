@@ -10,6 +10,7 @@ are declared once in GEN_OPTIONS and added to each command's signature by @gener
 
 import functools
 import inspect
+import itertools
 import shlex
 import sys
 from dataclasses import dataclass
@@ -204,13 +205,22 @@ def generating(fn):
     return handle_errors(wrapper)
 
 
+# Outputs we named (no --out) -> (command, number): saved without replacing anyone's file.
+_AUTO_NAMED: dict[Path, tuple[str, int]] = {}
+
+
+def _numbered(command: str, start: int = 0):
+    for i in itertools.count(start):
+        yield i, Path(f"dfedit-{command}.png" if i == 0 else f"dfedit-{command}-{i}.png")
+
+
 def _out_path(out: Optional[Path], command: str) -> Path:
+    """--out, or the first free dfedit-COMMAND[-N].png (checked now, claimed when saving)."""
     from .images import check_output
     if out is not None:
         return check_output(out)
-    p, i = Path(f"dfedit-{command}.png"), 1
-    while p.exists():
-        p, i = Path(f"dfedit-{command}-{i}.png"), i + 1
+    i, p = next((i, p) for i, p in _numbered(command) if not p.exists())
+    _AUTO_NAMED[p] = (command, i)
     return check_output(p)
 
 
@@ -226,7 +236,15 @@ def _save(img, path: Path, meta: dict, quiet: bool) -> None:
     from .images import save_png
     meta = {**meta, "command_line": " ".join(shlex.quote(a) for a in ["dfedit"] + _ARGV),
             "dfedit_version": __version__}
-    save_png(img, path, meta)
+    if path not in _AUTO_NAMED:
+        save_png(img, path, meta)
+    else:  # a run started beside this one may have taken the name meanwhile: take the next free one
+        for _, path in _numbered(*_AUTO_NAMED[path]):
+            try:
+                save_png(img, path, meta, exclusive=True)
+                break
+            except FileExistsError:
+                continue
     if not quiet:
         typer.echo(f"wrote {path}", err=True)
 

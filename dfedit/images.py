@@ -123,15 +123,18 @@ def check_output(path: str | os.PathLike, suffix: str = ".png") -> Path:
     return p
 
 
-def save_png(img: Image.Image, path: str | os.PathLike, meta: dict) -> Path:
-    """Atomic PNG write with every parameter in text chunks (one key each, plus all of it as JSON)."""
+def save_png(img: Image.Image, path: str | os.PathLike, meta: dict, exclusive: bool = False) -> Path:
+    """Atomic PNG write with every parameter in text chunks (one key each, plus all of it as JSON).
+    exclusive: raise FileExistsError rather than replace an existing file."""
     p = check_output(path)
     info = PngImagePlugin.PngInfo()
     for k, v in meta.items():
         info.add_text(k, v if isinstance(v, str) else json.dumps(v))
     info.add_text("dfedit", json.dumps(meta, sort_keys=True))
     try:
-        atomic_write(p, lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+        atomic_write(p, lambda tmp: img.save(tmp, format="PNG", pnginfo=info), exclusive=exclusive)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise DfeditError(f"cannot write {path}: {e.strerror or e}") from None
     return p

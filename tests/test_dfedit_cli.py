@@ -251,6 +251,43 @@ def test_default_output_never_overwrites(cli, models, tmp_path, photo, monkeypat
     assert read_metadata("dfedit-noise.png")["t"] == [500]
 
 
+def test_default_name_taken_during_the_run_is_not_overwritten(cli, models, tmp_path, photo, monkeypatch):
+    """Two runs started together both pick dfedit-noise.png; the one that saves second must move
+    to the next free name instead of replacing the first one's image."""
+    from dfedit.pipeline import DFEdit
+    s1, _, _ = models
+    monkeypatch.chdir(tmp_path)
+    real_noise = DFEdit.noise
+
+    def noise_while_another_run_saves(self, *a, **k):
+        (tmp_path / "dfedit-noise.png").write_bytes(b"the other run's image")
+        (tmp_path / "dfedit-noise-1.png").write_bytes(b"and a third one")
+        return real_noise(self, *a, **k)
+
+    monkeypatch.setattr(DFEdit, "noise", noise_while_another_run_saves)
+    _, err = _ok(cli("noise", photo, "--model", s1, "--t", "500"))
+    assert "wrote dfedit-noise-2.png" in err
+    assert (tmp_path / "dfedit-noise.png").read_bytes() == b"the other run's image"
+    assert (tmp_path / "dfedit-noise-1.png").read_bytes() == b"and a third one"
+    assert read_metadata("dfedit-noise-2.png")["command"] == "noise"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_exclusive_write_falls_back_without_hard_links(tmp_path, monkeypatch):
+    from dfedit.cache import atomic_write
+
+    def no_links(*a):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "x.bin"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"one"), exclusive=True)
+    assert target.read_bytes() == b"one"
+    with pytest.raises(FileExistsError):
+        atomic_write(target, lambda tmp: tmp.write_bytes(b"two"), exclusive=True)
+    assert target.read_bytes() == b"one" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
 # ---- errors ---------------------------------------------------------------------------------------
 
 def _truncated(tmp_path: Path) -> Path:
