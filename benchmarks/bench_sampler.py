@@ -118,6 +118,26 @@ def layout_row(label: str, net, run, rounds, device) -> tuple:
     return (f"(d) {label}: channels_last / contiguous weights, same run", m["cl"], m["contig"], "< 1 to keep it")
 
 
+def compile_row(label: str, den, attr: str, run, rounds, device) -> tuple:
+    """(e): the same run with torch.compile'd network; the first (compiling) run is reported apart."""
+    eager = getattr(den, attr)
+    compiled = torch.compile(eager)
+    setattr(den, attr, compiled)
+    first = timed(run, device)
+
+    def use(net):
+        def fn():
+            setattr(den, attr, net)
+            run()
+        return fn
+    m = alternate({"compiled": use(compiled), "eager": use(eager)}, rounds, device)
+    setattr(den, attr, eager)
+    gain = m["eager"] - m["compiled"]
+    runs = f"pays back after {(first - m['compiled']) / gain:.0f} runs" if gain > 0 else "never pays back"
+    return (f"(e) {label}: torch.compile / eager network, same run (first run {first:.0f} s: {runs})",
+            m["compiled"], m["eager"], "< 1 and soon paid back to turn on")
+
+
 def if_rows(device: torch.device, model: str | None, rounds: int, size: int = 64) -> tuple[list, str]:
     from diffusers import IFPipeline
 
@@ -197,7 +217,7 @@ def if_rows(device: torch.device, model: str | None, rounds: int, size: int = 64
     return rows, desc
 
 
-def emoji_rows(device: torch.device, rounds: int, stride: int = 20) -> tuple[list, str]:
+def emoji_rows(device: torch.device, rounds: int, stride: int = 20, compile: bool = False) -> tuple[list, str]:
     from diffusers import DDPMScheduler
 
     from dfedit import DFEdit
@@ -248,6 +268,8 @@ def emoji_rows(device: torch.device, rounds: int, stride: int = 20) -> tuple[lis
     rows += views_rows("emoji", den, cond, cond_b, uncond, scale, x0, ts, rounds, device, "net")
     rows.append(layout_row("emoji", den.net, loop, rounds, device))
     den.net.to(memory_format=torch.contiguous_format)  # what EmojiDenoiser uses (see the table)
+    if compile:
+        rows.append(compile_row("emoji", den, "net", loop, rounds, device))
     return rows, f"the shipped emoji model ({sz} px, {len(ts)} steps, cfg {scale:g})"
 
 
@@ -268,13 +290,13 @@ def table(rows: list) -> str:
 
 
 def run(device: str = "cpu", model: str | None = None, rounds: int = 5, size: int = 64,
-        emoji: bool = True, emoji_stride: int = 20) -> tuple[str, str]:
+        emoji: bool = True, emoji_stride: int = 20, compile: bool = True) -> tuple[str, str]:
     """(description, markdown table)."""
     dev = torch.device(device)
     rows, desc = if_rows(dev, model, rounds, size)
     descs = [f"IF: {desc}"]
     if emoji:
-        erows, edesc = emoji_rows(dev, rounds, emoji_stride)
+        erows, edesc = emoji_rows(dev, rounds, emoji_stride, compile)
         rows += erows
         descs.append(f"emoji: {edesc}")
     return "; ".join(descs) + f"; {rounds} alternated rounds after a warm-up, medians.", table(rows)

@@ -51,8 +51,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def environment(device: str, argv: list[str]) -> str:
-    """Machine, date, command and versions: the facts a reader needs to trust or redo a table."""
+def stamp(argv: list[str]) -> str:
+    """When, with which command and at which commit a section was measured."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = " ".join(["python", "benchmarks/run.py", *argv]).strip()
+    return f"_Measured {now} with `{cmd}` at dfedit commit {_git_commit()}._"
+
+
+def environment(device: str) -> str:
+    """Machine and versions: the facts a reader needs to trust or redo a table."""
     import torch
 
     versions = []
@@ -66,11 +73,4 @@ def environment(device: str, argv: list[str]) -> str:
         machine = f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, host CPU {_cpu_model()}"
     else:
         machine = f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s) used"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = " ".join(["python", "benchmarks/run.py", *argv]).strip()
-    return "\n".join([
-        f"- date: {now}",
-        f"- machine: {machine}",
-        f"- command: `{cmd}`",
-        f"- versions: Python {sys.version.split()[0]}, {', '.join(versions)}; dfedit commit {_git_commit()}",
-    ])
+    return "\n".join([f"- machine: {machine}", f"- versions: Python {sys.version.split()[0]}, {', '.join(versions)}"])

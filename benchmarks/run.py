@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import bench_if  # noqa: E402
 import bench_sampler  # noqa: E402
 import bench_train  # noqa: E402
-from report import DOC, environment, update_section  # noqa: E402
+from report import DOC, environment, stamp, update_section  # noqa: E402
 
 H100_BF16_TFLOPS = 800.0  # the figure for dense bf16 on an H100; --peak-tflops to change it
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="sampler,train,if", help="comma-separated subset of sampler,train,if")
     ap.add_argument("--rounds", type=int, default=5, help="alternated A/B rounds per row (medians)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: the least noisy on shared machines)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile trainer rows")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="GPU peak for the MFU column")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 round, no compile")
     ap.add_argument("--doc", type=Path, default=DOC, help="markdown file to update (default docs/benchmarks.md)")
@@ -77,13 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)  # noqa: E731
 
-    update_section(f"env-{dev}", environment(dev, argv), a.doc)
+    update_section(f"env-{dev}", environment(dev), a.doc)
+    when = stamp(argv)
 
     if "sampler" in only:
         log("sampler: tiny IF, then the emoji model")
         desc, table = bench_sampler.run(dev, None, rounds, size=16 if a.quick else 64,
-                                        emoji_stride=100 if a.quick else 20)
-        update_section(f"sampler-{dev}", f"{desc}\n\n{table}", a.doc)
+                                        emoji_stride=100 if a.quick else 20,
+                                        compile=not (a.quick or a.no_compile))
+        update_section(f"sampler-{dev}", f"{when}\n\n{desc}\n\n{table}", a.doc)
         print(table, flush=True)
 
     if "train" in only:
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{1 if a.quick else 3} optimizer steps after 2 warm-up steps (which include compiling), medians"
                 + (f"; MFU = our img/s x train FLOP/img / {a.peak_tflops:g} TFLOP/s" if gpu else "") + ".")
         table = train_table(results, gpu)
-        update_section(f"train-{dev}", f"{desc}\n\n{table}", a.doc)
+        update_section(f"train-{dev}", f"{when}\n\n{desc}\n\n{table}", a.doc)
         print(table, flush=True)
 
     if "if" in only:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             log("IF-I-XL / IF-II-L, random weights" + (" (tiny configs: --quick)" if a.quick else ""))
             res = bench_if.main((["--tiny"] if a.quick else []) + ["--device", dev, "--rounds", str(rounds)]
                                 + (["--steps", "2"] if a.quick else ["--compile"]))
-            update_section(f"if-{dev}", bench_if.table(res), a.doc)
+            update_section(f"if-{dev}", f"{when}\n\n{bench_if.table(res)}", a.doc)
             print(bench_if.table(res), flush=True)
         else:
             log("IF-I-XL / IF-II-L: skipped on CPU (4.3 B parameters; run with --device cuda)")
