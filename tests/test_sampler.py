@@ -182,3 +182,12 @@ def test_ddim_oracle_returns_the_clean_image(if_schedule):
         out = denoise_loop(conditioned(OracleDenoiser(x0, if_schedule), None), torch.randn(1, 3, 16, 16, generator=g),
                            COURSE_TS, if_schedule, g, eta=eta)
         assert (out - x0).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 12288), (3, 777), (2, 5)])
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.95, 0.995, 1.0])
+def test_selection_quantile_equals_torch_quantile(shape, q):
+    from dfedit.schedule import quantile
+
+    flat = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape) + int(q * 1000))).abs()
+    assert torch.equal(quantile(flat, q), torch.quantile(flat, q, dim=1))
