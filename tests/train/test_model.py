@@ -136,3 +136,23 @@ def test_min_snr_weights_are_min_not_max():
     t = torch.tensor([1, 999])  # huge SNR at t=1 -> weight gamma/snr << 1; tiny SNR -> weight 1
     w = diff.loss(net, x0, t, noise, None, None)
     assert w[0] < 0.01 and abs(float(w[1]) - 1.0) < 1e-5
+
+
+def test_cpu_bf16_attention_runs_in_fp32_and_matches(monkeypatch):
+    """Under CPU bf16 autocast the attention math is done in fp32 (PyTorch's bf16 CPU kernels are
+    slower), and the block agrees with an all-fp32 forward to bf16 precision."""
+    from dfedit_train.unet import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, 32, ctx_dim=48)
+    torch.nn.init.normal_(attn.out.weight, std=0.2)  # zero-initialised: would hide the attention path
+    x, ctx = torch.randn(2, 64, 8, 8), torch.randn(2, 5, 48)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    ref = attn(x, ctx, mask)
+    seen, real_sdpa = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: seen.append(q.dtype) or real_sdpa(q, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, ctx, mask)
+    assert seen == [torch.float32]
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
