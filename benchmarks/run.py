@@ -1,6 +1,6 @@
 """Every benchmark, one command: measures, then rewrites its sections of docs/benchmarks.md.
 
-    python benchmarks/run.py                   # CPU (about 25 min): sampler + trainer tables
+    python benchmarks/run.py                   # CPU (about 26 min): sampler + trainer tables
     python benchmarks/run.py --device cuda     # GPU: the same tables on the GPU, plus IF-I-XL / IF-II-L
     python benchmarks/run.py --quick --doc /tmp/b.md   # smoke run (seconds; numbers meaningless)
 
