@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import time
 
 import torch
 
+from bench_sampler import PROMPT, timed
 from dfedit.denoiser import Cond
 from dfedit.sampler import randn
 
@@ -69,12 +69,10 @@ def build(which: str, device: torch.device, dtype: torch.dtype, tiny: bool):
 
 
 class Clock:
+    """Wall time (synchronised) and peak GPU memory on one device."""
+
     def __init__(self, device: torch.device):
         self.device = device
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
 
     def reset_peak(self):
         if self.device.type == "cuda":
@@ -84,11 +82,7 @@ class Clock:
         return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
 
     def time(self, fn) -> float:
-        self.sync()
-        t0 = time.perf_counter()
-        fn()
-        self.sync()
-        return time.perf_counter() - t0
+        return timed(fn, self.device)
 
 
 def main(argv=None) -> dict:
@@ -104,7 +98,7 @@ def main(argv=None) -> dict:
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     clock = Clock(device)
-    prompt = "an oil painting of a snowy mountain village"
+    prompt = PROMPT
     df = DFEdit(model="random-IF-I-XL", stage2="random-IF-II-L", device=str(device), dtype="auto", quiet=True)
     s1, n1 = build("I", device, dtype, a.tiny)
     s2, n2 = build("II", device, dtype, a.tiny)
@@ -112,7 +106,7 @@ def main(argv=None) -> dict:
     weights = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None
     low = {n: randn((n, 3, s1.sample_size, s1.sample_size), torch.Generator().manual_seed(0), device, dtype)
            .clamp(-1, 1) for n in (1, 4)}
-    stride = 1000 // a.steps  # a.steps steps of stage I
+    stride = s1.schedule.num_train_timesteps // a.steps  # about a.steps steps of stage I
     runs = {
         "I": lambda n: df.sample(prompt, seed=0, num_samples=n, stride=stride, upscale=False),
         "II": lambda n: df.upscale(low[n], prompt, generator=torch.Generator().manual_seed(0), steps=a.steps),

@@ -5,7 +5,8 @@
       loop-only (prompt embeddings given) and end-to-end (load from disk + T5 + loop);
       emoji model: dfedit's loop vs a loop over diffusers' DDPMScheduler.step, same eps function
   (c) anagram (2 views) and hybrid (2 prompts): UNet calls per step and time per step vs sample
-  (d) the channels_last default vs contiguous weights, same sampling run
+  (d) channels_last vs contiguous weights, same run (the evidence for each model's default)
+  (e) emoji model: torch.compile'd vs eager network, and how many runs pay back the compile
 
 IF runs on a tiny random IF-shaped stage I (dfedit.testing) unless --model names a real one; the
 emoji rows run the shipped model (`--model emoji`). CPU, one thread by default: these machines are
@@ -152,12 +153,11 @@ def if_rows(device: torch.device, model: str | None, rounds: int, size: int = 64
     tmp = Path(tempfile.mkdtemp())
     model = model or str(testing.save_tiny_if(tmp, stage1_size=size)[0])
     cache = tmp / "cache"
-    ts = list(range(990, -1, -30))
 
     df = DFEdit(model=model, device=str(device), dtype="auto", quiet=True, cache_dir=str(cache))
     s1 = df.stage1()
-    (cond,), uncond = df.conds(s1, [PROMPT], "", 1)
-    (cond_b,), _ = df.conds(s1, ["a photo of a dog"], "", 1)
+    ts = s1.schedule.strided_timesteps(30)  # what `dfedit sample` runs: 990, 960, ..., 0
+    (cond, cond_b), uncond = df.conds(s1, [PROMPT, "a photo of a dog"], "", 1)
     ch, sz = s1.channels, s1.sample_size
     x0 = randn((1, ch, sz, sz), torch.Generator().manual_seed(SEED), device, dtype)
     rows = []
@@ -231,8 +231,7 @@ def emoji_rows(device: torch.device, rounds: int, stride: int = 20, compile: boo
                 cache_dir=tempfile.mkdtemp())
     den = df.stage1()
     scale = den.default_cfg
-    (cond,), uncond = df.conds(den, ["grinning face"], "", 1)
-    (cond_b,), _ = df.conds(den, ["red apple"], "", 1)
+    (cond, cond_b), uncond = df.conds(den, ["grinning face", "red apple"], "", 1)
     ts = den.schedule.strided_timesteps(stride)
     sz = den.sample_size
     x0 = randn((1, 3, sz, sz), torch.Generator().manual_seed(SEED), device, torch.float32)
@@ -256,7 +255,7 @@ def emoji_rows(device: torch.device, rounds: int, stride: int = 20, compile: boo
                  m["loop"], m["bare"], "≤ 1.02"))
 
     # (b) the same eps function stepped by diffusers' DDPMScheduler instead of our step math
-    sched = DDPMScheduler.from_config({**emoji_scheduler_config(), "prediction_type": "epsilon"})
+    sched = DDPMScheduler.from_config({**den.schedule.config, "prediction_type": "epsilon"})
     sched.set_timesteps(timesteps=ts)
 
     def theirs():
@@ -273,15 +272,6 @@ def emoji_rows(device: torch.device, rounds: int, stride: int = 20, compile: boo
     if compile:
         rows.append(compile_row("emoji", den, "net", loop, rounds, device))
     return rows, f"the shipped emoji model ({sz} px, {len(ts)} steps, cfg {scale:g})"
-
-
-def emoji_scheduler_config() -> dict:
-    """The emoji model's scheduler config, as stored in its checkpoint."""
-    import json
-
-    from dfedit_train.checkpoint import resolve
-
-    return json.loads((resolve("emoji") / "config.json").read_text())["schedule"]
 
 
 def table(rows: list) -> str:

@@ -94,18 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     if "train" in only:
         preset = "tiny" if a.quick else ("gpu" if gpu else "cpu")
         batch = 4 if a.quick else (128 if gpu else 32)
+        steps = 1 if a.quick else 3
         configs = [("fp32", False), ("bf16", False)]
         if not (a.quick or a.no_compile):
             configs += [("fp32", True), ("bf16", True)]
         results = []
         for dtype, comp in configs:
             log(f"trainer: {preset} preset, {dtype}, {'compile' if comp else 'eager'}")
-            results.append(bench_train.compare(preset, dev, dtype, comp, False, batch, 1 if a.quick else 3,
+            results.append(bench_train.compare(preset, dev, dtype, comp, False, batch, steps,
                                                rounds, a.peak_tflops if gpu else None,
                                                log=lambda m: log("  " + m)))
         r0 = results[0]
         desc = (f"`{preset}` preset ({r0['image_size']} px), batch {batch}, {rounds} alternated rounds of "
-                f"{1 if a.quick else 3} optimizer steps after 2 warm-up steps (which include compiling), medians"
+                f"{steps} optimizer steps after 2 warm-up steps (which include compiling), medians"
                 + (f"; MFU = our img/s x train FLOP/img / {a.peak_tflops:g} TFLOP/s" if gpu else "") + ".")
         table = train_table(results, gpu)
         update_section(f"train-{dev}", f"{when}\n\n{desc}\n\n{table}", a.doc)
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             log("IF-I-XL / IF-II-L, random weights" + (" (tiny configs: --quick)" if a.quick else ""))
             res = bench_if.main((["--tiny"] if a.quick else []) + ["--device", dev, "--rounds", str(rounds)]
                                 + (["--steps", "2"] if a.quick else ["--compile"]))
-            update_section(f"if-{dev}", f"{when}\n\n{bench_if.table(res)}", a.doc)
-            print(bench_if.table(res), flush=True)
+            table = bench_if.table(res)
+            update_section(f"if-{dev}", f"{when}\n\n{table}", a.doc)
+            print(table, flush=True)
         else:
             log("IF-I-XL / IF-II-L: skipped on CPU (4.3 B parameters; run with --device cuda)")
     log(f"done: {a.doc}")
