@@ -6,15 +6,14 @@ CKPT` all go through `dfedit.sampler.denoise_loop` with the `cfg` combinator.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from dfedit.denoiser import Cond
+from dfedit.images import save_png
 from dfedit.progress import progress_bar
 from dfedit.sampler import cfg as cfg_guidance
 from dfedit.sampler import denoise_loop, randn
@@ -92,10 +91,5 @@ def save_grid(images: np.ndarray, path: Path, params: dict, ncol: int = 8, scale
     img = Image.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    info = PngInfo()
-    info.add_text("dfedit", json.dumps(params))
-    for k, v in params.items():
-        info.add_text(str(k), v if isinstance(v, str) else json.dumps(v))
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, pnginfo=info)
-    return path
+    return save_png(img, path, params)  # dfedit's writer: atomic, same metadata layout as every output
