@@ -289,12 +289,12 @@ def sdedit(image: InputImage,
     df = opts.api()
     up = df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps,
                   noise_level=opts.noise_level)
-    ts = _stage1_timesteps(opts)
+    from .edits import check_i_start
+    from .pipeline import model_info
+    schedule, size = model_info(opts.model)
+    ts = schedule.strided_timesteps(opts.stride)
     for i in i_start:
-        if not 0 <= i < len(ts):
-            raise DfeditError(f"--i-start must be between 0 and {len(ts) - 1} for stride {opts.stride}, got {i}")
-    from .pipeline import model_size
-    size = model_size(opts.model)
+        check_i_start(i, ts, opts.stride)
     original = load_image(image, size)
     results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
     for r, i in zip(results, i_start):
@@ -398,11 +398,6 @@ def _trajectory(opts: GenOptions, results) -> None:
         _write_gif([f for r in results for f in r.frames], opts.trajectory, results[0].meta, opts.quiet)
 
 
-def _stage1_timesteps(opts: GenOptions) -> list[int]:
-    from .pipeline import _schedule_for
-    return _schedule_for(opts.model).strided_timesteps(opts.stride)
-
-
 # ---- diagnostic commands (model size, no stage II) -----------------------------------------------
 
 @app.command()
@@ -413,12 +408,12 @@ def noise(image: InputImage,
           quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
     from .images import grid, load_image, to_pil
-    from .pipeline import _schedule_for, model_size
+    from .pipeline import model_info
     path = _out_path(out, "noise")
     gif = _gif_path(trajectory)
-    schedule = _schedule_for(model)
+    schedule, size = model_info(model)
     ts = [schedule.check_t(v) for v in t]
-    x0 = load_image(image, model_size(model))
+    x0 = load_image(image, size)
     df = _api(model, quiet=quiet, device="cpu")
     noisy = df.noise(x0, ts, seed=seed)
     ims = [to_pil(x0)[0]] + [to_pil(x)[0] for x in noisy]
@@ -446,21 +441,20 @@ def denoise(image: InputImage,
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
     from .filters import gaussian_kernel1d
     from .images import grid, load_image, to_pil
-    from .pipeline import _schedule_for, model_size
+    from .edits import check_i_start
+    from .pipeline import model_info
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     path = _out_path(out, "denoise")
     gif = _gif_path(trajectory)
     gaussian_kernel1d(blur_kernel, blur_sigma)  # validate before loading anything
-    schedule = _schedule_for(model)
+    schedule, size = model_info(model)
     grid_ts = schedule.strided_timesteps(stride)
     if i_start is not None:
-        if not 0 <= i_start < len(grid_ts):
-            raise DfeditError(f"--i-start must be between 0 and {len(grid_ts) - 1} for stride {stride}, got {i_start}")
-        ts = [grid_ts[i_start]]
+        ts = [grid_ts[check_i_start(i_start, grid_ts, stride)]]
     else:
         ts = [schedule.check_t(v) for v in (t or [690])]
-    x0 = load_image(image, model_size(model))
+    x0 = load_image(image, size)
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
     rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, blur_kernel=blur_kernel,
                       blur_sigma=blur_sigma, record_every=1 if gif else 0)

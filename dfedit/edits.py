@@ -22,11 +22,18 @@ from .views import View
 # ---- SDEdit --------------------------------------------------------------------------------------
 
 
+def check_i_start(i_start: int, timesteps: list[int], stride: int | None = None) -> int:
+    """--i-start must index the strided timesteps (named with the stride when it is known)."""
+    if not 0 <= i_start < len(timesteps):
+        which = f" for stride {stride}" if stride is not None else ""
+        raise DfeditError(f"--i-start must be between 0 and {len(timesteps) - 1}{which}, got {i_start}")
+    return i_start
+
+
 def sdedit_start(image: torch.Tensor, timesteps: list[int], i_start: int, schedule: NoiseSchedule,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
     """Noise the image to timesteps[i_start] and return (x, the timesteps still to run)."""
-    if not 0 <= i_start < len(timesteps):
-        raise DfeditError(f"--i-start must be between 0 and {len(timesteps) - 1}, got {i_start}")
+    check_i_start(i_start, timesteps)
     t = timesteps[i_start]
     x = schedule.add_noise(image, randn(image.shape, generator, image.device, image.dtype), t)
     return x, timesteps[i_start:]
