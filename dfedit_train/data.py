@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dfedit.cache import atomic_write
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -368,10 +369,10 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     arr = np.stack(images)
     val = split(arr, groups, val_fraction)
     if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, images=arr, captions=np.array(captions), groups=np.array(groups), val=val)
-        os.replace(tmp, cache)  # atomic: a killed build never leaves a half cache behind
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a bare name
+                np.savez_compressed(f, images=arr, captions=np.array(captions), groups=np.array(groups), val=val)
+        atomic_write(cache, write)  # a killed build never leaves a half cache behind
     return EmojiData(arr, captions, groups, val, desc)
 
 

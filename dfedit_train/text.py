@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dfedit.denoiser import Cond
+from dfedit.cache import atomic_write
 from dfedit.errors import DfeditError
 
 from .data import cache_dir
@@ -178,10 +178,10 @@ class EmbeddingCache:
     def put(self, prompts: list[str], states: torch.Tensor, mask: torch.Tensor) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:16]
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
-        save_file({"states": states.contiguous(), "mask": mask.to(torch.uint8).contiguous()}, str(tmp),
-                  metadata={"prompts": json.dumps(prompts)})
-        os.replace(tmp, self.root / f"{name}.safetensors")  # atomic: readers never see half a shard
+        tensors = {"states": states.contiguous(), "mask": mask.to(torch.uint8).contiguous()}
+        # atomic: readers never see half a shard
+        atomic_write(self.root / f"{name}.safetensors",
+                     lambda tmp: save_file(tensors, str(tmp), metadata={"prompts": json.dumps(prompts)}))
 
 
 class CaptionEncoder:
