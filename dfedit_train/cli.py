@@ -61,7 +61,14 @@ def emoji(
     flip_prob: Optional[float] = typer.Option(None, help="horizontal flips of side/text-free emoji"),
     image_size: Optional[int] = typer.Option(None),
     channels: Optional[str] = typer.Option(None, help="widths per level, e.g. 64,128,192,256"),
-    num_res_blocks: Optional[int] = typer.Option(None),
+    num_res_blocks: Optional[str] = typer.Option(None, help="ResNet blocks per level: one number, or one per "
+                                                 "level, e.g. 1,2,2"),
+    pooled_text: Optional[bool] = typer.Option(None, "--pooled-text/--no-pooled-text",
+                                               help="add the pooled caption to the time embedding"),
+    patch: Optional[int] = typer.Option(None, help="pixel-unshuffle factor before the first level (1 = off)"),
+    lr_schedule: Optional[str] = typer.Option(None, help="cosine (decay to the last epoch) or constant "
+                                              "(after warm-up; extendable)"),
+    subset: Optional[int] = typer.Option(None, help="train on this many base emoji only (ablations)"),
     self_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,0,1,1"),
     cross_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,1,1,1"),
     text_encoder: Optional[str] = typer.Option(None, help="minilm (offline default) or any HF text model id/path"),
@@ -74,6 +81,8 @@ def emoji(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)"),
     max_steps: Optional[int] = typer.Option(None, hidden=True, help="stop (and save) after this many steps"),
+    max_cpu_seconds: Optional[float] = typer.Option(None, hidden=True,
+                                                    help="stop (and save) after this much CPU time in training steps"),
 ):
     """Train (or resume) the emoji U-Net."""
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
@@ -107,7 +116,15 @@ def emoji(
     put("diffusion.min_snr_gamma", min_snr)
     put("diffusion.cfg_dropout", cfg_dropout)
     put("model.image_size", image_size)
-    put("model.num_res_blocks", num_res_blocks)
+    if num_res_blocks is not None:
+        nrb = _ints(num_res_blocks, "--num-res-blocks")
+        put("model.num_res_blocks", nrb[0] if len(nrb) == 1 else nrb)
+    put("model.pooled_text", pooled_text)
+    put("model.patch", patch)
+    if lr_schedule is not None and lr_schedule not in ("cosine", "constant"):
+        raise DfeditError(f"--lr-schedule must be cosine or constant, got {lr_schedule!r}")
+    put("train.lr_schedule", lr_schedule)
+    put("data.subset", subset)
     if channels is not None:
         put("model.channels", _ints(channels, "--channels"))
     if self_attn is not None:
@@ -140,7 +157,7 @@ def emoji(
     if saved is not None:
         typer.echo(f"resuming {out} at step {saved['state']['step']} (epoch {saved['state']['epoch']})", err=True)
     res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu,
-                log=lambda m: typer.echo(m, err=True))
+                log=lambda m: typer.echo(m, err=True), max_cpu_seconds=max_cpu_seconds)
     ips = res.get("images_per_s")
     typer.echo(f"step {res['step']}" + (f", {ips:.1f} images/s" if ips else "") +
                (f", {res['skipped']} skipped steps" if res["skipped"] else "") + f"; checkpoints in {out}")
@@ -159,8 +176,9 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval"),
     device: Optional[str] = typer.Option(None, help="default: cuda if available"),
     quiet: bool = typer.Option(False, "--quiet"),
+    recognise: bool = typer.Option(True, "--recognise/--no-recognise", help="also run the recognisability metric"),
 ):
-    """Held-out loss per noise band, nearest-neighbour memorisation check, sample grid."""
+    """Held-out loss per noise band, nearest-neighbour memorisation check, sample grid, recognisability."""
     import torch
 
     from .evaluate import evaluate
@@ -184,6 +202,59 @@ def eval_cmd(
     con.print(f"nearest-training-image RMSE: samples {r['nn_rmse_samples_median']:.4f} (median), held-out real "
               f"images {'-' if base is None else f'{base:.4f}'}; near copies: {r['near_copies']}/{len(r['samples'])}")
     con.print(f"grid: {r['grid']}")
+    if recognise:
+        _recognise(checkpoint, weights, 200, 200, stride, None, seed, out, dev, quiet)
+
+
+def _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, device, quiet):
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import recognise as run
+
+    r = run(checkpoint, device=device, weights=weights, n_train=n_train, n_heldout=n_heldout, stride=stride,
+            guidance=guidance, seed=seed, out=out, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    tab = Table(title=f"recognisability: {r['checkpoint']} ({r['weights']}, {r['images_seen'] or '?'} images seen; "
+                      f"stride {r['stride']}, guidance {r['guidance']:g}, {r['resolution']} px)")
+    for col in ("captions", "n", "top-1", "top-5", "real top-1", "real top-5", "top-1 ratio", "top-5 ratio",
+                "recall (Gu)"):
+        tab.add_column(col)
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for split, row in r["rows"].items():
+        tab.add_row(split, str(row["n"]), f(row["top1"]), f(row["top5"]), f(row["real_top1"]), f(row["real_top5"]),
+                    f(row["ratio_top1"]), f(row["ratio_top5"]), f(row.get("recall_gu")))
+    con = Console(file=sys.stdout)
+    con.print(tab)
+    con.print(f"judge: a classifier trained on Twitter's emoji only; ratio = top-k of samples / top-k of the real "
+              f"Google images of the same emoji. Sheet: {r['grid']}")
+
+
+@app.command("recognise")
+@one_line_errors
+def recognise_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint or run directory, or 'emoji' for the built-in model"),
+    weights: str = typer.Option("ema", help="ema or model"),
+    n_train: int = typer.Option(200, help="training-split captions (stratified by category)"),
+    n_heldout: int = typer.Option(200, help="held-out captions (stratified; all of them if fewer)"),
+    stride: int = typer.Option(20, help="DDPM stride for samples"),
+    guidance: Optional[float] = typer.Option(None, help="default: the model's own"),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval (the cache for the built-in model)"),
+    device: Optional[str] = typer.Option(None, help="default: cuda if available"),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Recognisability: a Twitter-trained classifier judges samples for a fixed, stratified caption set."""
+    import torch
+
+    if weights not in ("ema", "model"):
+        raise DfeditError(f"--weights must be ema or model, got {weights!r}")
+    for name, v in (("--n-train", n_train), ("--n-heldout", n_heldout)):
+        if v < 0:
+            raise DfeditError(f"{name} must be 0 or more, got {v}")
+    if stride < 1 or stride > 1000:
+        raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet)
 
 
 @app.command()

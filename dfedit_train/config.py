@@ -15,20 +15,36 @@ from dfedit.errors import DfeditError
 class ModelConfig:
     image_size: int = 64
     channels: tuple[int, ...] = (64, 128, 192, 256)  # one width per resolution level
-    num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder gets one more, for the stem skip)
+    # ResNet blocks per encoder level (the decoder gets one more, for the stem skip): one number for
+    # every level, or one per level, so capacity can sit at the cheap low resolutions.
+    num_res_blocks: int | tuple[int, ...] = 2
     self_attn: tuple[bool, ...] = (False, False, True, True)  # per level; the middle block always attends
     cross_attn: tuple[bool, ...] = (False, True, True, True)
     head_dim: int = 32  # attention heads = width // head_dim
     time_dim: int = 0  # 0: 4 * channels[0]
     text_dim: int = 384  # width of the text encoder's token states
     dropout: float = 0.0
+    # The caption's masked-mean token state, projected into the time embedding so it reaches every
+    # ResNet block's scale/shift (GLIDE, Imagen), in addition to cross-attention on the tokens.
+    pooled_text: bool = False
+    # Pixels folded into channels before the first level (pixel-unshuffle) and unfolded after the
+    # last: patch 2 runs a 32 px model's top level at 16 px, where a conv costs a quarter as much.
+    patch: int = 1
+
+    def res_blocks(self) -> tuple[int, ...]:
+        """ResNet blocks per encoder level."""
+        nrb = self.num_res_blocks
+        return tuple(nrb) if isinstance(nrb, (list, tuple)) else (int(nrb),) * len(self.channels)
 
     def validate(self) -> None:
         n = len(self.channels)
         if n < 1 or len(self.self_attn) != n or len(self.cross_attn) != n:
             raise DfeditError("the model needs one width and one self/cross-attention flag per level")
-        if self.image_size % (2 ** (n - 1)):
-            raise DfeditError(f"image size {self.image_size} is not divisible by 2^{n - 1} for {n} levels")
+        if len(self.res_blocks()) != n or min(self.res_blocks()) < 1:
+            raise DfeditError("the model needs at least one ResNet block per level, given once or once per level")
+        if self.patch < 1 or self.image_size % (self.patch * 2 ** (n - 1)):
+            raise DfeditError(f"image size {self.image_size} is not divisible by patch {self.patch} x 2^{n - 1} "
+                              f"for {n} levels")
         for c in self.channels:
             if c % 8 or c % self.head_dim:
                 raise DfeditError(f"width {c} must be a multiple of 8 and of the head size {self.head_dim}")
@@ -70,6 +86,10 @@ class TrainConfig:
     lr: float = 2e-4
     min_lr: float = 2e-6
     warmup_steps: int = 500
+    # "cosine": warm-up, then cosine decay to min_lr at the last epoch (a longer --epochs on resume
+    # stretches the decay). "constant": warm-up, then lr for ever, so a run can be extended with a
+    # larger --epochs, in this session or the next, exactly as if it had been asked for from the start.
+    lr_schedule: str = "cosine"
     weight_decay: float = 1e-4  # only on matrices/kernels (ndim > 1), as the Flax trainer did
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -93,6 +113,7 @@ class DataConfig:
     base_only: bool = False  # drop skin-tone variants
     val_fraction: float = 0.1
     text_encoder: str = "minilm"  # "minilm" = the pinned offline MiniLM; else any HF id or path
+    subset: int = 0  # >0: train on this many base emoji of the training split only (for short ablations)
     max_length: int = 24
 
 

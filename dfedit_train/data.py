@@ -376,6 +376,15 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     return EmojiData(arr, captions, groups, val, desc)
 
 
+def subset_mask(d: EmojiData, n_base: int) -> np.ndarray:
+    """Rows to keep for a training subset: all of the validation split, and the training rows of
+    `n_base` base emoji chosen by hash (the same ones for every run), so arms of a short ablation
+    see many epochs of a few hundred emoji."""
+    train_groups = sorted({g for g, v in zip(d.groups, d.val) if not v}, key=lambda g: _bucket("subset:" + g))
+    keep = set(train_groups[:n_base])
+    return np.array([bool(v) or g in keep for g, v in zip(d.groups, d.val)], dtype=bool)
+
+
 _NO_FLIP = re.compile(r"\b(left|right|flag|keycap|letter|clock|o.clock|arrow|button|sign|symbol|input|"
                       r"japanese|squared|circled|numbers?|ideograph|abc|abcd|sos|id|ok|cool|free|new|ng|top|"
                       r"soon|end|back|on|up!|vs)\b", re.I)

@@ -102,11 +102,68 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
     result["samples"] = [{"prompt": p, "nn_rmse": float(r), "nearest_train": d.captions[tr[j]]}
                          for p, r, j in zip(prompts, nn_s.tolist(), nn_idx.tolist())]
 
-    out = Path(out) if out is not None else ck / "eval"
+    out = Path(out) if out is not None else _default_eval_dir(ck)
     out.mkdir(parents=True, exist_ok=True)
     params = {"checkpoint": str(ck), "weights": weights, "prompts": prompts, "seed": seed, "stride": stride,
               "guidance": guidance, "rows": "samples / nearest training image / real image"}
     grid = np.concatenate([to_uint8(xs), to_uint8(x_tr[nn_idx]), to_uint8(real)])
     result["grid"] = str(save_grid(grid, out / "samples.png", params, ncol=len(prompts), scale=max(1, 64 // size)))
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    (out / "eval.json").write_text(json.dumps({**result, **({"recognise": prev["recognise"]} if "recognise" in prev
+                                                            else {})}, indent=1))
     return result
+
+
+def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int = 200, n_heldout: int = 200,
+              stride: int = 20, guidance: float | None = None, seed: int = 0, out: Path | None = None,
+              progress: bool = True, log=print) -> dict:
+    """The recognisability metric (dfedit_train/recognise.py) of a checkpoint, run or the built-in
+    model: a table in `eval.json`'s "recognise" entry and a labelled grid of the samples."""
+    from dfedit.images import grid, save_png, to_pil
+
+    from .recognise import categories, recognisability
+
+    ck, cfg = ckpt.load(path)
+    den = ckpt.load_denoiser(ck, device=device, weights=weights)
+    dac = from_dict(DataConfig, {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__})
+    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    train_mask = ~d.val
+    if dac.subset:
+        train_mask &= datamod.subset_mask(d, dac.subset)
+    path_, layout = datamod.resolve_source(dac.source, dac.vendor)
+    cats = categories(path_) if layout == "npm" and path_.is_file() else {}
+    r = recognisability(den, d, train_mask, cats, n_train=n_train, n_heldout=n_heldout, seed=seed, stride=stride,
+                        guidance=guidance, progress=progress, log=log)
+    xs, prompts = r.pop("_images"), r.pop("_prompts")
+    r.update({"checkpoint": str(ck), "weights": weights, "step": cfg.get("state", {}).get("step"),
+              "images_seen": cfg.get("state", {}).get("images_seen")})
+    out = Path(out) if out is not None else _default_eval_dir(ck)
+    out.mkdir(parents=True, exist_ok=True)
+    # A sheet people can read: up to 12 samples per split, each over its caption and, below, the
+    # Google image it was asked for; "+" when the judge's top-5 holds the right emoji, "-" when not.
+    rows, labels = [], []
+    ims = to_pil(xs)
+    for split in ("train", "held-out", "paraphrase"):
+        sel = [i for i, p in enumerate(prompts) if p.split == split][:12]
+        if not sel:
+            continue
+        rows.append([ims[i] for i in sel])
+        labels.append([("+ " if r["samples"][i]["rank"] < 5 else "- ") + prompts[i].caption for i in sel])
+        rows.append([to_pil(_images(d, [prompts[i].row], den.sample_size))[0] for i in sel])
+        labels.append([f"{split}: Google" for _ in sel])
+    sheet = grid(rows, labels)
+    r["grid"] = str(save_png(sheet, out / "recognise.png", {
+        "checkpoint": str(ck), "weights": weights, "seed": seed, "stride": stride, "guidance": r["guidance"],
+        "rows": "samples (+ top-5 hit, - miss) over the real Google image, per split"}))
+    prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    prev["recognise"] = r
+    (out / "eval.json").write_text(json.dumps(prev, indent=1))
+    return r
+
+
+def _default_eval_dir(ck: Path) -> Path:
+    """CKPT/eval for a run; the built-in model lives inside the installed package, so its results go
+    to the user cache instead."""
+    if ck.resolve() == ckpt.BUILTIN["emoji"].resolve():
+        return datamod.cache_dir() / "eval" / "builtin-emoji"
+    return ck / "eval"

@@ -49,9 +49,11 @@ def mix(*xs: int) -> int:
 
 
 def lr_at(step: int, total: int, tc: TrainConfig) -> float:
-    """Linear warmup to tc.lr, then cosine decay to tc.min_lr at the last step."""
+    """Linear warmup to tc.lr, then constant, or cosine decay to tc.min_lr at the last step."""
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return tc.lr
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * progress))
 
@@ -104,6 +106,8 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     if dac.vendor in datamod.LICENCE_WARNINGS:
         import sys
         print(f"warning: {datamod.LICENCE_WARNINGS[dac.vendor]}", file=sys.stderr)
+    if dac.subset:
+        d = d.subset(datamod.subset_mask(d, dac.subset))
     train = d.subset(~d.val)
     if len(train) == 0:
         raise DfeditError("the training split is empty: add images or lower --val-fraction")
@@ -155,8 +159,9 @@ def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int]
 
 def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: DataConfig,
           saved: dict | None = None, progress: bool = True, max_steps: int | None = None,
-          cpu: bool = False, log=print) -> dict:
-    """Train (or resume) into `out`. `max_steps` stops early (after saving) for tests and smoke runs."""
+          cpu: bool = False, log=print, max_cpu_seconds: float | None = None) -> dict:
+    """Train (or resume) into `out`. `max_steps` stops early (after saving) for tests and smoke runs;
+    `max_cpu_seconds` stops after that much process CPU time in training steps (equal-compute ablations)."""
     from accelerate import Accelerator
 
     acc = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu, gradient_accumulation_steps=1)
@@ -236,7 +241,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         log(f"{out} already finished {tc.epochs} epochs; nothing to do")
         return {"step": step, "skipped": skipped, "images_per_s": None}
     ema_params, net_params = list(ema.parameters()), list(raw.parameters())
-    losses, t_train, imgs_done, stopped = [], 0.0, 0, False
+    losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
     T = diff.T
     bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
     logf = open(out / "log.jsonl", "a") if acc.is_main_process else None
@@ -246,7 +251,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(tc.seed, 1, epoch))).to(device)
                 ep_losses, ep_t0, ep_imgs = [], time.perf_counter(), 0
                 for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     g = torch.Generator(device).manual_seed(mix(tc.seed, 2, step, rank))
                     torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
                     lr = lr_at(step, total_steps, tc)
@@ -281,10 +286,12 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     step += 1
                     dt = time.perf_counter() - t0
                     t_train += dt
+                    cpu_train += time.process_time() - c0
                     imgs_done += per_step
                     ep_imgs += per_step
                     bar.update(epoch + 1, tc.epochs, loss_v, imgs_done / max(t_train, 1e-9))
-                    if max_steps is not None and step >= max_steps and step < total_steps:
+                    over_cpu = max_cpu_seconds is not None and cpu_train >= max_cpu_seconds
+                    if (over_cpu or (max_steps is not None and step >= max_steps)) and step < total_steps:
                         stopped = True
                         break
                 done_epoch = step // steps_per_epoch
@@ -310,6 +317,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
             logf.close()
     return {"step": step, "skipped": skipped, "images_per_s": imgs_done / max(t_train, 1e-9),
             "mean_loss": float(np.mean(losses)) if losses else None, "train_seconds": t_train,
+            "train_cpu_seconds": cpu_train,
             "steps_per_epoch": steps_per_epoch, "stopped_early": stopped}
 
 

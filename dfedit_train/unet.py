@@ -110,7 +110,7 @@ class UNet(nn.Module):
         cfg.validate()
         self.cfg = cfg
         ch = list(cfg.channels)
-        c0, nrb = ch[0], cfg.num_res_blocks
+        c0, nrbs = ch[0], cfg.res_blocks()
         self.tfeat = c0
         tdim = cfg.time_dim or 4 * c0
         ctx = ch[-1]  # text is projected once to the widest level's width
@@ -118,10 +118,18 @@ class UNet(nn.Module):
         self.text_norm, self.text_proj = nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, ctx)
         # The learned null conditioning for CFG: one token that replaces an empty (all-masked) prompt.
         self.null_token = nn.Parameter(torch.randn(ctx) * 0.02)
-        self.stem = nn.Conv2d(3, c0, 3, padding=1)
+        if cfg.pooled_text:
+            # Pooled caption -> time embedding. Cross-attention has to *find* the caption in the tokens
+            # at a few resolutions; this path hands one vector to every ResNet block, which makes the
+            # "caption -> this exact drawing" lookup far easier to learn (GLIDE, Imagen).
+            self.pool_mlp = nn.Sequential(nn.Linear(cfg.text_dim, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+            self.null_pooled = nn.Parameter(torch.zeros(tdim))  # the null prompt's pooled vector
+        self.patch = cfg.patch
+        self.stem = nn.Conv2d(3 * cfg.patch ** 2, c0, 3, padding=1)
 
         self.down, self.downsample, skips, cur = nn.ModuleList(), nn.ModuleList(), [c0], c0
         for i, c in enumerate(ch):
+            nrb = nrbs[i]
             self.down.append(Level([cur] + [c] * (nrb - 1), c, tdim, ctx, cfg.self_attn[i], cfg.cross_attn[i], cfg))
             skips += [c] * nrb
             cur = c
@@ -134,13 +142,13 @@ class UNet(nn.Module):
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, c in reversed(list(enumerate(ch))):
             cins = []
-            for _ in range(nrb + 1):
+            for _ in range(nrbs[i] + 1):
                 cins.append(cur + skips.pop())
                 cur = c
             # Each decoder block takes (h ++ skip), so its input width is per block.
             self.up.append(Level(cins, c, tdim, ctx, cfg.self_attn[i], cfg.cross_attn[i], cfg))
             self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if i > 0 else nn.Identity())
-        self.out_norm, self.out_conv = nn.GroupNorm(groups(c0), c0), zero(nn.Conv2d(c0, 3, 3, padding=1))
+        self.out_norm, self.out_conv = nn.GroupNorm(groups(c0), c0), zero(nn.Conv2d(c0, 3 * cfg.patch ** 2, 3, padding=1))
 
     def context(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project token states; rows with an empty mask (the null prompt) become the null token."""
@@ -155,10 +163,20 @@ class UNet(nn.Module):
         mask = torch.where(null[:, None], null_mask, mask)
         return ctx, mask
 
+    def pooled(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the normalised token states through an MLP; the null prompt gets its own vector."""
+        h = self.text_norm(text.to(self.text_norm.weight.dtype))
+        w = mask.bool().to(h.dtype)[..., None]
+        p = self.pool_mlp((h * w).sum(1) / w.sum(1).clamp(min=1))
+        null = ~mask.bool().any(dim=1)
+        return torch.where(null[:, None], self.null_pooled.to(p.dtype).expand_as(p), p)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(timestep_features(t, self.tfeat).to(x.dtype))
+        if self.cfg.pooled_text:
+            temb = temb + self.pooled(text, mask).to(temb.dtype)
         ctx, mask = self.context(text, mask)
-        h = self.stem(x)
+        h = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         skips = [h]
         for lvl, down in zip(self.down, self.downsample):
             for i in range(len(lvl.res)):
@@ -174,4 +192,5 @@ class UNet(nn.Module):
                 h = lvl.block(i, torch.cat([h, skips.pop()], dim=1), temb, ctx, mask)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.out_conv(F.silu(self.out_norm(h)))
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(h, self.patch) if self.patch > 1 else h

@@ -156,3 +156,52 @@ def test_cpu_bf16_attention_runs_in_fp32_and_matches(monkeypatch):
         out = attn(x, ctx, mask)
     assert seen == [torch.float32]
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.02)
+
+
+def test_pooled_caption_reaches_the_network_without_cross_attention():
+    # With cross-attention switched off everywhere (the middle block's silenced: it always attends),
+    # text can only enter through the pooled path.
+    off = (False, False)
+    plain, _ = tiny_net(self_attn=off, cross_attn=off)
+    pooled, _ = tiny_net(self_attn=off, cross_attn=off, pooled_text=True)
+    x, t, text, mask = inputs()
+    text2 = text.clone()
+    text2[:, 1] = torch.randn(text.shape[-1], generator=torch.Generator().manual_seed(5))  # another word
+    for net in (plain, pooled):
+        perturb(net)
+        with torch.no_grad():
+            for ca in net.mid.ca:
+                ca.out.weight.zero_()
+                ca.out.bias.zero_()
+    assert torch.equal(plain(x, t, text, mask), plain(x, t, text2, mask))  # text has no way in
+    a, b = pooled(x, t, text, mask), pooled(x, t, text2, mask)
+    assert (a - b).abs().max() > 1e-3  # the pooled caption changes the prediction
+    text3 = text.clone()
+    text3[:, 5] += 10  # padding is outside the masked mean
+    assert torch.allclose(a, pooled(x, t, text3, mask), atol=1e-6)
+    # The null prompt gets its own learned pooled vector, whatever the (masked-out) states hold.
+    empty = torch.zeros_like(mask)
+    n1 = pooled(x, t, text, empty)
+    assert torch.equal(n1, pooled(x, t, text2 * 3, empty))
+    with torch.no_grad():
+        pooled.null_pooled.add_(1.0)
+    assert not torch.allclose(n1, pooled(x, t, text, empty))
+
+
+def test_per_level_res_blocks_and_patch():
+    net1, _ = tiny_net(num_res_blocks=(1, 1))
+    net2, _ = tiny_net(num_res_blocks=(1, 3))
+    assert len(net2.down[1].res) == 3 and len(net2.up[0].res) == 4 and len(net2.up[1].res) == 2
+    assert sum(p.numel() for p in net2.parameters()) > sum(p.numel() for p in net1.parameters())
+    x, t, text, mask = inputs()
+    assert net2(x, t, text, mask).shape == x.shape
+    net3, mc = tiny_net(patch=2, channels=(32, 32))
+    assert net3.stem.in_channels == 12
+    perturb(net3)
+    out = net3(x, t, text, mask)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    replace(mc, patch=8).validate()  # 16 px / 8 = 2 px, halved once for the second level: fine
+    with pytest.raises(DfeditError):  # 16 px / 16 = 1 px: nothing left to halve
+        replace(mc, patch=16).validate()
+    with pytest.raises(DfeditError):
+        replace(mc, num_res_blocks=(1, 1, 1)).validate()

@@ -171,3 +171,24 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(9, 100, tc) == pytest.approx(1e-3)
     assert lr_at(55, 100, tc) == pytest.approx((1e-3 + 1e-5) / 2)
     assert lr_at(100, 100, tc) == pytest.approx(1e-5)
+
+
+def test_constant_lr_run_extends_exactly(tmp_path, tiny):
+    """A constant-rate run asked for 1 epoch and then extended to 3 is the run asked for 3 epochs
+    from the start: no second warm-up, no decay stretched to the new end."""
+    cfgs = tiny(epochs=3, sample_every=0, lr_schedule="constant", warmup_steps=3)
+    run(tmp_path / "full", cfgs)
+    part = tmp_path / "part"
+    run(part, tiny(epochs=1, sample_every=0, lr_schedule="constant", warmup_steps=3))
+    mc, dc, tc, dac, saved = resolve_configs(part, cfgs[:3], {"train.epochs": 3})
+    train(part, mc, dc, tc, dac, saved=saved, progress=False)
+    for which in ("model", "ema", "optimizer"):
+        a, b = tensors(tmp_path / "full", which), tensors(part, which)
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{which}.{k} differs after extending"
+    # The cosine schedule cannot do this: its rate depends on where the run is meant to end.
+    cos = replace(cfgs[2], lr_schedule="cosine")
+    assert lr_at(10, 30, cos) != lr_at(10, 60, cos)
+    const = cfgs[2]
+    assert lr_at(10, 30, const) == lr_at(10, 60, const) == const.lr
+    assert lr_at(0, 30, const) == const.lr / 3  # warm-up still ramps
