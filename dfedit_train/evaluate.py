@@ -144,7 +144,8 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
     rows, labels = [], []
     ims = to_pil(xs)
     for split in ("train", "held-out", "paraphrase"):
-        sel = [i for i, p in enumerate(prompts) if p.split == split][:12]
+        sel = [i for i, p in enumerate(prompts) if p.split == split]
+        sel = sel[::max(1, len(sel) // 12)][:12]  # spread over the set, which is sorted by category
         if not sel:
             continue
         rows.append([ims[i] for i in sel])
