@@ -158,6 +158,7 @@ def classifier_dir(cfg: ClassifierConfig) -> Path:
     return datamod.cache_dir() / "recognise" / f"twitter-{cfg.resolution}px-{key}"
 
 
+@torch.enable_grad()  # callers may run under no_grad (the metric itself does)
 def train_classifier(cfg: ClassifierConfig, twitter: datamod.EmojiData | None = None, progress: bool = True,
                      log=print) -> tuple[Classifier, list[str]]:
     """Train the judge on every Twitter image (all of them: it must know every emoji); classes are
@@ -292,8 +293,8 @@ def prompt_set(d: datamod.EmojiData, train_mask: np.ndarray, cats: dict[str, str
             out.append(Prompt(d.captions[r], r, d.groups[r], split, cats.get(d.groups[r], "?")))
     where = {c: i for i, c in enumerate(d.captions)}
     for text, target in paraphrases:
-        if target not in where:
-            raise DfeditError(f"paraphrase target {target!r} is not a caption of this data set")
+        if target not in where:  # another data set: paraphrases of emoji it does not have are skipped
+            continue
         r = where[target]
         out.append(Prompt(text, r, d.groups[r], "paraphrase", cats.get(d.groups[r], "?")))
     return out
@@ -317,7 +318,10 @@ def summarise(ranks_s: torch.Tensor, ranks_r: torch.Tensor, recalled: torch.Tens
     top1_s, top5_s = float((ranks_s < 1).float().mean()), float((ranks_s < 5).float().mean())
     top1_r, top5_r = float((ranks_r < 1).float().mean()), float((ranks_r < 5).float().mean())
     row = {"n": int(len(ranks_s)), "top1": top1_s, "top5": top5_s, "real_top1": top1_r, "real_top5": top5_r,
-           "ratio_top1": top1_s / top1_r if top1_r else None, "ratio_top5": top5_s / top5_r if top5_r else None}
+           "ratio_top1": top1_s / top1_r if top1_r else None, "ratio_top5": top5_s / top5_r if top5_r else None,
+           # Where the right emoji lands among all classes: moves long before top-5 does, so short
+           # runs can be told apart.
+           "median_rank": float(ranks_s.float().median()) + 1 if len(ranks_s) else None}
     if recalled is not None:
         row["recall_gu"] = float(recalled.float().mean())
     return row

@@ -182,7 +182,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     net = UNet(mc).to(device)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
-    step, skipped, scaler_state = 0, 0, None
+    step, skipped, scaler_state, cpu_before = 0, 0, None, 0.0
     if saved is not None:
         ck = ckpt.resolve(out)
         net.load_state_dict(ckpt.load_tensors(ck, "model"))
@@ -190,6 +190,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         opt.load_state_dict(ckpt.optimizer_from_flat(ckpt.load_tensors(ck, "optimizer"), saved["optimizer"]))
         st = saved["state"]
         step, skipped, scaler_state = st["step"], st["skipped_steps"], st.get("scaler")
+        cpu_before = st.get("train_cpu_seconds", 0.0)
         if st["steps_per_epoch"] != steps_per_epoch:
             raise DfeditError(f"{out} was trained with {st['steps_per_epoch']} steps per epoch, this setup "
                               f"gives {steps_per_epoch} (different data or number of processes)")
@@ -208,6 +209,8 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                              "max_length": dac.max_length, "dim": D["text_dim"]},
             "state": {"step": step, "epoch": epoch, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                       "images_seen": step * per_step, "skipped_steps": skipped, "world_size": world,
+                      # process CPU time in training steps over every session of the run (compute budgets)
+                      "train_cpu_seconds": round(cpu_before + cpu_train, 1),
                       "scaler": acc.scaler.state_dict() if acc.scaler is not None else None},
             "versions": {"torch": torch.__version__},
         }

@@ -21,7 +21,11 @@ def one_line_error(r, fragment):
     assert fragment in err, err
 
 
-def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder):
+def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch):
+    from dfedit_train import data, recognise
+    from test_recognise import other_vendor
+    # The judge learns from "another vendor": here a shifted copy of the synthetic set (no download).
+    monkeypatch.setattr(recognise, "_twitter", lambda: other_vendor(data.load(str(npm_tarball), "google")))
     out = tmp_path / "run"
     common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
               "--max-length", "12", "--out", out, "--quiet", "--sample-every", "0"]
@@ -38,6 +42,15 @@ def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder):
     ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
     assert set(ev["val_loss"]) == set(ev["bands"]) and len(ev["samples"]) == 4
     assert ev["nn_rmse_samples_median"] > 0 and "held-out eps-MSE" in r.stdout
+    # The recognisability table comes with it, and runs alone too.
+    rows = ev["recognise"]["rows"]
+    assert rows["train"]["n"] > 0 and 0 <= rows["train"]["top5"] <= 1 and "ratio 5" in r.stdout
+    r = invoke("recognise", out, "--quiet", "--n-train", "3", "--n-heldout", "2", "--stride", "200")
+    assert r.exit_code == 0, r.output
+    ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
+    assert ev["recognise"]["rows"]["train"]["n"] == 3 and "val_loss" in ev  # the loss bands are kept
+    assert (out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "recognise.png").is_file()
+    one_line_error(invoke("recognise", out, "--stride", "0"), "--stride must be")
 
 
 @pytest.mark.parametrize("case", ["missing", "no-name", "corrupt"])
