@@ -301,7 +301,8 @@ class EmbeddingCache:
         data = st_save(tensors, metadata={"prompt": prompt, "sha256": tensor_digest(tensors)})
         path = self._path(prompt)
         try:
-            clean_stale_temps(self.dir) if self.dir.is_dir() else None
+            if self.dir.is_dir():
+                clean_stale_temps(self.dir)
             if path.is_dir() and not path.is_symlink():  # a directory where the entry belongs
                 shutil.rmtree(path)
             atomic_write_bytes(path, data)

@@ -479,14 +479,15 @@ class Found:
     notes: list[str] = field(default_factory=list)
 
 
-def find_resumable(out: Path, log=_stderr, verify: bool = True) -> Found | None:
+def find_resumable(out: Path, log=_stderr, verify: bool = True, repair: bool = True) -> Found | None:
     """The newest complete, finite checkpoint of a run directory, whatever state latest.json is in.
 
     None when the directory holds no checkpoint at all. Every anomaly (latest.json damaged,
     missing or behind; a newer step directory that is incomplete, truncated, of another model or
     not finite) is logged in one line each; unusable step directories are renamed to
     checkpoints/damaged-step-N (kept for inspection, ignored from then on) and latest.json is
-    repaired. Raises when checkpoints exist but none can be resumed.
+    repaired (unless repair=False: another process of the same run does that). Raises when
+    checkpoints exist but none can be resumed.
     """
     ckpts = out / "checkpoints"
     candidates = step_dirs(ckpts)[::-1]
@@ -520,19 +521,22 @@ def find_resumable(out: Path, log=_stderr, verify: bool = True) -> Found | None:
                          f"interrupted before latest.json was updated); resuming from {chosen.name}")
     for ck, why in rejected:
         dest = ck.with_name("damaged-" + ck.name)
-        try:
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(ck, dest)
-            where = f"moved to checkpoints/{dest.name}"
-        except OSError:
-            where = "left in place"
+        where = "left in place"
+        if repair:
+            try:
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(ck, dest)
+                where = f"moved to checkpoints/{dest.name}"
+            except OSError:
+                pass
         notes.append(f"skipping {ck.name}: {why} ({where})")
+    if not repair:
+        return Found(chosen, cfg, notes)
     for n in notes:
         log(f"note: {n}")
-    step = cfg["state"]["step"]
     if named is None or named.resolve() != chosen.resolve():
-        _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{chosen.name}", "step": step})
+        _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{chosen.name}", "step": cfg["state"]["step"]})
     return Found(chosen, cfg, notes)
 
 

@@ -137,12 +137,11 @@ def emoji(
                                                     help="stop (and save) after this much CPU time in training steps"),
 ):
     """Train (or resume) the emoji U-Net."""
-    from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
-    from .config import preset as get_preset
-    from .train import resolve_configs, train
-
     from . import checkpoint as ckpt
     from . import schema
+    from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
+    from .config import preset as get_preset
+    from .train import resolve_configs
 
     given, flags = {}, {}
 
@@ -205,13 +204,15 @@ def emoji(
         torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids thrashing
     echo = functools.partial(typer.echo, err=True)
     # One trainer per run directory (with several processes, the first one holds it for all).
-    lock = ckpt.RunLock(out, log=echo) if int(os.environ.get("RANK", "0") or 0) == 0 else None
+    first = int(os.environ.get("RANK", "0") or 0) == 0
+    lock = ckpt.RunLock(out, log=echo) if first else None
     if lock is not None:
         lock.acquire()
     try:
-        if restart:
+        if restart and first:
             ckpt.archive_run(out, log=echo)
-        mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo, preset_name=preset)
+        mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo if first else (lambda m: None),
+                                                 preset_name=preset, fresh=restart, repair=first)
         _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
                         max_steps, max_cpu_seconds, cpu, echo)
     finally:
@@ -221,6 +222,7 @@ def emoji(
 
 def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
                     max_steps, max_cpu_seconds, cpu, echo):
+    """The rest of `emoji` once the run directory is locked and the configs resolved."""
     from . import schema
     from .train import train
 

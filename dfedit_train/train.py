@@ -66,16 +66,21 @@ def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset_name: str | None = None
+def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset_name: str | None = None,
+                    fresh: bool = False, repair: bool = True
                     ) -> tuple[ModelConfig, DiffusionConfig, TrainConfig, DataConfig, dict | None]:
     """Configs for this invocation: the checkpoint's when resuming (plus allowed changes), else preset+given.
 
     `given` maps "section.field" to values the user typed explicitly. The checkpoint resumed from
     is the newest complete, finite one (checkpoint.find_resumable, which logs why when it is not
     the one latest.json names); its directory is in saved["_checkpoint_dir"]. `preset_name`: the
-    --preset typed explicitly, which must then describe the same model as the run's.
+    --preset typed explicitly, which must then describe the same model as the run's. `fresh`:
+    start from step 0 (--restart); `repair`: let the finder repair the run directory (only the
+    process that holds its lock does).
     """
-    found = ckpt.find_resumable(out, **({"log": log} if log else {})) if out.is_dir() else None
+    found = None
+    if out.is_dir() and not fresh:
+        found = ckpt.find_resumable(out, repair=repair, **({"log": log} if log else {}))
     if found is None:
         mc, dc, tc = (copy.deepcopy(c) for c in preset_cfgs)
         dac = DataConfig()
@@ -381,7 +386,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     validation_grid(epoch + 1)
                 if (epoch + 1) % tc.save_every == 0 or last:
                     save(epoch + 1)
-            if stop.signum is not None:  # SIGINT / SIGTERM: save at this step boundary, then leave
+            if stop.signum is not None and step < total_steps:  # SIGINT / SIGTERM: save at this step, leave
                 if health["last_saved"] != step:
                     save(step // steps_per_epoch)
                 raise Stopped(f"stopped by {stop.name} at step {step}; checkpoint saved (checkpoints/step-{step:08d}), "
