@@ -1,20 +1,43 @@
-"""On-disk prompt-embedding cache.
+"""On-disk prompt-embedding cache, and the one way dfedit writes files.
 
 T5-XXL is 11.6 GiB in fp16 and slow to load; the embedding of a prompt is a few hundred KB. So every
 command looks prompts up here first and loads the text encoder only for the ones it has never seen
 (`dfedit embed` fills the cache ahead of time). Entries are keyed by a fingerprint of the text
 encoder (which files, which dtype) and the exact prompt text after preprocessing, stored as
 safetensors, and written atomically so a killed run never leaves a half-written entry behind.
+
+Every entry carries a checksum of its tensors and is validated when read (its prompt, shape,
+dtype, finite values, checksum): a damaged entry is reported in one line, deleted and recomputed,
+never used. A cache that cannot be written (read-only, disk full) degrades to no cache with one
+notice; the command still runs.
+
+Writes: every file dfedit or dfedit-train produces (PNG, GIF, checkpoint, export, cache) is
+written by `atomic_write`: to a temporary name beside the target, flushed, then renamed over it,
+so a reader sees the old file or the new one and a failed write (disk full) leaves the previous
+file intact and no temporary behind. `write_error` turns the OSError into one sentence that says
+what could not be written and, for a full disk, how much space it needs.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from .errors import DfeditError
+
+# The function every writer opens its output with. Tests replace it to plant a full disk at a
+# chosen byte (nothing else in the code base opens a file for writing behind its back).
+_open = open
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -26,12 +49,25 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(base) / "dfedit"
 
 
+# ---- writing files -----------------------------------------------------------------------------
+
+def write_file(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write `data` to `path` (create or truncate) and flush it to the disk."""
+    with _open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
 def atomic_write(path: Path, write, exclusive: bool = False) -> None:
     """Call write(tmp_path) then rename over `path`, so readers see the old file or the new one.
 
     exclusive: never replace an existing `path` (FileExistsError instead), decided atomically at
     publish time, so two processes that picked the same name cannot overwrite each other.
+    The temporary file is removed whatever happens (disk full, Ctrl-C).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -47,31 +83,232 @@ def atomic_write(path: Path, write, exclusive: bool = False) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             os.replace(tmp, path)
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # someone else's directory of that name: not ours to remove
+            pass
+
+
+def atomic_write_bytes(path: Path, data: bytes, exclusive: bool = False) -> None:
+    atomic_write(path, lambda tmp: write_file(tmp, data), exclusive=exclusive)
+
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for us on the filesystem holding `path` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def write_error(e: OSError, what: str, path: str | os.PathLike, needed: int | None = None,
+                free: int | None = None) -> DfeditError:
+    """One sentence for a failed write: what could not be written, where, and why; for a full disk
+    also how much space it needs and how much is free (measured now unless given)."""
+    where = Path(path)
+    if is_disk_full(e):
+        free = free if free is not None else free_space(where.parent)
+        return DfeditError(f"cannot write {what} {where}: no space left on the device (needs {human_size(needed)}, "
+                           f"{human_size(free)} free in {where.parent}); free some space and run it again")
+    if e.errno == errno.EFBIG:
+        return DfeditError(f"cannot write {what} {where}: the file would be too large for this filesystem or "
+                           f"for the file-size limit (needs {human_size(needed)})")
+    if e.errno == errno.EROFS:
+        return DfeditError(f"cannot write {what} {where}: the filesystem is read-only")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return DfeditError(f"cannot write {what} {where}: permission denied")
+    return DfeditError(f"cannot write {what} {where}: {e.strerror or e}")
+
+
+# ---- notices and litter ------------------------------------------------------------------------
+
+_noticed: set[str] = set()
+
+
+def notice(msg: str) -> None:
+    """One `warning:` line on stderr, once per process for the same message."""
+    if msg not in _noticed:
+        _noticed.add(msg)
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` is running on this machine (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a writer
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def tmp_owner(name: str) -> int | None:
+    """The writer's pid in our temporary names: `.NAME.PID.tmp` and `.tmp-...-PID`."""
+    part = name[:-4].rsplit(".", 1)[-1] if name.endswith(".tmp") else name.rsplit("-", 1)[-1]
+    return int(part) if part.isdigit() else None
+
+
+def clean_stale_temps(directory: Path, max_age_s: float = 86400.0) -> int:
+    """Remove temporaries (`.*.PID.tmp`) that dead writers left in `directory`; returns bytes freed.
+    A temporary of a live process is kept unless it is older than `max_age_s` (pids get reused)."""
+    freed = 0
+    try:
+        entries = list(Path(directory).glob(".*.tmp"))
+    except OSError:
+        return 0
+    for p in entries:
+        pid = tmp_owner(p.name)
+        try:
+            st = p.lstat()
+            if pid is not None and pid_alive(pid) and time.time() - st.st_mtime < max_age_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            freed += st.st_size
+        except OSError:
+            continue
+    return freed
+
+
+def discard(path: Path, inode: int | None = None) -> None:
+    """Remove a damaged cache entry (file or a directory in its place), but not a good one another
+    process has put there since we read it (`inode`: what we read)."""
+    try:
+        st = path.lstat()
+        if inode is not None and st.st_ino != inode:
+            return
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError:
+        pass
+
+
+# ---- tensors -----------------------------------------------------------------------------------
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes: the checksum cache entries carry."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()[:32]
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in `t` (cheap: a float64 sum is finite exactly when every element is)."""
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return True
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as h:
+        return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
 
 
 class EmbeddingCache:
-    """embeddings/<encoder fingerprint>/<sha256(prompt)>.safetensors"""
+    """embeddings/<encoder fingerprint>/<sha256(prompt)>.safetensors, one validated entry per prompt.
 
-    def __init__(self, fingerprint: str, cache_dir: str | os.PathLike | None = None):
+    shape / dtype: what every entry's "text" tensor must be (None: not checked).
+    """
+
+    def __init__(self, fingerprint: str, cache_dir: str | os.PathLike | None = None,
+                 shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None):
         self.dir = cache_root(cache_dir) / "embeddings" / fingerprint
+        self.shape, self.dtype = shape, dtype
+        self.writable = True
 
     def _path(self, prompt: str) -> Path:
         return self.dir / (hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:40] + ".safetensors")
 
+    def problem(self, prompt: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str | None:
+        """Why an entry cannot be used for `prompt`, or None when it is good."""
+        if meta.get("prompt") != prompt:
+            return "it belongs to another prompt" if "prompt" in meta else "its metadata has no prompt"
+        t = tensors.get("text")
+        if t is None:
+            return "it has no 'text' tensor"
+        if not t.is_floating_point() or t.ndim != 2:
+            return f"'text' is {t.dtype} of shape {tuple(t.shape)}, not a 2-D float tensor"
+        if self.shape is not None and tuple(t.shape) != tuple(self.shape):
+            return f"'text' has shape {tuple(t.shape)}, the text encoder gives {tuple(self.shape)}"
+        if self.dtype is not None and t.dtype != self.dtype:
+            return f"'text' is {t.dtype}, expected {self.dtype}"
+        if not all_finite(t):
+            return "it holds NaN or infinite values"
+        if "sha256" in meta and meta["sha256"] != tensor_digest(tensors):
+            return "its checksum does not match its data"
+        return None
+
     def get(self, prompt: str) -> dict[str, torch.Tensor] | None:
         path = self._path(prompt)
-        if not path.is_file():
+        try:
+            st = path.lstat()
+        except OSError:
             return None
         try:
-            return load_file(str(path))
-        except Exception:  # a corrupt entry is a miss; it gets recomputed and overwritten
+            tensors, meta = read_safetensors(path)
+            why = self.problem(prompt, tensors, meta)
+        except Exception as e:  # truncated, a directory, not safetensors at all...
+            tensors, why = None, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
+        if why is not None:
+            notice(f"cache entry {path} is damaged ({why}); recomputing it")
+            discard(path, st.st_ino)
             return None
+        return tensors
 
     def put(self, prompt: str, tensors: dict[str, torch.Tensor]) -> None:
+        if not self.writable:
+            return
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        atomic_write(self._path(prompt), lambda tmp: save_file(tensors, str(tmp), metadata={"prompt": prompt}))
+        data = st_save(tensors, metadata={"prompt": prompt, "sha256": tensor_digest(tensors)})
+        path = self._path(prompt)
+        try:
+            if self.dir.is_dir():
+                clean_stale_temps(self.dir)
+            if path.is_dir() and not path.is_symlink():  # a directory where the entry belongs
+                shutil.rmtree(path)
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            self.writable = False
+            notice(f"{write_error(e, 'the embedding cache entry', path, len(data))}; continuing without the cache")
 
 
 def fingerprint(parts: list[bytes | str]) -> str:
@@ -80,3 +317,19 @@ def fingerprint(parts: list[bytes | str]) -> str:
         h.update(p.encode("utf-8") if isinstance(p, str) else p)
         h.update(b"\0")
     return h.hexdigest()[:24]
+
+
+def read_json_file(path: Path, what: str) -> object:
+    """JSON from a file we did not necessarily write: any failure is one sentence naming it."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DfeditError(f"{what} {path} is missing") from None
+    except IsADirectoryError:
+        raise DfeditError(f"{what} {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise DfeditError(f"{what} {path} is not text (damaged or not a JSON file)") from None
+    except json.JSONDecodeError as e:
+        raise DfeditError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except OSError as e:
+        raise DfeditError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -166,14 +166,17 @@ def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-sam
             try:
                 return fn(*args, **kwargs)
             except DfeditError as e:
-                fail(str(e))
+                fail(str(e), getattr(e, "exit_code", 1))  # e.g. 143 after SIGTERM
             except KeyboardInterrupt:
                 fail("interrupted", 130)
             except MemoryError:
                 fail(f"out of memory: {oom_hint}")
             except RuntimeError as e:
-                if "out of memory" in str(e).lower():
+                msg = str(e).lower()
+                if "out of memory" in msg:
                     fail(f"the GPU ran out of memory: {oom_hint}")
+                if "can't allocate memory" in msg or "cannot allocate memory" in msg:  # torch's CPU allocator
+                    fail(f"out of memory (CPU RAM): {oom_hint}")
                 raise
         return wrapper
 

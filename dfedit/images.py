@@ -8,6 +8,7 @@ crops never squish a non-square photo; the cost is that the sides of a wide imag
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cache import atomic_write
+from .cache import atomic_write_bytes, write_error
 from .errors import DfeditError
 
 
@@ -131,12 +132,15 @@ def save_png(img: Image.Image, path: str | os.PathLike, meta: dict, exclusive: b
     for k, v in meta.items():
         info.add_text(k, v if isinstance(v, str) else json.dumps(v))
     info.add_text("dfedit", json.dumps(meta, sort_keys=True))
+    buf = io.BytesIO()  # encoded first: a failed write can then say how much space it needed
+    img.save(buf, format="PNG", pnginfo=info)
+    data = buf.getvalue()
     try:
-        atomic_write(p, lambda tmp: img.save(tmp, format="PNG", pnginfo=info), exclusive=exclusive)
+        atomic_write_bytes(p, data, exclusive=exclusive)
     except FileExistsError:
         raise
     except OSError as e:
-        raise DfeditError(f"cannot write {path}: {e.strerror or e}") from None
+        raise write_error(e, "the image", path, len(data)) from None
     return p
 
 

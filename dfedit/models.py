@@ -164,6 +164,15 @@ def has_component(root: Path, name: str) -> bool:
 
 # ---- the text encoder behind the cache --------------------------------------------------------
 
+def _t5_width(root: Path) -> int | None:
+    """d_model of the T5 config (what every cache entry's width must be), None if unreadable."""
+    try:
+        w = json.loads((root / "text_encoder" / "config.json").read_text()).get("d_model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return w if isinstance(w, int) and not isinstance(w, bool) and w > 0 else None
+
+
 class T5PromptEncoder:
     """Prompt -> (77, D) T5 states, through the on-disk cache; T5 is loaded only on a miss.
 
@@ -203,7 +212,9 @@ class T5PromptEncoder:
                     elif f.is_file():
                         st = f.stat()
                         parts += [f.name, f"{st.st_size}:{st.st_mtime_ns}"]
-            self._cache = EmbeddingCache("t5-" + fingerprint(parts), self.cache_dir)
+            width = _t5_width(root)
+            self._cache = EmbeddingCache("t5-" + fingerprint(parts), self.cache_dir,
+                                         shape=(IF_MAX_TOKENS, width) if width else None, dtype=self.dtype)
         return self._cache
 
     @staticmethod

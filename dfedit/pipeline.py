@@ -134,7 +134,7 @@ class DFEdit:
             return self._s1.prompt_encoder
         emoji = _emoji_backend(self.model)
         if emoji is not None:
-            return emoji.load_denoiser(self.model, self.device, self.dtype).prompt_encoder
+            return emoji.load_denoiser(self.model, self.device, self.dtype, cache_dir=self.cache_dir).prompt_encoder
         return T5PromptEncoder(self.model, self.device, self.dtype, cache_dir=self.cache_dir,
                                offload=self.offload, quiet=self.quiet)
 
@@ -409,5 +409,5 @@ def load_denoiser(model: str, device: torch.device, dtype: torch.dtype, **kw) ->
     """IF stage I, or a dfedit_train checkpoint: both implement the Denoiser protocol."""
     emoji = _emoji_backend(model)
     if emoji is not None:
-        return emoji.load_denoiser(model, device, dtype)
+        return emoji.load_denoiser(model, device, dtype, cache_dir=kw.get("cache_dir"))
     return load_if(model, device, dtype, **kw)

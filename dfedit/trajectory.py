@@ -7,13 +7,14 @@ nearest so small models stay crisp). Written atomically like every output.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .cache import atomic_write
+from .cache import atomic_write_bytes, write_error
 from .errors import DfeditError
 from .images import check_output, grid, to_pil
 
@@ -29,9 +30,12 @@ def save_trajectory(frames: list[torch.Tensor], path: str | Path, meta: dict, du
         images.append(tiles[0] if len(tiles) == 1 else grid([tiles]))
     images += [images[-1]] * 5  # hold the final frame
     comment = json.dumps(meta, sort_keys=True).encode("utf-8")
+    buf = io.BytesIO()  # encoded first: a failed write can then say how much space it needed
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
+                   comment=comment)
+    data = buf.getvalue()
     try:
-        atomic_write(p, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                                                   duration=duration_ms, loop=0, comment=comment))
+        atomic_write_bytes(p, data)
     except OSError as e:
-        raise DfeditError(f"cannot write {path}: {e.strerror or e}") from None
+        raise write_error(e, "the trajectory", path, len(data)) from None
     return p

@@ -1,30 +1,54 @@
-"""Checkpoints: safetensors + one JSON config, written atomically, rotated; and the dfedit loader.
+"""Checkpoints: safetensors + one JSON config, written atomically, rotated; the run directory's
+lock, resume and repair; and the dfedit loader.
 
 A run directory (`--out`) looks like
-    OUT/latest.json                       {"checkpoint": "checkpoints/step-00001234"}
+    OUT/.lock                             {"pid": ..., "host": ...} while a dfedit-train owns it
+    OUT/latest.json                       {"checkpoint": "checkpoints/step-00001234", "step": 1234}
     OUT/checkpoints/step-00001234/        config.json, model.safetensors, ema.safetensors,
                                           optimizer.safetensors
     OUT/samples/epoch-0010.png            validation grids
+    OUT/log.jsonl                         one line per epoch
 Each step directory is complete on its own and is renamed into place only after every file in it
 is written and flushed, so a killed run leaves the previous checkpoint intact; `latest.json` is
 replaced atomically afterwards. No pickle anywhere: tensors in safetensors, the rest in JSON.
+
+Reading never trusts a file: configs go through one schema check (schema.py) before any weights
+load; resume takes the newest step directory that is complete (every file present, no file
+truncated, config valid) and whose tensors match its config and are finite, whatever state
+`latest.json` is in, and says which one and why (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 import dfedit
+from dfedit.cache import (atomic_write_bytes, all_finite, free_space, human_size, notice, pid_alive,
+                          read_json_file, tmp_owner, write_error, write_file)
 from dfedit.errors import DfeditError
 
 FORMAT = "dfedit-train/emoji-unet"
 FORMAT_VERSION = 1
+WEIGHTS = ("model", "ema", "optimizer")
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def _stderr(msg: str) -> None:
+    """Default `log` of the functions below: one line on stderr."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,19 +62,22 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=1).encode()
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, _json_bytes(obj))
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors file for `tensors` (the same bytes `save_file` writes), in memory, so that
+    it is written with ordinary file I/O: a full disk is then an OSError with its errno."""
+    return st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + 200 * len(tensors) + 64
 
 
 # ---- optimizer state <-> flat tensors + JSON --------------------------------------------------
@@ -78,77 +105,509 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+# ---- the run directory: lock, litter, log ------------------------------------------------------
+
+class RunLock:
+    """OUT/.lock: one dfedit-train per run directory.
+
+    The lock is an flock on OUT/.lock (released by the kernel when its holder dies, whatever kills
+    it) and the file records the owner's pid, host and start time for the message a second
+    trainer prints. Where flock is not supported, a lock whose pid no longer runs on this host is
+    stale. A stale lock is taken over with a one-line notice. `release` removes OUT again if this
+    lock created it and nothing else was written there.
+    """
+
+    def __init__(self, out: Path, log=_stderr):
+        self.out, self.path, self.log = Path(out), Path(out) / ".lock", log
+        self.fd: int | None = None
+        self.created: list[Path] = []
+
+    def _owner(self) -> dict:
+        try:
+            d = json.loads(self.path.read_text() or "{}")
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _busy(self, owner: dict) -> DfeditError:
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        since = f", started {owner['started']}" if owner.get("started") else ""
+        return DfeditError(f"{self.out} is in use by another dfedit-train ({who}{since}); wait for it to finish "
+                           f"or stop it, or train into another --out")
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.created = []  # directories this lock creates, innermost first: removed again if left empty
+        p = self.out.absolute()
+        while not p.exists() and p != p.parent:
+            self.created.append(p)
+            p = p.parent
+        self.out.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                flocked = True
+            except BlockingIOError:
+                os.close(fd)
+                raise self._busy(self._owner()) from None
+            except OSError:  # no flock on this filesystem: fall back to the recorded pid
+                flocked = False
+            try:  # the file we locked may have been removed by its releasing owner meanwhile
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            owner = self._owner()
+            pid = owner.get("pid")
+            if owner and pid != os.getpid():
+                if not flocked and (owner.get("host") != host or (isinstance(pid, int) and pid_alive(pid))):
+                    os.close(fd)
+                    raise self._busy(owner)
+                self.log(f"note: took over the lock of a dfedit-train that is no longer running (pid {pid} on "
+                         f"{owner.get('host', '?')}, started {owner.get('started', '?')})")
+            data = _json_bytes({"pid": os.getpid(), "host": host,
+                                "started": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            self.fd = fd
+            return self
+        raise DfeditError(f"could not take the lock {self.path}: it keeps changing")  # pragma: no cover
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                self.path.unlink()
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        for d in self.created:  # only if empty: a run that failed before writing anything leaves nothing
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def clean_temps(out: Path, log=_stderr) -> None:
+    """Remove what dead writers left: checkpoints/.tmp-step-*-PID directories and .NAME.PID.tmp files."""
+    freed, n = 0, 0
+    for d in (out, out / "checkpoints", out / "samples"):
+        if not d.is_dir():
+            continue
+        for p in list(d.glob(".tmp-step-*")) + list(d.glob(".old-step-*")) + list(d.glob(".*.tmp")):
+            pid = tmp_owner(p.name)
+            if pid is not None and pid != os.getpid() and pid_alive(pid):
+                continue  # a live writer (an old dfedit-train without the lock): not ours to touch
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+            try:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            except OSError:
+                continue
+            freed, n = freed + size, n + 1
+    if n:
+        log(f"note: removed {n} temporary file(s) left by an interrupted save ({human_size(freed)})")
+
+
+def trim_log(out: Path, step: int, log=_stderr) -> None:
+    """Make log.jsonl agree with the checkpoint a run continues from: lines of steps past it (they
+    will be trained again) and damaged lines (a kill mid-write) are dropped."""
+    path = out / "log.jsonl"
+    if not path.is_file():
+        return
+    keep, past, bad = [], 0, 0
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+            s = e["step"]
+            if not isinstance(s, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if s > step:
+            past += 1
+        else:
+            keep.append(line)
+    if past or bad:
+        atomic_write_bytes(path, "".join(f"{x}\n" for x in keep).encode())
+        why = ", ".join(x for x in (f"{past} past step {step} (they will be trained again)" if past else "",
+                                    f"{bad} damaged" if bad else "") if x)
+        log(f"note: log.jsonl: dropped {past + bad} line(s): {why}")
+
+
+def archive_run(out: Path, log=_stderr) -> Path | None:
+    """--restart: move the run's checkpoints, latest.json, log and grids into OUT/previous-TIME/."""
+    names = [n for n in ("checkpoints", "latest.json", "log.jsonl", "samples") if (out / n).exists()]
+    if not names:
+        return None
+    dest = out / time.strftime("previous-%Y%m%d-%H%M%S")
+    i = 1
+    while dest.exists():
+        dest, i = out / f"{dest.name.split('.')[0]}.{i}", i + 1
+    dest.mkdir()
+    for n in names:
+        os.replace(out / n, dest / n)
+    log(f"note: --restart: the previous run ({', '.join(names)}) was moved to {dest}")
+    return dest
+
+
 # ---- writing -----------------------------------------------------------------------------------
 
-def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: dict, keep: int) -> Path:
+def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of checkpoints/step-N, oldest first."""
+    if not ckpts.is_dir():
+        return []
+    out = []
+    for p in ckpts.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m[1]), p))
+    return sorted(out)
+
+
+def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: dict, keep: int,
+         protect: Path | None = None) -> Path:
+    """Write checkpoints/step-N atomically, point latest.json at it, rotate.
+
+    Rotation keeps the newest `keep` step directories and `protect` (the last checkpoint known to
+    load and train cleanly). A failed write (disk full) removes its temporary directory and raises
+    one sentence; the previous checkpoint and latest.json are untouched.
+    """
     ckpts = out / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
     final = ckpts / f"step-{step:08d}"
     tmp = ckpts / f".tmp-step-{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
-    _save_tensors(model, tmp / "model.safetensors")
-    _save_tensors(ema, tmp / "ema.safetensors")
-    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-    _write_json(tmp / "config.json", {**config, "format": FORMAT, "format_version": FORMAT_VERSION,
-                                      "optimizer": opt_meta})
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    cfg_bytes = _json_bytes({**config, "format": FORMAT, "format_version": FORMAT_VERSION, "optimizer": opt_meta})
+    parts = (("model.safetensors", model), ("ema.safetensors", ema), ("optimizer.safetensors", opt_tensors))
+    needed = sum(_nbytes(t) for _, t in parts) + len(cfg_bytes)
+    previous = [p.name for _, p in step_dirs(ckpts)]
+    intact = f"; the previous checkpoint ({previous[-1]}) is intact" if previous else "; nothing was saved"
+
+    free = None
+
+    def failed(e: OSError) -> DfeditError:
+        return DfeditError(f"{write_error(e, 'checkpoint', final, needed, free)}{intact}")
+
+    try:
+        ckpts.mkdir(parents=True, exist_ok=True)
+        free = free_space(ckpts)
+        if free is not None and free < needed:  # say so before writing anything
+            raise OSError(errno.ENOSPC, "No space left on device")
+        free = None  # a failure below measures it again
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for name, tensors in parts:
+            write_file(tmp / name, _tensor_bytes(tensors))
+        write_file(tmp / "config.json", cfg_bytes)
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step: replace it whole
+            old = ckpts / f".old-step-{step:08d}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise failed(e) from None
+    except BaseException:  # Ctrl-C / SIGTERM inside a save: leave no temporary behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(ckpts)
-    _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{final.name}", "step": step})
-    for old in sorted(p for p in ckpts.glob("step-*") if p.is_dir())[:-keep or None]:
-        if old != final:
+    try:
+        _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{final.name}", "step": step})
+    except OSError as e:
+        raise DfeditError(f"{write_error(e, 'latest.json', out / 'latest.json', 100)}; checkpoint {final.name} "
+                          "itself is complete and the next start resumes from it") from None
+    for s, old in step_dirs(ckpts)[:-keep or None]:
+        if old != final and (protect is None or old.resolve() != Path(protect).resolve()):
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-# ---- reading -----------------------------------------------------------------------------------
+# ---- checking what is on disk ------------------------------------------------------------------
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable, from its header and size alone (no data read)."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            return f"{path.name} is a directory"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is empty or truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8 or n > 1 << 28:
+                return f"{path.name} has a damaged header"
+            hdr = json.loads(f.read(n))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as e:
+        return f"{path.name} is unreadable ({e.__class__.__name__})"
+    try:
+        end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} has a damaged header"
+    if size != 8 + n + end:
+        return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def read_config(ck: Path, purpose: str = "model") -> dict:
+    from .schema import check_config
+
+    path = ck / "config.json"
+    return check_config(read_json_file(path, "checkpoint config"), path, purpose)
+
+
+def _expected_shapes(cfg: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    from .config import ModelConfig, from_dict
+    from .unet import UNet
+
+    with torch.device("meta"):
+        net = UNet(from_dict(ModelConfig, cfg["model"]))
+    return net, {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
+
+
+def _tensors_problem(name: str, tensors: dict[str, torch.Tensor], expect: dict, check_dtype: bool) -> str | None:
+    missing = sorted(set(expect) - set(tensors))
+    extra = sorted(set(tensors) - set(expect))
+    if missing or extra:
+        return (f"{name} does not hold the model config.json describes "
+                f"({'lacks ' + repr(missing[0]) if missing else 'has an unexpected ' + repr(extra[0])})")
+    for k, (shape, dtype) in expect.items():
+        t = tensors[k]
+        if tuple(t.shape) != shape:
+            return f"{name} does not hold the model config.json describes ({k!r} is {tuple(t.shape)}, not {shape})"
+        if check_dtype and t.dtype != dtype:
+            return f"{name}: {k!r} is {t.dtype}, not {dtype}"
+    bad = next((k for k, t in tensors.items() if not all_finite(t)), None)
+    if bad is not None:
+        return f"{name} holds NaN or infinite values (in {bad!r})"
+    return None
+
+
+def weights_problem(ck: Path, cfg: dict) -> str | None:
+    """Load a checkpoint's three tensor files and say why they cannot be resumed: tensors that do
+    not fit the model its config describes (another preset's weights), an optimizer state of
+    another shape, NaN or inf anywhere. None when they are good."""
+    from .train import param_groups
+
+    net, expect = _expected_shapes(cfg)
+    tensors = {}
+    for which in WEIGHTS:
+        try:
+            tensors[which] = load_file(str(ck / f"{which}.safetensors"))
+        except Exception as e:
+            return f"{which}.safetensors is unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    for which in ("model", "ema"):
+        why = _tensors_problem(f"{which}.safetensors", tensors[which], expect, check_dtype=True)
+        if why:
+            return why
+    params = [p for g in param_groups(net, 0.0) for p in g["params"]]
+    groups = cfg["optimizer"]["param_groups"]
+    flat = [i for g in groups for i in g["params"]]
+    if flat != list(range(len(params))) or len(groups) != 2:
+        return "the optimizer state in config.json is for another model (its parameter groups do not match)"
+    for key, t in tensors["optimizer"].items():
+        idx, _, kind = key.partition(".")
+        if not idx.isdigit() or int(idx) >= len(params):
+            return f"optimizer.safetensors has an unexpected {key!r}"
+        if kind in ("exp_avg", "exp_avg_sq") and tuple(t.shape) != tuple(params[int(idx)].shape):
+            return (f"optimizer.safetensors is for another model ({key!r} is {tuple(t.shape)}, the parameter is "
+                    f"{tuple(params[int(idx)].shape)})")
+        if not all_finite(t):
+            return f"optimizer.safetensors holds NaN or infinite values (in {key!r})"
+    return None
+
+
+def checkpoint_problem(ck: Path, purpose: str = "resume") -> str | None:
+    """Cheap completeness check: valid config, every tensor file present and not truncated."""
+    try:
+        read_config(ck, purpose)
+    except DfeditError as e:
+        return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", "")
+    for which in (WEIGHTS if purpose == "resume" else ("ema",)):
+        why = safetensors_problem(ck / f"{which}.safetensors")
+        if why:
+            return why
+    return None
+
+
+def _latest(run: Path) -> tuple[Path | None, str | None]:
+    """(checkpoint latest.json names, None) or (None, what is wrong with latest.json)."""
+    from .schema import latest_problem
+
+    path = run / "latest.json"
+    if not path.exists():
+        return None, "latest.json is missing"
+    try:
+        obj = read_json_file(path, "latest.json")
+    except DfeditError as e:
+        return None, str(e).replace(f" {path}", "")
+    why = latest_problem(obj)
+    if why:
+        return None, f"latest.json {why}"
+    ck = run / obj["checkpoint"]
+    if not ck.is_dir():
+        return None, f"latest.json names {obj['checkpoint']}, which does not exist"
+    return ck, None
+
+
+@dataclass
+class Found:
+    path: Path
+    config: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def find_resumable(out: Path, log=_stderr, verify: bool = True, repair: bool = True) -> Found | None:
+    """The newest complete, finite checkpoint of a run directory, whatever state latest.json is in.
+
+    None when the directory holds no checkpoint at all. Every anomaly (latest.json damaged,
+    missing or behind; a newer step directory that is incomplete, truncated, of another model or
+    not finite) is logged in one line each; unusable step directories are renamed to
+    checkpoints/damaged-step-N (kept for inspection, ignored from then on) and latest.json is
+    repaired (unless repair=False: another process of the same run does that). Raises when
+    checkpoints exist but none can be resumed.
+    """
+    ckpts = out / "checkpoints"
+    candidates = step_dirs(ckpts)[::-1]
+    named, latest_why = _latest(out)
+    if not candidates:
+        if latest_why and (out / "latest.json").exists():
+            log(f"note: {latest_why} and {out} holds no checkpoints; starting from step 0")
+        return None
+    rejected, chosen, cfg = [], None, None
+    for _, ck in candidates:
+        why = checkpoint_problem(ck, "resume")
+        if why is None:
+            cfg = read_config(ck, "resume")
+            why = weights_problem(ck, cfg) if verify else None
+        if why is None:
+            chosen = ck
+            break
+        rejected.append((ck, why))
+    if chosen is None:
+        listing = "; ".join(f"{ck.name}: {why}" for ck, why in rejected[:3])
+        raise DfeditError(f"{out} holds {len(rejected)} checkpoint(s) but none can be resumed ({listing}): pass "
+                          "--restart to start again (the old ones are kept), or train into a new --out")
+    notes = []
+    if latest_why:
+        notes.append(f"{latest_why}; resuming from the newest complete checkpoint, {chosen.name}")
+    elif named is not None and named.resolve() != chosen.resolve():
+        if named.name in {ck.name for ck, _ in rejected}:
+            notes.append(f"latest.json names {named.name}, which cannot be resumed; resuming from {chosen.name}")
+        else:
+            notes.append(f"latest.json names {named.name}, but {chosen.name} is newer and complete (a save was "
+                         f"interrupted before latest.json was updated); resuming from {chosen.name}")
+    for ck, why in rejected:
+        dest = ck.with_name("damaged-" + ck.name)
+        where = "left in place"
+        if repair:
+            try:
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(ck, dest)
+                where = f"moved to checkpoints/{dest.name}"
+            except OSError:
+                pass
+        notes.append(f"skipping {ck.name}: {why} ({where})")
+    if not repair:
+        return Found(chosen, cfg, notes)
+    for n in notes:
+        log(f"note: {n}")
+    if named is None or named.resolve() != chosen.resolve():
+        _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{chosen.name}", "step": cfg["state"]["step"]})
+    return Found(chosen, cfg, notes)
+
+
+# ---- reading (dfedit's side) -------------------------------------------------------------------
 
 # `--model emoji`: the model that ships inside the dfedit package (see `export`).
 BUILTIN = {"emoji": Path(dfedit.__file__).resolve().parent / "weights" / "emoji"}
 
 
+def _own_config(p: Path) -> bool:
+    """A config.json that says it is ours, or a damaged one beside our weight files (so that its
+    damage is reported as such, not as "not a diffusers model")."""
+    cfg = p / "config.json"
+    try:
+        return json.loads(cfg.read_bytes().decode("utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        pass
+    return cfg.exists() and not (p / "model_index.json").exists() and \
+        any((p / f"{w}.safetensors").exists() for w in ("ema", "model"))
+
+
+def _looks_like_run(p: Path) -> bool:
+    return (p / "latest.json").exists() or bool(step_dirs(p / "checkpoints"))
+
+
 def resolve(path: str | Path) -> Path | None:
-    """The checkpoint directory a path names: itself, a run directory's latest checkpoint, or a
-    built-in model's name ("emoji"; write ./emoji for a local directory of that name)."""
+    """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
+    newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
+    ./emoji for a local directory of that name). None when it is not a dfedit-train checkpoint."""
     if str(path) in BUILTIN:
         path = BUILTIN[str(path)]
     p = Path(path).expanduser()
-    cfg = p / "config.json"
-    if cfg.is_file():
-        try:
-            if json.loads(cfg.read_text()).get("format") == FORMAT:
-                return p
-        except (OSError, json.JSONDecodeError):
-            return None
+    if (p / "config.json").exists():
+        return p if _own_config(p) else None
+    if not _looks_like_run(p):
         return None
-    latest = p / "latest.json"
-    if latest.is_file():
-        try:
-            q = p / json.loads(latest.read_text())["checkpoint"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            return None
-        return q if (q / "config.json").is_file() else None
+    named, why = _latest(p)
+    if named is not None and checkpoint_problem(named, "model") is None:
+        return named
+    for _, ck in step_dirs(p / "checkpoints")[::-1]:
+        if checkpoint_problem(ck, "model") is None:
+            notice(f"{why or f'latest.json names {named.name}, which is incomplete'}; using the newest complete "
+                   f"checkpoint of {p}, {ck.name}")
+            return ck
     return None
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
-    """True for a dfedit-train checkpoint directory or a run directory (`--out`) that has one."""
-    return resolve(path) is not None
+    """True for a dfedit-train checkpoint directory or a run directory (`--out`), also a damaged
+    one (loading it then says what is wrong instead of trying it as a diffusers model)."""
+    if str(path) in BUILTIN:
+        return True
+    p = Path(path).expanduser()
+    if (p / "config.json").exists():
+        return _own_config(p)
+    return _looks_like_run(p)
 
 
 def load(path: str | Path) -> tuple[Path, dict]:
+    """(checkpoint dir, validated config); one sentence naming the file and the key otherwise."""
     ck = resolve(path)
     if ck is None:
+        p = Path(BUILTIN.get(str(path), path)).expanduser()
+        if _looks_like_run(p):
+            found = [s.name for _, s in step_dirs(p / "checkpoints")]
+            raise DfeditError(f"{path} has no complete checkpoint (step directories: {', '.join(found) or 'none'}; "
+                              f"{_latest(p)[1] or 'latest.json names an incomplete one'})")
+        if (p / "config.json").exists():
+            raise DfeditError(f"{p / 'config.json'} is not a dfedit-train config")
         raise DfeditError(f"{path} is not a dfedit-train checkpoint (no config.json or latest.json)")
-    cfg = json.loads((ck / "config.json").read_text())
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise DfeditError(f"{ck} was written by a newer dfedit-train; upgrade to load it")
-    return ck, cfg
+    return ck, read_config(ck, "model")
 
 
 def describe(path: str | Path):
@@ -164,8 +623,9 @@ def describe(path: str | Path):
 
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
     f = ck / f"{which}.safetensors"
-    if not f.is_file():
-        raise DfeditError(f"{f} is missing: the checkpoint is incomplete")
+    why = safetensors_problem(f)
+    if why:
+        raise DfeditError(f"{f} cannot be used: {why.replace(f.name + ' ', '', 1)}; the checkpoint is damaged")
     try:
         return load_file(str(f))
     except Exception as e:
@@ -179,20 +639,59 @@ def build_net(cfg: dict):
     return UNet(from_dict(ModelConfig, cfg["model"]))
 
 
-def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema"):
-    """A checkpoint as a dfedit `Denoiser` (EMA weights unless weights="model")."""
+def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema", cache_dir=None):
+    """A checkpoint as a dfedit `Denoiser` (EMA weights unless weights="model"); `cache_dir` is
+    where its prompt embeddings are cached (default: the user cache)."""
     from .sample import EmojiDenoiser
 
     ck, cfg = load(path)
+    tensors = load_tensors(ck, weights)
+    _, expect = _expected_shapes(cfg)
+    why = _tensors_problem(f"{weights}.safetensors", tensors, expect, check_dtype=False)
+    if why:
+        raise DfeditError(f"{ck}: {why}; the checkpoint is damaged")
     net = build_net(cfg)
-    try:
-        net.load_state_dict(load_tensors(ck, weights))
-    except RuntimeError as e:
-        raise DfeditError(f"{ck} does not match its own config: {str(e).splitlines()[0]}") from None
-    return EmojiDenoiser.from_config(net, cfg, name=str(ck), device=device, dtype=dtype)
+    net.load_state_dict(tensors)
+    return EmojiDenoiser.from_config(net, cfg, name=str(ck), device=device, dtype=dtype, cache_dir=cache_dir)
 
 
 # ---- export: a run's EMA weights as a small, inference-only model directory ---------------------
+
+EXPORT_FILES = ("config.json", "ema.safetensors", "record.json")
+
+
+def check_export_dest(dest: Path) -> None:
+    """Before reading any weights: DEST must be a new or empty directory or a previous export, on a
+    writable filesystem."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise DfeditError(f"{dest} is a file; export into a directory")
+    if dest.is_dir():
+        other = sorted(p.name for p in dest.iterdir() if p.name not in EXPORT_FILES)
+        if other:
+            raise DfeditError(f"{dest} holds other files ({', '.join(other[:3])}); export into a new or empty "
+                              "directory, or over a previous export")
+    parent = dest if dest.exists() else dest.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DfeditError(f"cannot write {dest}: {parent} is not a writable directory")
+
+
+def _read_log(run_dir: Path) -> list[dict]:
+    """log.jsonl, tolerating damaged lines, one entry per epoch (a repeated epoch keeps its last line)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    by_epoch: dict = {}
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        try:
+            e = json.loads(line)
+            by_epoch[e["epoch"]] = e if isinstance(e, dict) else None
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [e for _, e in sorted(by_epoch.items(), key=lambda kv: str(kv[0]).zfill(12)) if e]
+
 
 def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None) -> Path:
     """Write DEST/config.json, DEST/ema.safetensors (fp16 by default) and DEST/record.json.
@@ -200,32 +699,66 @@ def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: d
     The config keeps everything `load_denoiser` needs (model, schedule, text encoder, data stats)
     and drops the optimizer state; record.json is the training record: recipe, epochs, steps,
     wall time and images/s from the run's log.jsonl, and the eval numbers when `dfedit-train eval`
-    has been run on that checkpoint.
+    has been run on that checkpoint. All three files are written to a temporary directory first
+    and then moved over DEST's, so a full disk leaves a previous export intact.
     """
+    dest = Path(dest)
+    check_export_dest(dest)
     ck, cfg = load(run)
     ema = load_tensors(ck, "ema")
     if fp16:
         ema = {k: v.half() if v.is_floating_point() else v for k, v in ema.items()}
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    log = []
-    run_dir = ck.parent.parent
-    if (run_dir / "log.jsonl").is_file():
-        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = _read_log(ck.parent.parent)
     record = {
         "source_checkpoint": ck.name, "weights": "ema", "dtype": "float16" if fp16 else "float32",
         "recipe": {k: cfg[k] for k in ("model", "diffusion", "train") if k in cfg},
         "data": {k: cfg["data"].get(k) for k in ("source_desc", "vendor", "n_train", "n_val", "image_size")},
-        "text_encoder": cfg.get("text_encoder"), "state": {k: v for k, v in cfg["state"].items() if k != "scaler"},
+        "text_encoder": cfg.get("text_encoder"),
+        "state": {k: v for k, v in cfg.get("state", {}).items() if k != "scaler"},
         "epochs_logged": len(log), "train_wall_s": round(sum(e.get("epoch_s", 0) for e in log), 1),
         "images_per_s_median": (sorted(e["images_per_s"] for e in log)[len(log) // 2] if log else None),
         "final_epoch_loss": log[-1]["loss"] if log else None, "versions": cfg.get("versions"),
         **(extra_record or {}),
     }
     if (ck / "eval" / "eval.json").is_file():
-        record["eval"] = json.loads((ck / "eval" / "eval.json").read_text())
+        try:
+            record["eval"] = json.loads((ck / "eval" / "eval.json").read_text())
+        except (OSError, ValueError):
+            pass
     out_cfg = {k: v for k, v in cfg.items() if k != "optimizer"}
-    _save_tensors(ema, dest / "ema.safetensors")
-    _write_json(dest / "config.json", out_cfg)
-    _write_json(dest / "record.json", record)
+    files = {"ema.safetensors": _tensor_bytes(ema), "config.json": _json_bytes(out_cfg),
+             "record.json": _json_bytes(record)}
+    needed = sum(len(b) for b in files.values())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob(f".tmp-export-{dest.name}-*"):  # left by a killed export
+        if not pid_alive(tmp_owner(old.name) or 0):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = dest.with_name(f".tmp-export-{dest.name}-{os.getpid()}")
+    created = not dest.exists()
+    free = None
+    try:
+        free = free_space(dest.parent)
+        if free is not None and free < needed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        free = None
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for name, data in files.items():
+            write_file(tmp / name, data)
+        _fsync_dir(tmp)
+        if created:
+            os.replace(tmp, dest)  # one rename: DEST appears complete or not at all
+        else:
+            for name in ("ema.safetensors", "record.json", "config.json"):
+                os.replace(tmp / name, dest / name)
+            tmp.rmdir()
+        _fsync_dir(dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DfeditError(f"{write_error(e, 'the export', dest, needed, free)}"
+                          f"{'' if created else '; the previous export in it is intact'}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest

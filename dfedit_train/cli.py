@@ -1,15 +1,30 @@
-"""`dfedit-train`: emoji (train / resume), eval, data. Bad input -> one line on stderr, exit 1."""
+"""`dfedit-train`: emoji (train / resume), eval, data. Bad input -> one line on stderr, exit 1.
+
+Every option is checked before any data is prepared or any weights load; SIGINT / SIGTERM give
+one line and exit 130 / 143 at any moment (see signals.py), with a checkpoint once training runs.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
 
-import typer
+from .signals import install_startup_handlers, running_as_program
 
-from dfedit.cli import OneLineErrors, error_handler
-from dfedit.errors import DfeditError
+if running_as_program(__name__):  # before the heavy imports below: Ctrl-C there is one line, exit 130
+    install_startup_handlers()
+
+import functools  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from dfedit.cli import OneLineErrors, error_handler  # noqa: E402
+from dfedit.errors import DfeditError  # noqa: E402
+
+from .signals import Terminated, install_raising_handlers  # noqa: E402
 
 
 class _OneLineErrors(OneLineErrors):
@@ -20,7 +35,42 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Train a text-conditional emoji U-Net that dfedit can sample and edit with.")
 
 
-one_line_errors = error_handler("dfedit-train", "lower --batch-size (with --grad-accum to keep the batch)")
+_errors = error_handler("dfedit-train", "lower --batch-size (with --grad-accum to keep the batch)")
+
+
+def one_line_errors(fn):
+    """One `dfedit-train: error:` line for anything the user can fix, SIGINT (130) and SIGTERM (143)
+    included; while the command runs, those signals raise so that `finally` blocks clean up."""
+    inner = _errors(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        install_raising_handlers()
+        try:
+            return inner(*args, **kwargs)
+        except Terminated:
+            typer.echo("dfedit-train: error: terminated (SIGTERM)", err=True)
+            raise typer.Exit(143)
+        finally:
+            for s, h in old.items():
+                if h is not None:
+                    signal.signal(s, h)
+
+    return wrapper
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be (or become) a directory we can write, found before any data is prepared."""
+    if out.exists() and not out.is_dir():
+        raise DfeditError(f"--out {out} is a file, not a run directory")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DfeditError(f"cannot create --out {out}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DfeditError(f"cannot write --out {out}: {parent} is not writable (permission denied)")
 
 
 def _ints(s: str, what: str) -> tuple[int, ...]:
@@ -45,7 +95,9 @@ def emoji(
     vendor: Optional[str] = typer.Option(None, help="google (default), twitter, apple, facebook"),
     base_only: Optional[bool] = typer.Option(None, "--base-only", help="drop skin-tone variants"),
     out: Path = typer.Option(Path("runs/emoji"), help="run directory; rerun on it to resume"),
-    preset: str = typer.Option("gpu", help="tiny (tests), cpu (32 px), gpu (64 px)"),
+    preset: Optional[str] = typer.Option(None, help="tiny (tests), cpu (32 px), gpu (64 px, the default)"),
+    restart: bool = typer.Option(False, "--restart", help="start again from step 0 in a run directory that holds "
+                                 "checkpoints (the old run is moved to OUT/previous-TIME/)"),
     epochs: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     batch_size: Optional[int] = typer.Option(None, help="per process and micro-batch"),
@@ -85,17 +137,20 @@ def emoji(
                                                     help="stop (and save) after this much CPU time in training steps"),
 ):
     """Train (or resume) the emoji U-Net."""
+    from . import checkpoint as ckpt
+    from . import schema
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
     from .config import preset as get_preset
-    from .train import resolve_configs, train
+    from .train import resolve_configs
 
-    given = {}
+    given, flags = {}, {}
 
-    def put(key, value):
+    def put(key, value, flag=None):
         if value is not None:
             given[key] = value
+            flags[key] = flag or "--" + key.split(".")[1].replace("_", "-")
 
-    put("data.source", data)
+    put("data.source", data, "--data")
     put("data.vendor", vendor)
     put("data.base_only", base_only)
     put("data.text_encoder", text_encoder)
@@ -108,12 +163,12 @@ def emoji(
     if schedule is not None:
         if schedule not in SCHEDULE_ALIASES:
             raise DfeditError(f"--schedule must be cosine, linear or sigmoid, got {schedule!r}")
-        put("diffusion.beta_schedule", SCHEDULE_ALIASES[schedule])
+        put("diffusion.beta_schedule", SCHEDULE_ALIASES[schedule], "--schedule")
     if objective is not None:
         if objective not in OBJECTIVE_ALIASES:
             raise DfeditError(f"--objective must be eps, v or x0, got {objective!r}")
-        put("diffusion.prediction_type", OBJECTIVE_ALIASES[objective])
-    put("diffusion.min_snr_gamma", min_snr)
+        put("diffusion.prediction_type", OBJECTIVE_ALIASES[objective], "--objective")
+    put("diffusion.min_snr_gamma", min_snr, "--min-snr")
     put("diffusion.cfg_dropout", cfg_dropout)
     put("model.image_size", image_size)
     if num_res_blocks is not None:
@@ -131,16 +186,46 @@ def emoji(
         put("model.self_attn", _bools(self_attn, "--self-attn"))
     if cross_attn is not None:
         put("model.cross_attn", _bools(cross_attn, "--cross-attn"))
-    if mixed_precision is not None and mixed_precision not in ("no", "bf16", "fp16"):
-        raise DfeditError(f"--mixed-precision must be no, bf16 or fp16, got {mixed_precision!r}")
-    for name, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--grad-accum", grad_accum)):
+    # Every option, before any file is touched: the same rules as a checkpoint's config.json.
+    for key, v in given.items():
+        rule = schema.RULES.get(key)
+        if rule is not None and not rule[0](v):
+            raise DfeditError(f"{flags[key]} must be {rule[1]}, got {v!r}")
+    for name, v in (("--threads", threads), ("--max-steps", max_steps)):
         if v is not None and v < 1:
             raise DfeditError(f"{name} must be at least 1, got {v}")
+    if max_cpu_seconds is not None and not (max_cpu_seconds > 0 and max_cpu_seconds != float("inf")):
+        raise DfeditError(f"--max-cpu-seconds must be a finite number > 0, got {max_cpu_seconds}")
+    presets = get_preset(preset or "gpu")
+    check_out_dir(out)
 
     if threads:
         import torch
         torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids thrashing
-    mc, dc, tc, dac, saved = resolve_configs(out, get_preset(preset), given)
+    echo = functools.partial(typer.echo, err=True)
+    # One trainer per run directory (with several processes, the first one holds it for all).
+    first = int(os.environ.get("RANK", "0") or 0) == 0
+    lock = ckpt.RunLock(out, log=echo) if first else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if restart and first:
+            ckpt.archive_run(out, log=echo)
+        mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo if first else (lambda m: None),
+                                                 preset_name=preset, fresh=restart, repair=first)
+        _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
+                        max_steps, max_cpu_seconds, cpu, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
+                    max_steps, max_cpu_seconds, cpu, echo):
+    """The rest of `emoji` once the run directory is locked and the configs resolved."""
+    from . import schema
+    from .train import train
+
     n_levels = len(mc.channels)
     if channels is not None and self_attn is None and len(mc.self_attn) != n_levels:  # keep flags in step
         mc.self_attn = tuple(mc.self_attn[-n_levels:]) if len(mc.self_attn) > n_levels else \
@@ -149,6 +234,7 @@ def emoji(
         mc.cross_attn = tuple(mc.cross_attn[-n_levels:]) if len(mc.cross_attn) > n_levels else \
             (False,) * (n_levels - len(mc.cross_attn)) + tuple(mc.cross_attn)
     mc.validate()
+    schema.check_options(mc, dc, tc, dac, lambda sec, f: flags.get(f"{sec}.{f}", f"the preset's {sec}.{f}"))
     import torch
     if not cpu and not torch.cuda.is_available() and tc.mixed_precision == "fp16":
         raise DfeditError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 or no on the CPU")
@@ -159,12 +245,13 @@ def emoji(
         tc.mixed_precision = "no"
         typer.echo("note: this CPU has no native bf16, so the preset's bf16 autocast is replaced by fp32 "
                    "(--mixed-precision bf16 forces it)", err=True)
-    if saved is None and preset == "gpu" and not torch.cuda.is_available():
+    if saved is None and (preset or "gpu") == "gpu" and not torch.cuda.is_available():
         typer.echo("note: the gpu preset (64 px) is slow on a CPU; --preset cpu trains a 32 px model", err=True)
     if saved is not None:
-        typer.echo(f"resuming {out} at step {saved['state']['step']} (epoch {saved['state']['epoch']})", err=True)
-    res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu,
-                log=lambda m: typer.echo(m, err=True), max_cpu_seconds=max_cpu_seconds)
+        typer.echo(f"resuming {out} from checkpoints/{Path(saved['_checkpoint_dir']).name} (step "
+                   f"{saved['state']['step']}, epoch {saved['state']['epoch']})", err=True)
+    res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu, log=echo,
+                max_cpu_seconds=max_cpu_seconds)
     ips = res.get("images_per_s")
     typer.echo(f"step {res['step']}" + (f", {ips:.1f} images/s" if ips else "") +
                (f", {res['skipped']} skipped steps" if res["skipped"] else "") + f"; checkpoints in {out}")
@@ -273,8 +360,10 @@ def export(
     device: str = typer.Option("", help="what it was trained on, for the record (e.g. '2-core CPU')"),
 ):
     """Export a run's EMA weights as a small inference-only model directory (dfedit --model DEST)."""
+    from .checkpoint import check_export_dest
     from .checkpoint import export as export_run
 
+    check_export_dest(dest)  # before reading any weights
     d = export_run(run, dest, fp16=fp16, extra_record={"device": device} if device else None)
     size = sum(f.stat().st_size for f in d.iterdir()) / 2**20
     typer.echo(f"wrote {d} ({size:.1f} MiB)", err=True)

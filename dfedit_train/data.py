@@ -21,13 +21,14 @@ import re
 import shutil
 import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dfedit.cache import atomic_write
+from dfedit.cache import atomic_write_bytes, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -35,6 +36,10 @@ VENDORS = ("google", "twitter", "apple", "facebook")
 LICENCE_WARNINGS = {
     "apple": "Apple's emoji images are not licensed for commercial use; do not publish models trained on them.",
     "facebook": "Facebook's emoji images have no clear licence; check before publishing models trained on them.",
+}
+# sha512 of the pinned tarballs (as `npm pack --json` reports it), checked after every download
+NPM_INTEGRITY = {
+    "google": "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
 }
 STORE_SIZE = 64  # side every source is stored at
 CACHE_VERSION = 1
@@ -131,7 +136,12 @@ def base_of_caption(caption: str) -> str:
 # ---- sources -----------------------------------------------------------------------------------
 
 def fetch_npm_package(vendor: str) -> Path:
-    """The pinned npm tarball in the cache, fetched with `npm pack` the first time."""
+    """The pinned npm tarball in the cache, fetched with `npm pack` the first time.
+
+    `npm pack` writes into a private temporary directory; the tarball is verified there (npm's
+    reported sha512 when it gives one, then a full read: gzip CRC, tar structure, emoji.json) and
+    only then renamed to its final name, so a killed or failed download never leaves a truncated
+    tarball where later runs would find it."""
     pkg = f"emoji-datasource-{vendor}"
     dest = cache_dir() / "npm"
     tgz = dest / f"{pkg}-{NPM_VERSION}.tgz"
@@ -142,15 +152,76 @@ def fetch_npm_package(vendor: str) -> Path:
         raise DfeditError(f"npm was not found: install Node.js/npm to fetch {pkg}@{NPM_VERSION}, "
                           f"or pass --data with a local copy of the emoji images")
     dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob(".tmp-npm-*"):  # a download killed earlier
+        if not pid_alive(tmp_owner(old.name) or 0):
+            shutil.rmtree(old, ignore_errors=True)
+    work = dest / f".tmp-npm-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
-        r = subprocess.run([npm, "pack", f"{pkg}@{NPM_VERSION}", "--pack-destination", str(dest)],
-                           capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed: {e}") from None
-    if r.returncode != 0 or not tgz.exists():
-        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed ({last}); check your network or pass --data")
+        try:
+            r = subprocess.run([npm, "pack", f"{pkg}@{NPM_VERSION}", "--json", "--pack-destination", str(work)],
+                               capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed: {e}") from None
+        got = work / tgz.name
+        if r.returncode != 0 or not got.exists():
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed ({last}); check your network or pass --data")
+        reported = _npm_integrity(r.stdout)
+        verify_npm_tarball(got, reported)
+        pinned = NPM_INTEGRITY.get(vendor)
+        if pinned and reported and reported != pinned:
+            raise DfeditError(f"npm served {pkg}@{NPM_VERSION} with checksum {reported[:19]}..., not the pinned "
+                              f"{pinned[:19]}...; the package has changed upstream: pass --data with a local copy")
+        os.replace(got, tgz)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return tgz
+
+
+def _tarball_ok(path: Path) -> bool:
+    try:
+        verify_npm_tarball(path)
+        return True
+    except DfeditError:
+        return False
+
+
+def _npm_integrity(stdout: str) -> str | None:
+    """The "integrity" (sha512-BASE64) `npm pack --json` reports for the tarball, if any."""
+    try:
+        info = json.loads(stdout)
+        item = info[0] if isinstance(info, list) else info
+        value = item.get("integrity")
+        return value if isinstance(value, str) and value.startswith("sha512-") else None
+    except (ValueError, AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def verify_npm_tarball(path: Path, integrity: str | None = None) -> None:
+    """Raise unless `path` is a complete emoji-datasource tarball (and matches `integrity`)."""
+    import base64
+
+    if integrity is not None:
+        h = hashlib.sha512()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if base64.b64encode(h.digest()).decode() != integrity[len("sha512-"):]:
+            raise DfeditError(f"the downloaded {path.name} does not match the checksum npm reported; "
+                              "run the command again")
+    try:
+        with tarfile.open(path) as tf:
+            names = set()
+            for m in tf:  # reading every member checks the gzip CRC and the tar structure
+                names.add(m.name)
+                if m.isfile():
+                    tf.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DfeditError(f"the downloaded {path.name} is damaged ({e}); run the command again") from None
+    if "package/emoji.json" not in names:
+        raise DfeditError(f"the downloaded {path.name} has no package/emoji.json: not an emoji-datasource package")
 
 
 class _NpmFiles:
@@ -358,10 +429,20 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     cache = cache_dir() / "data" / f"{layout}-{vendor}-{key}.npz"
     desc = f"{layout}:{path.name}" + (f" ({vendor})" if layout != "folder" else "")
     if use_cache and cache.exists():
-        z = np.load(cache, allow_pickle=False)
-        return EmojiData(z["images"], z["captions"].tolist(), z["groups"].tolist(), z["val"], desc)
+        d = read_data_cache(cache, desc)
+        if d is not None:
+            return d
     if layout == "npm":
-        images, captions, groups = read_npm(path, vendor, base_only)
+        try:
+            images, captions, groups = read_npm(path, vendor, base_only)
+        except DfeditError:
+            if source not in ("", "npm") or not path.exists() or _tarball_ok(path):
+                raise
+            # the cached download itself is damaged (e.g. truncated by an older version): fetch it again
+            notice(f"the cached npm tarball {path} is damaged; fetching it again")
+            path.unlink()
+            path = fetch_npm_package(vendor)
+            images, captions, groups = read_npm(path, vendor, base_only)
     elif layout == "kaggle":
         images, captions, groups = read_kaggle(path, vendor, base_only)
     else:
@@ -369,10 +450,14 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     arr = np.stack(images)
     val = split(arr, groups, val_fraction)
     if use_cache:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a bare name
-                np.savez_compressed(f, images=arr, captions=np.array(captions), groups=np.array(groups), val=val)
-        atomic_write(cache, write)  # a killed build never leaves a half cache behind
+        buf = io.BytesIO()
+        np.savez_compressed(buf, images=arr, captions=np.array(captions), groups=np.array(groups), val=val)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(cache.parent)
+            atomic_write_bytes(cache, buf.getvalue())  # a killed build never leaves a half cache behind
+        except OSError as e:
+            notice(f"{write_error(e, 'the data cache', cache, len(buf.getvalue()))}; continuing without the cache")
     return EmojiData(arr, captions, groups, val, desc)
 
 
@@ -383,6 +468,32 @@ def subset_mask(d: EmojiData, n_base: int) -> np.ndarray:
     train_groups = sorted({g for g, v in zip(d.groups, d.val) if not v}, key=lambda g: _bucket("subset:" + g))
     keep = set(train_groups[:n_base])
     return np.array([bool(v) or g in keep for g, v in zip(d.groups, d.val)], dtype=bool)
+
+
+def read_data_cache(cache: Path, desc: str) -> EmojiData | None:
+    """The cached dataset, validated (every member's CRC, dtypes, shapes, matching lengths); None
+    with a one-line notice, and the file removed, when it is damaged, so it is rebuilt."""
+    try:
+        st = cache.lstat()
+        with np.load(cache, allow_pickle=False) as z:
+            images, captions, groups, val = z["images"], z["captions"], z["groups"], z["val"]
+        n = len(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (STORE_SIZE, STORE_SIZE, 3):
+            why = f"images are {images.dtype} {images.shape}"
+        elif captions.ndim != 1 or groups.ndim != 1 or val.ndim != 1 or val.dtype != bool:
+            why = "captions, groups or split have the wrong type"
+        elif not (len(captions) == len(groups) == len(val) == n) or n == 0:
+            why = f"{n} images but {len(captions)} captions, {len(groups)} groups, {len(val)} split flags"
+        elif captions.dtype.kind != "U" or groups.dtype.kind != "U":
+            why = "captions are not text"
+        else:
+            return EmojiData(images, captions.tolist(), groups.tolist(), val, desc)
+    except Exception as e:  # not a zip, CRC mismatch, missing member, pickled data...
+        st = None
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+    notice(f"the data cache {cache} is damaged ({why}); rebuilding it")
+    discard(cache, st.st_ino if st is not None else None)
+    return None
 
 
 _NO_FLIP = re.compile(r"\b(left|right|flag|keycap|letter|clock|o.clock|arrow|button|sign|symbol|input|"

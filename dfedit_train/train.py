@@ -32,6 +32,7 @@ from . import data as datamod
 from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
 from .diffusion import Diffusion
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
+from .signals import StopRequest
 from .text import TextEncoder
 from .unet import UNet
 
@@ -65,14 +66,22 @@ def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_configs(out: Path, preset_cfgs: tuple, given: dict) -> tuple[ModelConfig, DiffusionConfig,
-                                                                           TrainConfig, DataConfig, dict | None]:
+def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset_name: str | None = None,
+                    fresh: bool = False, repair: bool = True
+                    ) -> tuple[ModelConfig, DiffusionConfig, TrainConfig, DataConfig, dict | None]:
     """Configs for this invocation: the checkpoint's when resuming (plus allowed changes), else preset+given.
 
-    `given` maps "section.field" to values the user typed explicitly.
+    `given` maps "section.field" to values the user typed explicitly. The checkpoint resumed from
+    is the newest complete, finite one (checkpoint.find_resumable, which logs why when it is not
+    the one latest.json names); its directory is in saved["_checkpoint_dir"]. `preset_name`: the
+    --preset typed explicitly, which must then describe the same model as the run's. `fresh`:
+    start from step 0 (--restart); `repair`: let the finder repair the run directory (only the
+    process that holds its lock does).
     """
-    existing = ckpt.resolve(out) if out.exists() else None
-    if existing is None:
+    found = None
+    if out.is_dir() and not fresh:
+        found = ckpt.find_resumable(out, repair=repair, **({"log": log} if log else {}))
+    if found is None:
         mc, dc, tc = (copy.deepcopy(c) for c in preset_cfgs)
         dac = DataConfig()
         sections = {"model": mc, "diffusion": dc, "train": tc, "data": dac}
@@ -81,7 +90,7 @@ def resolve_configs(out: Path, preset_cfgs: tuple, given: dict) -> tuple[ModelCo
             sections[sec] = replace(sections[sec], **{f: v})
         mc, dc, tc, dac = sections["model"], sections["diffusion"], sections["train"], sections["data"]
         return mc, dc, tc, dac, None
-    _, saved = ckpt.load(existing)
+    saved = {**found.config, "_checkpoint_dir": str(found.path)}
     mc, dc = from_dict(ModelConfig, saved["model"]), from_dict(DiffusionConfig, saved["diffusion"])
     tc = from_dict(TrainConfig, saved["train"])
     dac = from_dict(DataConfig, {k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
@@ -94,10 +103,29 @@ def resolve_configs(out: Path, preset_cfgs: tuple, given: dict) -> tuple[ModelCo
         elif (tuple(old) if isinstance(old, (list, tuple)) else old) != (tuple(v) if isinstance(v, (list, tuple)) else v):
             raise DfeditError(f"{out} holds a run with {f}={old!r}; resume it without --{f.replace('_', '-')} "
                               f"or train into a new --out")
+    if preset_name is not None:
+        _check_preset(out, preset_name, preset_cfgs, sections, given)
     tc = sections["train"]
     if tc.epochs < saved["state"]["epoch"]:
         raise DfeditError(f"{out} is already at epoch {saved['state']['epoch']}; --epochs {tc.epochs} is smaller")
     return mc, dc, tc, dac, saved
+
+
+def _check_preset(out: Path, name: str, preset_cfgs: tuple, sections: dict, given: dict) -> None:
+    """Resuming with an explicit --preset: it must describe the run's model and diffusion (the
+    fields the user did not set explicitly), as any other run-defining option must match."""
+    from dataclasses import fields
+
+    for sec, preset_obj in (("model", preset_cfgs[0]), ("diffusion", preset_cfgs[1])):
+        for f in fields(preset_obj):
+            if f.name == "text_dim" or f"{sec}.{f.name}" in given:
+                continue
+            want, have = getattr(preset_obj, f.name), getattr(sections[sec], f.name)
+            norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)
+            if norm(want) != norm(have):
+                raise DfeditError(f"{out} holds a run with {f.name}={have!r}, --preset {name} has {want!r}; resume "
+                                  f"it without --preset (or with the preset it was started with), or train into "
+                                  f"a new --out")
 
 
 def prepare_data(dac: DataConfig, size: int, device, progress: bool):
@@ -157,16 +185,34 @@ def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int]
     return torch.randperm(n_train, generator=g)[:kt].tolist(), torch.randperm(max(n_val, 1), generator=g)[:kv].tolist()
 
 
+class Stopped(DfeditError):
+    """The run stopped on SIGINT/SIGTERM after saving; exit_code is 130 / 143."""
+
+    def __init__(self, msg: str, exit_code: int):
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+MAX_BAD_STEPS = 50  # non-finite steps in a row before a run stops (fp16's scaler needs ~16 at most)
+
+
 def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: DataConfig,
           saved: dict | None = None, progress: bool = True, max_steps: int | None = None,
-          cpu: bool = False, log=print, max_cpu_seconds: float | None = None) -> dict:
+          cpu: bool = False, log=print, max_cpu_seconds: float | None = None,
+          max_bad_steps: int = MAX_BAD_STEPS) -> dict:
     """Train (or resume) into `out`. `max_steps` stops early (after saving) for tests and smoke runs;
-    `max_cpu_seconds` stops after that much process CPU time in training steps (equal-compute ablations)."""
+    `max_cpu_seconds` stops after that much process CPU time in training steps (equal-compute ablations).
+
+    SIGINT / SIGTERM stop the run at the next step boundary with a checkpoint (`Stopped`, exit
+    130 / 143); `max_bad_steps` non-finite steps in a row stop it without saving (DfeditError).
+    """
     from accelerate import Accelerator
 
     acc = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu, gradient_accumulation_steps=1)
     out.mkdir(parents=True, exist_ok=True)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if acc.is_main_process:
+        ckpt.clean_temps(out, log)
     D = prepare_data(dac, mc.image_size, device, progress)
     mc = replace(mc, text_dim=D["text_dim"])
     n = D["x"].shape[0]
@@ -183,11 +229,10 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     step, skipped, scaler_state, cpu_before = 0, 0, None, 0.0
+    ck = None
     if saved is not None:
-        ck = ckpt.resolve(out)
-        net.load_state_dict(ckpt.load_tensors(ck, "model"))
-        ema.load_state_dict(ckpt.load_tensors(ck, "ema"))
-        opt.load_state_dict(ckpt.optimizer_from_flat(ckpt.load_tensors(ck, "optimizer"), saved["optimizer"]))
+        ck = Path(saved["_checkpoint_dir"]) if "_checkpoint_dir" in saved else ckpt.resolve(out)
+        _load_state(ck, saved, net, ema, opt)
         st = saved["state"]
         step, skipped, scaler_state = st["step"], st["skipped_steps"], st.get("scaler")
         cpu_before = st.get("train_cpu_seconds", 0.0)
@@ -215,11 +260,22 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
             "versions": {"torch": torch.__version__},
         }
 
+    # The last checkpoint known to load and train cleanly: rotation never deletes it.
+    health = {"protect": ck, "last_saved": step if saved is not None else None, "clean_steps": 0}
+
     def save(epoch: int) -> None:
         if acc.is_main_process:
-            ckpt.save(out, step, config_dict(epoch), raw.state_dict(), ema.state_dict(),
-                      opt.optimizer.state_dict() if hasattr(opt, "optimizer") else opt.state_dict(),
-                      tc.keep_checkpoints)
+            bad = _non_finite(raw, ema)
+            if bad:
+                raise DfeditError(f"the weights became non-finite at step {step} ({bad}); not saving them: the last "
+                                  f"good checkpoint is {_name(health['protect'])}; lower --lr and resume")
+            path = ckpt.save(out, step, config_dict(epoch), raw.state_dict(), ema.state_dict(),
+                             opt.optimizer.state_dict() if hasattr(opt, "optimizer") else opt.state_dict(),
+                             tc.keep_checkpoints, protect=health["protect"])
+            if health["clean_steps"] > 0 or health["protect"] is None:
+                health["protect"] = path
+            health["clean_steps"] = 0
+        health["last_saved"] = step
         acc.wait_for_everyone()
 
     gt, gv = grid_indices(n, D["val_x"].shape[0], tc.grid_prompts, tc.seed)
@@ -235,9 +291,13 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         den = EmojiDenoiser(copy.deepcopy(ema), diff, _NullOnly(mc.text_dim, dac.max_length, device),
                             mc.image_size, str(out), device, torch.float32)
         x = sample(den, prompts, seed=tc.seed, stride=tc.sample_stride, guidance=tc.guidance, cond=cond)
-        save_grid(to_uint8(x), out / "samples" / f"epoch-{epoch:04d}.png",
-                  {"prompts": prompts, "epoch": epoch, "step": step, "seed": tc.seed, "stride": tc.sample_stride,
-                   "guidance": tc.guidance, "weights": "ema"}, ncol=len(prompts), scale=max(1, 64 // mc.image_size))
+        try:
+            save_grid(to_uint8(x), out / "samples" / f"epoch-{epoch:04d}.png",
+                      {"prompts": prompts, "epoch": epoch, "step": step, "seed": tc.seed, "stride": tc.sample_stride,
+                       "guidance": tc.guidance, "weights": "ema"}, ncol=len(prompts),
+                      scale=max(1, 64 // mc.image_size))
+        except DfeditError as e:  # a grid is not worth losing the run (and its checkpoint) over
+            log(f"warning: {e}; training goes on")
 
     start_epoch = step // steps_per_epoch
     if step >= total_steps:
@@ -247,13 +307,19 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
     T = diff.T
     bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
-    logf = open(out / "log.jsonl", "a") if acc.is_main_process else None
+    if acc.is_main_process:
+        ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
+    logf = _Log(out / "log.jsonl", log) if acc.is_main_process else None
+    bad_run = 0
+    stop = StopRequest()
     try:
-        with bar:
+        with bar, stop:
             for epoch in range(start_epoch, tc.epochs):
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(tc.seed, 1, epoch))).to(device)
                 ep_losses, ep_t0, ep_imgs = [], time.perf_counter(), 0
                 for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
+                    if _stop_requested(stop, acc):
+                        break
                     t0, c0 = time.perf_counter(), time.process_time()
                     g = torch.Generator(device).manual_seed(mix(tc.seed, 2, step, rank))
                     torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
@@ -281,10 +347,19 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                             torch._foreach_lerp_(ema_params, net_params, 1 - decay)
                         losses.append(loss_v)
                         ep_losses.append(loss_v)
+                        bad_run = 0
+                        health["clean_steps"] += 1
                     else:
                         skipped += 1
-                        log(f"warning: non-finite loss/gradient at step {step} (loss {loss_v}, grad norm {gnorm_v}); "
-                            f"step skipped ({skipped} so far)")
+                        bad_run += 1
+                        if bad_run <= 3:
+                            log(f"warning: non-finite loss/gradient at step {step} (loss {loss_v}, grad norm "
+                                f"{gnorm_v}); step skipped ({skipped} so far)")
+                        if bad_run >= max_bad_steps:
+                            raise DfeditError(
+                                f"training diverged: the loss or gradient was non-finite for {bad_run} steps in a row "
+                                f"(steps {step - bad_run + 1}-{step}); stopped without saving, the last good "
+                                f"checkpoint is {_name(health['protect'])}: lower --lr or check the data")
                     opt.zero_grad(set_to_none=True)
                     step += 1
                     dt = time.perf_counter() - t0
@@ -298,23 +373,31 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                         stopped = True
                         break
                 done_epoch = step // steps_per_epoch
+                if stop.signum is not None and step % steps_per_epoch:
+                    break  # stopped mid-epoch: its log line comes when the epoch is trained to its end
                 if logf is not None and ep_losses:
                     ep_time = time.perf_counter() - ep_t0
-                    logf.write(json.dumps({"epoch": done_epoch, "step": step, "loss": float(np.mean(ep_losses)),
-                                           "lr": lr, "images_per_s": ep_imgs / ep_time, "epoch_s": ep_time,
-                                           "skipped": skipped}) + "\n")
-                    logf.flush()
+                    logf.write({"epoch": done_epoch, "step": step, "loss": float(np.mean(ep_losses)),
+                                "lr": lr, "images_per_s": ep_imgs / ep_time, "epoch_s": ep_time, "skipped": skipped})
                 if stopped:
                     save(done_epoch)
+                    break
+                if _stop_requested(stop, acc):
                     break
                 last = epoch + 1 == tc.epochs
                 if tc.sample_every and ((epoch + 1) % tc.sample_every == 0 or last):
                     validation_grid(epoch + 1)
                 if (epoch + 1) % tc.save_every == 0 or last:
                     save(epoch + 1)
-    except KeyboardInterrupt:
-        save(step // steps_per_epoch)  # a clean stop at a step boundary: rerun the command to resume
-        raise DfeditError(f"interrupted at step {step}; checkpoint saved, run the same command to resume") from None
+            if stop.signum is not None and step < total_steps:  # SIGINT / SIGTERM: save at this step, leave
+                if health["last_saved"] != step:
+                    save(step // steps_per_epoch)
+                raise Stopped(f"stopped by {stop.name} at step {step}; checkpoint saved (checkpoints/step-{step:08d}), "
+                              f"run the same command to resume", stop.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: leave at once, the last checkpoint is intact
+        last = health["last_saved"]
+        raise DfeditError(f"interrupted again at step {step}: stopped without saving" +
+                          (f"; the last checkpoint is step-{last:08d}" if last is not None else "")) from None
     finally:
         if logf is not None:
             logf.close()
@@ -322,6 +405,66 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
             "mean_loss": float(np.mean(losses)) if losses else None, "train_seconds": t_train,
             "train_cpu_seconds": cpu_train,
             "steps_per_epoch": steps_per_epoch, "stopped_early": stopped}
+
+
+def _load_state(ck: Path, saved: dict, net, ema, opt) -> None:
+    """Weights, EMA and AdamW moments of the checkpoint resumed from; a mismatch is one sentence."""
+    try:
+        net.load_state_dict(ckpt.load_tensors(ck, "model"))
+        ema.load_state_dict(ckpt.load_tensors(ck, "ema"))
+        opt.load_state_dict(ckpt.optimizer_from_flat(ckpt.load_tensors(ck, "optimizer"), saved["optimizer"]))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise DfeditError(f"{ck} does not match the model its config.json describes: "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+def _non_finite(raw, ema) -> str | None:
+    """The first weight (model or EMA) holding NaN/inf, or None."""
+    from dfedit.cache import all_finite
+
+    for which, m in (("model", raw), ("ema", ema)):
+        for k, v in m.state_dict().items():
+            if not all_finite(v):
+                return f"{which} {k}"
+    return None
+
+
+def _name(path) -> str:
+    return Path(path).name if path is not None else "none (no checkpoint was written)"
+
+
+def _stop_requested(stop: StopRequest, acc) -> bool:
+    """Whether a SIGINT/SIGTERM asks to stop; with several processes, any one's signal stops all."""
+    if acc.num_processes == 1:
+        return stop.signum is not None
+    got = int(acc.gather(torch.tensor([stop.signum or 0], device=acc.device)).max().item())
+    if got and stop.signum is None:
+        stop.signum = got
+    return got > 0
+
+
+class _Log:
+    """log.jsonl, one line per epoch; a failed write (disk full) is reported once, training goes on."""
+
+    def __init__(self, path: Path, log):
+        self.path, self.log, self.failed = path, log, False
+        self.f = open(path, "a")
+
+    def write(self, entry: dict) -> None:
+        if self.failed:
+            return
+        try:
+            self.f.write(json.dumps(entry) + "\n")
+            self.f.flush()
+        except OSError as e:
+            self.failed = True
+            self.log(f"warning: cannot append to {self.path} ({e.strerror or e}); epochs are no longer logged")
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except OSError:
+            pass
 
 
 class _NullOnly:
