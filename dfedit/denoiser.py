@@ -96,8 +96,10 @@ class FlowDenoiser:
     (s = 0 clean, s = 1 noise; the course's part B writes t = 1 - s) and v = eps - x0. The loop
     hands over its variance-preserving state x at timestep t; that is the flow state rescaled,
     x_flow = x / (alpha_t + sigma_t), at s = sigma_t / (alpha_t + sigma_t), which for a
-    flow-matching schedule (`NoiseSchedule.from_config({"flow_matching": True, ...})`) is exactly
-    s = (t + 1) / (T + 1). The velocity comes back as eps = (alpha v + x) / (alpha + sigma).
+    flow-matching schedule (`NoiseSchedule.from_config({"flow_matching": True, ...})`) is
+    s = (t + 1) / (T + 1) up to the float32 rounding of the abar table (< 1e-5; near t = 0, where
+    abar ~ 1 - 1e-6, that table is what the state's noise really is, so s is taken from it). The
+    velocity comes back as eps = (alpha v + x) / (alpha + sigma).
     dfedit-train's flow checkpoints need no adapter (their input preconditioning is scale-free and
     their schedule says `flow_prediction`); this is for models trained elsewhere (and for tests)."""
 
@@ -109,8 +111,6 @@ class FlowDenoiser:
         self.prompt_encoder, self.device, self.dtype, self.channels = prompt_encoder, torch.device(device), dtype, channels
 
     def flow_time(self, t: int) -> float:
-        if self.schedule.flow_matching:
-            return self.schedule.flow_time(t)
         a, s = self.schedule.alpha_sigma(t)
         return float(s / (a + s))
 

@@ -191,8 +191,9 @@ def sample_dpmpp_2m(ctx: SamplerContext, x: torch.Tensor, t: int, t_prev: int):
     sch = ctx.schedule
     a_s, s_s, l_s = sch.dpm_alpha_sigma_lambda(t)
     a_t, s_t, l_t = sch.dpm_alpha_sigma_lambda(t_prev)
-    xf = x.float()
-    x0 = sch.threshold((xf - s_s * eps.float()) / a_s)
+    work = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 states: the update in float32, as diffusers
+    xf = x.to(work)
+    x0 = sch.threshold((xf - s_s * eps.to(work)) / a_s)
     h = l_t - l_s
     if ctx.history and t_prev >= 0:
         l_prev, x0_prev = ctx.history[-1]
