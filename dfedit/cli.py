@@ -334,9 +334,9 @@ def inpaint(image: InputImage,
     """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly."""
     from .images import open_image
     from .sampler import check_sampler
+    check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
     df = opts.api()
     opts.check(df)
-    check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
     img, m = open_image(image), open_image(mask)  # both must decode before any model loads
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
                      **opts.run_kwargs())
