@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 import bench_if  # noqa: E402
 import bench_sampler  # noqa: E402
+import bench_samplers  # noqa: E402
 import bench_train  # noqa: E402
 from report import DOC, environment, stamp, update_section  # noqa: E402
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--only", default="sampler,train,if", help="comma-separated subset of sampler,train,if")
+    ap.add_argument("--only", default="sampler,samplers,train,if",
+                    help="comma-separated subset of sampler,samplers,train,if")
     ap.add_argument("--rounds", type=int, default=5, help="alternated A/B rounds per row (medians)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: the least noisy on shared machines)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
@@ -66,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--doc", type=Path, default=DOC, help="markdown file to update (default docs/benchmarks.md)")
     a = ap.parse_args(argv)
     only = {s.strip() for s in a.only.split(",") if s.strip()}
-    unknown = only - {"sampler", "train", "if"}
+    unknown = only - {"sampler", "samplers", "train", "if"}
     if unknown:
-        ap.error(f"--only: unknown {', '.join(sorted(unknown))} (use sampler, train, if)")
+        ap.error(f"--only: unknown {', '.join(sorted(unknown))} (use sampler, samplers, train, if)")
     if a.quick and a.doc == DOC:
         ap.error("--quick numbers mean nothing: give it a --doc of its own, not docs/benchmarks.md")
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -90,6 +92,13 @@ def main(argv: list[str] | None = None) -> None:
                                         compile=not (a.quick or a.no_compile))
         update_section(f"sampler-{dev}", f"{when}\n\n{desc}\n\n{table}", a.doc)
         print(table, flush=True)
+
+    if "samplers" in only:
+        log("samplers: every sampler on the emoji model, then process times of the CLI")
+        d1, t1 = bench_samplers.sampler_rows(dev, rounds, quick=a.quick)
+        d2, t2 = bench_samplers.process_rows(rounds, a.threads, quick=a.quick)
+        update_section(f"samplers-{dev}", f"{when}\n\n{d1}\n\n{t1}\n\n{d2}\n\n{t2}", a.doc)
+        print(t1, t2, sep="\n\n", flush=True)
 
     if "train" in only:
         preset = "tiny" if a.quick else ("gpu" if gpu else "cpu")

@@ -2,11 +2,22 @@
 
 __version__ = "0.1.0"
 
-from .denoiser import Cond, Denoiser, PromptEncoder  # noqa: E402
-from .errors import DfeditError  # noqa: E402
-from .pipeline import DFEdit, Result, make_generator  # noqa: E402
-from .sampler import cfg, conditioned, denoise_loop  # noqa: E402
-from .schedule import NoiseSchedule  # noqa: E402
+# Loaded on first use (PEP 562), so `dfedit --help` and the CLI's argument checks never import torch.
+_EXPORTS = {
+    "Cond": "denoiser", "Denoiser": "denoiser", "PromptEncoder": "denoiser", "FlowDenoiser": "denoiser",
+    "DfeditError": "errors",
+    "DFEdit": "pipeline", "Result": "pipeline", "make_generator": "pipeline",
+    "cfg": "sampler", "conditioned": "sampler", "denoise_loop": "sampler", "SAMPLERS": "sampler",
+    "NoiseSchedule": "schedule",
+}
 
-__all__ = ["Cond", "Denoiser", "PromptEncoder", "DfeditError", "DFEdit", "Result", "make_generator", "cfg",
-           "conditioned", "denoise_loop", "NoiseSchedule", "__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dfedit' has no attribute {name!r}")

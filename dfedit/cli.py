@@ -26,8 +26,8 @@ try:  # typer >= 0.20 vendors its own click; its exceptions are the ones raised
 except ImportError:  # pragma: no cover - older typer uses the click package
     from click.exceptions import Abort, ClickException, Exit, NoArgsIsHelpError
 
+from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
 from .errors import DfeditError
-from .models import DEFAULT_STAGE1, DEFAULT_STAGE2
 
 _ARGV: list[str] = []  # the arguments of the current invocation, for the PNG metadata
 
@@ -68,7 +68,13 @@ Model = Annotated[str, typer.Option("--model", help="Stage I: Hub id or local di
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the CPU generator all random draws come from.")]
 Cfg = Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (1 = no guidance; "
                                               "default: 7 for IF, the model's own for emoji models).")]
-Stride = Annotated[int, typer.Option("--stride", help="Timestep stride: t = 990, 990-stride, ..., 0.")]
+Stride = Annotated[Optional[int], typer.Option("--stride", help="Timestep stride: t = 990, 990-stride, ..., 0 "
+                                               "(default 30: 34 model calls).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Model calls instead of --stride: evenly spaced "
+                                              "timesteps from 999 (e.g. --sampler dpmpp-2m --steps 20).")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", help=f"{' | '.join(SAMPLER_NAMES)} (README: when to "
+                                         "use which). Both stages.")]
+Eta = Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise: 0 = deterministic, 1 = DDPM-like.")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
                                              "never overwriting an existing default file).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -94,7 +100,8 @@ class GenOptions:
     upscale: Optional[bool]
     seed: int
     cfg: Optional[float]
-    stride: int
+    stride: Optional[int]
+    steps: Optional[int]
     num_samples: int
     negative_prompt: str
     stage2_steps: int
@@ -114,11 +121,16 @@ class GenOptions:
         return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet)
 
     def run_kwargs(self) -> dict:
-        return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, num_samples=self.num_samples,
+        return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, steps=self.steps, num_samples=self.num_samples,
                     upscale=self.upscale, stage2_steps=self.stage2_steps, stage2_cfg=self.stage2_cfg,
                     noise_level=self.noise_level, negative_prompt=self.negative_prompt,
                     sampler=self.sampler, eta=self.eta,
                     record_every=3 if self.trajectory else 0)
+
+    def check(self, df) -> bool:
+        """Every option checkable from configs, before any weights load; returns whether stage II runs."""
+        return df.check(stride=self.stride, steps=self.steps, sampler=self.sampler, eta=self.eta,
+                        upscale=self.upscale, stage2_steps=self.stage2_steps, noise_level=self.noise_level)
 
 
 def _opt(name, typ, default, *flags, **kw):
@@ -133,14 +145,15 @@ GEN_OPTIONS = [
          help="Run stage II (default: on for IF models, off for emoji models)."),
     inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Seed),
     inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Cfg),
-    inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=30, annotation=Stride),
+    inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Stride),
+    inspect.Parameter("steps", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Steps),
     _opt("num_samples", int, 1, "--num-samples", "-n", min=1, help="Images per setting (shown as a grid)."),
     _opt("negative_prompt", str, "", "--negative-prompt", help="Unconditional prompt."),
     inspect.Parameter("stage2_steps", inspect.Parameter.KEYWORD_ONLY, default=50, annotation=Stage2Steps),
     inspect.Parameter("stage2_cfg", inspect.Parameter.KEYWORD_ONLY, default=4.0, annotation=Stage2Cfg),
     inspect.Parameter("noise_level", inspect.Parameter.KEYWORD_ONLY, default=250, annotation=NoiseLevel),
-    _opt("sampler", str, "ddpm", "--sampler", help="ddpm (strided DDPM, as the course) or ddim (stage I)."),
-    _opt("eta", float, 0.0, "--eta", min=0.0, help="DDIM noise: 0 = deterministic, 1 = DDPM-like."),
+    inspect.Parameter("sampler", inspect.Parameter.KEYWORD_ONLY, default="ddpm", annotation=SamplerOpt),
+    inspect.Parameter("eta", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation=Eta),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Out),
     _opt("trajectory", Optional[Path], None, "--trajectory",
          help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),
@@ -275,7 +288,7 @@ def _finish(opts: GenOptions, results: list, rows_labels: list[str] | None, extr
 def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: GenOptions = None):
     """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
     df = opts.api()
-    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    opts.check(df)
     _finish(opts, [df.sample(prompt, **opts.run_kwargs())], None)
 
 
@@ -290,14 +303,14 @@ def sdedit(image: InputImage,
     """SDEdit: noise IMAGE to timestep index --i-start and denoise it with --prompt."""
     from .images import load_image, to_pil
     df = opts.api()
-    up = df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps,
-                  noise_level=opts.noise_level)
+    up = opts.check(df)
     from .edits import check_i_start
     from .pipeline import model_info
+    from .sampler import plan_timesteps
     schedule, size = model_info(opts.model)
-    ts = schedule.strided_timesteps(opts.stride)
+    ts = plan_timesteps(schedule, opts.sampler, opts.stride, opts.steps)
     for i in i_start:
-        check_i_start(i, ts, opts.stride)
+        check_i_start(i, ts, opts.stride or 30, opts.steps)
     original = load_image(image, size)
     results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
     for r, i in zip(results, i_start):
@@ -323,8 +336,10 @@ def inpaint(image: InputImage,
             opts: GenOptions = None):
     """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly."""
     from .images import open_image
+    from .sampler import check_sampler
+    check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
     df = opts.api()
-    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    opts.check(df)
     img, m = open_image(image), open_image(mask)  # both must decode before any model loads
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
                      **opts.run_kwargs())
@@ -351,7 +366,7 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
         raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
                           f"got {len(prompts)}")
     df = opts.api()
-    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    opts.check(df)
     res = df.anagram(list(prompts), views, view_seed=view_seed, **opts.run_kwargs())
     # Show every sample under every view: row = sample, column = view.
     size = res.images.shape[-1]
@@ -376,7 +391,7 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Low-frequency prom
     from .edits import frequency_split
     frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading anything
     df = opts.api()
-    df.check(stride=opts.stride, upscale=opts.upscale, stage2_steps=opts.stage2_steps, noise_level=opts.noise_level)
+    opts.check(df)
     res = df.hybrid(list(prompts), split=split, kernel=kernel, sigma=sigma, **opts.run_kwargs())
     _finish(opts, [res], None)
 
@@ -438,7 +453,8 @@ def denoise(image: InputImage,
             prompt: Prompt = "a high quality photo",
             blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size.")] = 5,
             blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian baseline sigma.")] = 2.0,
-            model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = 30,
+            model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = None,
+            steps: Steps = None, sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
@@ -446,26 +462,30 @@ def denoise(image: InputImage,
     from .images import grid, load_image, to_pil
     from .edits import check_i_start
     from .pipeline import model_info
+    from .sampler import check_sampler, plan_timesteps
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     path = _out_path(out, "denoise")
     gif = _gif_path(trajectory)
     gaussian_kernel1d(blur_kernel, blur_sigma)  # validate before loading anything
+    check_sampler(sampler, eta)
     schedule, size = model_info(model)
-    grid_ts = schedule.strided_timesteps(stride)
+    grid_ts = plan_timesteps(schedule, sampler, stride, steps)
     if i_start is not None:
-        ts = [grid_ts[check_i_start(i_start, grid_ts, stride)]]
+        ts = [grid_ts[check_i_start(i_start, grid_ts, stride or 30, steps)]]
     else:
         ts = [schedule.check_t(v) for v in (t or [690])]
     x0 = load_image(image, size)
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
-    rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, blur_kernel=blur_kernel,
-                      blur_sigma=blur_sigma, record_every=1 if gif else 0)
+    rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, steps=steps, sampler=sampler,
+                      eta=eta, blur_kernel=blur_kernel, blur_sigma=blur_sigma, record_every=1 if gif else 0)
     cols = ["noisy", "blur", "one_step", "iterative"]
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
     meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
-            "stride": stride, "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
+            "stride": (stride or 30) if steps is None else None, "steps": steps, "sampler": sampler,
+            **({"eta": eta} if sampler == "ddim" else {}),
+            "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _save(grid(tiles, labels), path, meta, quiet)
     if gif is not None:
         _write_gif([f for r in rows for f in r["frames"]], gif, meta, quiet)
@@ -489,22 +509,25 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             prompt: Annotated[str, typer.Option("--prompt", help="Prompt describing the image.")] = "",
             model: Model = DEFAULT_STAGE1, stage2: Stage2 = DEFAULT_STAGE2, seed: Seed = 0,
             stage2_steps: Stage2Steps = 50, stage2_cfg: Stage2Cfg = 4.0, noise_level: NoiseLevel = 250,
+            sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image."""
     from .images import load_image, to_pil
     from .models import check_stage2
     from .pipeline import make_generator, model_size
+    from .sampler import check_sampler
     path = _out_path(out, "upscale")
     gif = _gif_path(trajectory)
+    check_sampler(sampler, eta)
     check_stage2(stage2, stage2_steps, noise_level)
     x = load_image(image, model_size(model))
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
     frames: list = []
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,
-                   noise_level=noise_level, frames=frames if gif else None)
+                   noise_level=noise_level, frames=frames if gif else None, sampler=sampler, eta=eta)
     meta = {"command": "upscale", "input": str(image), "prompt": prompt, "seed": seed, "stage2": stage2,
-            "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg, "noise_level": noise_level, "model": model}
+            "sampler": sampler, **({"eta": eta} if sampler == "ddim" else {}), "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg, "noise_level": noise_level, "model": model}
     _save(to_pil(y)[0], path, meta, quiet)
     if gif is not None:
         _write_gif(frames, gif, meta, quiet)

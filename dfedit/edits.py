@@ -22,10 +22,10 @@ from .views import View
 # ---- SDEdit --------------------------------------------------------------------------------------
 
 
-def check_i_start(i_start: int, timesteps: list[int], stride: int | None = None) -> int:
-    """--i-start must index the strided timesteps (named with the stride when it is known)."""
+def check_i_start(i_start: int, timesteps: list[int], stride: int | None = None, steps: int | None = None) -> int:
+    """--i-start must index the run's timesteps (named with the stride or steps when known)."""
     if not 0 <= i_start < len(timesteps):
-        which = f" for stride {stride}" if stride is not None else ""
+        which = f" for --steps {steps}" if steps is not None else (f" for stride {stride}" if stride else "")
         raise DfeditError(f"--i-start must be between 0 and {len(timesteps) - 1}{which}, got {i_start}")
     return i_start
 

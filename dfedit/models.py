@@ -21,8 +21,7 @@ from .denoiser import Cond
 from .errors import DfeditError
 from .schedule import NoiseSchedule
 
-DEFAULT_STAGE1 = "DeepFloyd/IF-I-XL-v1.0"
-DEFAULT_STAGE2 = "DeepFloyd/IF-II-L-v1.0"
+from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2  # noqa: F401  (re-exported)
 # diffusers' IF encode_prompt pads/truncates every prompt to 77 T5 tokens; parity depends on it.
 IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")

@@ -30,7 +30,8 @@ from .filters import gaussian_blur
 from .images import center_square, open_image, pil_to_tensor, to_pil
 from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, load_if, pick_device, pick_dtype
 from .progress import progress_bar
-from .sampler import StepCallback, StepHook, cfg as cfg_fn, denoise_loop, randn
+from .sampler import (DEFAULT_SAMPLER, StepCallback, StepHook, cfg as cfg_fn, check_sampler, denoise_loop,
+                      plan_timesteps, randn)
 from .views import VIEWS, make_view
 
 
@@ -138,12 +139,14 @@ class DFEdit:
         return T5PromptEncoder(self.model, self.device, self.dtype, cache_dir=self.cache_dir,
                                offload=self.offload, quiet=self.quiet)
 
-    def check(self, *, stride: int | None = None, upscale: bool | None = None, stage2_steps: int = 50,
+    def check(self, *, stride: int | None = None, steps: int | None = None, sampler: str = DEFAULT_SAMPLER,
+              eta: float = 0.0, upscale: bool | None = None, stage2_steps: int = 50,
               noise_level: int = 250) -> bool:
-        """Validate options from configs only (no weights): stride for stage I, and stage II's
-        directory, steps and noise level when upscaling. Returns whether stage II will run."""
-        if stride is not None:
-            (self._s1.schedule if self._s1 is not None else _schedule_for(self.model)).strided_timesteps(stride)
+        """Validate options from configs only (no weights): sampler, stride or steps for stage I, and
+        stage II's directory, steps and noise level when upscaling. Returns whether stage II will run."""
+        check_sampler(sampler, eta)
+        plan_timesteps(self._s1.schedule if self._s1 is not None else _schedule_for(self.model), sampler,
+                       stride, steps)
         if upscale is None:
             upscale = _emoji_backend(self.model) is None  # IF pairs with stage II; emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
@@ -161,31 +164,39 @@ class DFEdit:
 
     def run(self, den: Denoiser, eps_fn: EpsFn, x: torch.Tensor, timesteps: list[int], generator,
             description: str, hook=None, callback: StepCallback | None = None,
-            eta: float | None = None) -> torch.Tensor:
-        with progress_bar(len(timesteps), description, not self.quiet) as bar:
-            return denoise_loop(eps_fn, x, timesteps, den.schedule, generator, hook=hook,
-                                callback=callback, progress=bar, eta=eta)
+            sampler: str = DEFAULT_SAMPLER, eta: float = 0.0) -> tuple[torch.Tensor, int]:
+        """One loop run; returns (x, the number of model calls it made)."""
+        calls = [0]
 
-    def generate(self, edit: Edit, *, seed: int = 0, cfg: float | None = None, stride: int = 30, num_samples: int = 1,
+        def counted(x, t):
+            calls[0] += 1
+            return eps_fn(x, t)
+
+        with progress_bar(len(timesteps), description, not self.quiet) as bar:
+            x = denoise_loop(counted, x, timesteps, den.schedule, generator, hook=hook, callback=callback,
+                             progress=bar, eta=eta, sampler=sampler)
+        return x, calls[0]
+
+    def generate(self, edit: Edit, *, seed: int = 0, cfg: float | None = None, stride: int | None = None,
+                 steps: int | None = None, num_samples: int = 1,
                  upscale: bool | None = None, stage2_steps: int = 50, stage2_cfg: float = 4.0,
                  noise_level: int = 250, negative_prompt: str = "", record_every: int = 0,
-                 sampler: str = "ddpm", eta: float = 0.0,
+                 sampler: str = DEFAULT_SAMPLER, eta: float = 0.0,
                  callback: StepCallback | None = None, generator: torch.Generator | None = None) -> Result:
-        """Run `edit` through stage I (and stage II). sampler "ddpm" (strided DDPM, the default) or
-        "ddim" with `eta` (0 = deterministic); stage II always uses DDPM, as IF was tuned for."""
+        """Run `edit` through stage I (and stage II) with a registered sampler (dfedit.sampler.SAMPLERS:
+        ddpm, the default; ddim with `eta`; dpmpp-2m; euler; heun). Stage I runs `--stride` (default
+        30: t = 990, 960, ..., 0) or `--steps` model calls; stage II runs `stage2_steps` model calls
+        (diffusers' leading spacing) with the same sampler."""
         if num_samples < 1:
             raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
-        if sampler not in ("ddpm", "ddim"):
-            raise DfeditError(f"unknown --sampler {sampler!r}: use ddpm or ddim")
-        if eta < 0:
-            raise DfeditError(f"--eta must be >= 0, got {eta}")
-        loop_eta = None if sampler == "ddpm" else eta
-        upscale = self.check(stride=stride, upscale=upscale, stage2_steps=stage2_steps, noise_level=noise_level)
+        spec = check_sampler(sampler, eta)
+        upscale = self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=upscale,
+                             stage2_steps=stage2_steps, noise_level=noise_level)
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         if cfg is None:
             cfg = getattr(s1, "default_cfg", 7.0)  # IF: 7; an emoji model: the scale it was validated with
-        ts = s1.schedule.strided_timesteps(stride)
+        ts = plan_timesteps(s1.schedule, sampler, stride, steps)
         conds, uncond = self.conds(s1, edit.prompts, negative_prompt, num_samples)
         if edit.start is not None:
             x, ts = edit.start(s1, ts, gen, num_samples)
@@ -196,27 +207,31 @@ class DFEdit:
         frames: list[torch.Tensor] = []
         cb = _recorder(frames, record_every, callback)
         hook = edit.hook(s1, gen) if edit.hook else None
-        x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
-                     eta=loop_eta)
+        x, calls = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
+                            sampler=sampler, eta=eta)
         meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
-                "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg, "stride": stride,
-                "steps": len(ts), "model": s1.name, "num_samples": num_samples, "sampler": sampler,
-                **({"eta": eta} if sampler == "ddim" else {}), **edit.meta}
+                "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg,
+                "stride": (stride or 30) if steps is None else None, "steps": calls, "timesteps": len(ts),
+                "model": s1.name, "num_samples": num_samples, "sampler": sampler,
+                **({"eta": eta} if spec.uses_eta else {}), **edit.meta}
         self._done_with("_s1")
         if not upscale:
             return Result(x, x, meta, frames)
         up = self._stage2(edit, x, gen, stage2_steps, stage2_cfg, noise_level, negative_prompt,
-                          _recorder(frames, record_every, None))
+                          _recorder(frames, record_every, None), sampler=sampler, eta=eta)
         meta.update({"stage2": self.stage2_model, "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg,
                      "noise_level": noise_level})
         return Result(up, x, meta, frames)
 
     def _stage2(self, edit: Edit, low_res: torch.Tensor, gen: torch.Generator, steps: int, cfg: float,
-                noise_level: int, negative: str, callback=None) -> torch.Tensor:
-        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image."""
+                noise_level: int, negative: str, callback=None, sampler: str = DEFAULT_SAMPLER,
+                eta: float = 0.0) -> torch.Tensor:
+        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image.
+        `steps` model calls in diffusers' leading spacing (50 -> 980, 960, ..., 0), any sampler."""
         s2 = self.stage2()
         n, size = low_res.shape[0], s2.sample_size
-        ts = s2.schedule.leading_timesteps(steps)
+        spec = check_sampler(sampler, eta)
+        ts = s2.schedule.leading_timesteps(spec.timesteps_for_calls(steps))
         if edit.schedule is not None:
             ts = edit.schedule(ts)
         noise_level = s2.noising_schedule.check_t(noise_level, "--noise-level")
@@ -229,7 +244,8 @@ class DFEdit:
         conds = [c.with_image(up, levels) for c in conds]
         uncond = uncond.with_image(up, levels)
         hook = edit.hook(s2, gen) if edit.hook else None
-        out = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook, callback)
+        out, _ = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook,
+                          callback, sampler=sampler, eta=eta)
         self._done_with("_s2")
         return out
 
@@ -240,11 +256,12 @@ class DFEdit:
 
     def upscale(self, low_res: torch.Tensor, prompt: str, *, generator: torch.Generator, steps: int = 50,
                 cfg: float = 4.0, noise_level: int = 250, negative_prompt: str = "",
-                frames: list | None = None, record_every: int = 3) -> torch.Tensor:
+                frames: list | None = None, record_every: int = 3, sampler: str = DEFAULT_SAMPLER,
+                eta: float = 0.0) -> torch.Tensor:
         """Stage II alone; x0 estimates go into `frames` (every `record_every` steps) when given."""
         cb = _recorder(frames, record_every, None) if frames is not None else None
         return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level,
-                            negative_prompt, cb)
+                            negative_prompt, cb, sampler=sampler, eta=eta)
 
     def sdedit(self, image, prompt: str = "a high quality photo", *, i_start: int = 5, repeat: int = 1,
                **kw) -> Result:
@@ -270,7 +287,9 @@ class DFEdit:
 
     def inpaint(self, image, mask, prompt: str = "a high quality photo", *, invert_mask: bool = False,
                 jump_length: int = 1, jump_n_sample: int = 1, **kw) -> Result:
-        """RePaint: regenerate where the mask is white, keep the rest exactly (also in stage II)."""
+        """RePaint: regenerate where the mask is white, keep the rest exactly (also in stage II).
+        Resampling (jump_n_sample > 1) needs a sampler that draws fresh noise (ddpm, or ddim with eta > 0)."""
+        check_sampler(kw.get("sampler", DEFAULT_SAMPLER), kw.get("eta", 0.0), resampling=jump_n_sample > 1)
         src = image if isinstance(image, (torch.Tensor, Image.Image)) else open_image(image)
         msrc = mask if isinstance(mask, (torch.Tensor, Image.Image)) else open_image(mask)
 
@@ -331,15 +350,18 @@ class DFEdit:
         return out
 
     def denoise(self, image: torch.Tensor, ts: list[int], *, prompt: str = "a high quality photo", seed: int = 0,
-                cfg: float | None = None, stride: int = 30, blur_kernel: int = 5,
+                cfg: float | None = None, stride: int | None = None, steps: int | None = None,
+                sampler: str = DEFAULT_SAMPLER, eta: float = 0.0, blur_kernel: int = 5,
                 blur_sigma: float = 2.0, record_every: int = 0) -> list[dict]:
         """The course's comparison at each t: noisy, Gaussian blur, one-step and iterative denoising
-        (row["frames"]: the iterative run's x0 estimates every `record_every` steps, when > 0)."""
+        (row["frames"]: the iterative run's x0 estimates every `record_every` steps, when > 0). The
+        iterative run goes from t down the --stride (or --steps) grid with `sampler`."""
+        check_sampler(sampler, eta)
         s1 = self.stage1()
         if cfg is None:
             cfg = getattr(s1, "default_cfg", 7.0)
         sched = s1.schedule
-        grid_ts = sched.strided_timesteps(stride)
+        grid_ts = plan_timesteps(sched, sampler, stride, steps)
         ts = [sched.check_t(t) for t in ts]
         gen = make_generator(seed)
         (cond,), uncond = self.conds(s1, [prompt], "", 1)
@@ -353,8 +375,8 @@ class DFEdit:
             # Iterative: from t down the stride grid (t itself need not be on it).
             chain = [t] + [s for s in grid_ts if s < t]
             frames: list[torch.Tensor] = []
-            iterative = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}",
-                                 callback=_recorder(frames, record_every, None))
+            iterative, _ = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}",
+                                    callback=_recorder(frames, record_every, None), sampler=sampler, eta=eta)
             rows.append({"t": t, "cfg": cfg, "frames": frames, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows

@@ -5,15 +5,11 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as _RichProgress
-
 
 class Progress:
     """A bar with `advance()`; a disabled one costs nothing per step."""
 
-    def __init__(self, bar: _RichProgress | None = None, task=None):
+    def __init__(self, bar=None, task=None):
         self._bar, self._task = bar, task
 
     def advance(self, n: int = 1) -> None:
@@ -26,6 +22,11 @@ def progress_bar(total: int, description: str, enabled: bool = True):
     if not enabled:
         yield Progress()
         return
+    # rich only when a bar is shown: a --quiet run (and every import of the package) skips ~0.1 s
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as _RichProgress
+
     console = Console(file=sys.stderr)
     bar = _RichProgress(
         TextColumn("[bold]{task.description}"),

@@ -1,7 +1,14 @@
 """Noise schedule and the math of one strided step.
 
 Everything the loop needs to know about a model's diffusion process lives in `NoiseSchedule`,
-built from a diffusers DDPMScheduler config dict (IF ships one; the emoji trainer writes one).
+built from a diffusers DDPMScheduler config dict (IF ships one; the emoji trainer writes one), or
+from a flow-matching config (`"flow_matching": true`, written by `dfedit-train --objective flow`).
+
+Flow matching runs through the same variance-preserving (VP) loop: a flow state at flow time s,
+x_flow = (1 - s) x0 + s eps, is a rescaled VP state, x_vp = x_flow / r with r = sqrt((1-s)^2 + s^2),
+at abar = (1 - s)^2 / r^2. Loop timestep t sits at flow time s = (t + 1) / (T + 1), so the abar
+table of a flow model is that formula at each t, and its velocity output v = eps - x0 becomes a
+noise estimate exactly (`model_output_to_eps`). Nothing downstream knows a model is a flow model.
 The step formulas follow DDPMScheduler.step term by term and in the same float32 operation order,
 because the project promises bit-for-bit parity with diffusers on CPU: reordering a product or
 computing a coefficient in float64 changes the last bit and the parity tests would catch it.
@@ -12,11 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .errors import DfeditError
 
 VARIANCE_TYPES = ("learned_range", "fixed_small", "fixed_small_log", "fixed_large")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
 def _alpha_bar_cosine(t: float) -> float:
@@ -39,6 +48,39 @@ def make_betas(beta_schedule: str, num_train_timesteps: int, beta_start: float, 
     raise DfeditError(f"unsupported beta_schedule {beta_schedule!r} in the scheduler config")
 
 
+def flow_time(t, num_train_timesteps: int):
+    """Flow time s in (0, 1) of loop timestep t (int or tensor): s = (t + 1) / (T + 1).
+
+    The offset keeps both ends inside the open interval: t = 0 is s = 1/(T+1) (abar < 1, so the x0
+    formulas never divide by zero) and t = T - 1 is s = T/(T+1) (abar ~ 1e-6 > 0 for T = 1000)."""
+    return (t + 1) / (num_train_timesteps + 1)
+
+
+def flow_alphas_cumprod(num_train_timesteps: int) -> torch.Tensor:
+    """abar_t = (1 - s)^2 / ((1 - s)^2 + s^2) at s = flow_time(t), computed in float64, stored float32."""
+    s = flow_time(torch.arange(num_train_timesteps, dtype=torch.float64), num_train_timesteps)
+    return ((1 - s) ** 2 / ((1 - s) ** 2 + s**2)).float()
+
+
+def output_to_eps(prediction_type: str, out: torch.Tensor, x_t: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    """A model output of any parameterisation as a noise estimate, given x_t = alpha x0 + sigma eps
+    (alpha = sqrt(abar), sigma = sqrt(1 - abar); scalars or broadcastable tensors).
+
+    v_prediction: v = alpha eps - sigma x0  ->  eps = alpha v + sigma x_t
+    sample:       x0                        ->  eps = (x_t - alpha x0) / sigma
+    flow_prediction: v = eps - x0 (the velocity d x_flow / ds)  ->  eps = (alpha v + x_t) / (alpha + sigma)
+    The trainer (dfedit_train.diffusion) converts with this same function."""
+    if prediction_type == "epsilon":
+        return out
+    if prediction_type == "v_prediction":
+        return alpha * out + sigma * x_t
+    if prediction_type == "sample":
+        return (x_t - alpha * out) / sigma
+    if prediction_type == "flow_prediction":
+        return (alpha * out + x_t) / (alpha + sigma)
+    raise DfeditError(f"unsupported prediction_type {prediction_type!r}")
+
+
 @dataclass
 class NoiseSchedule:
     """abar table plus the sampling options a scheduler config carries."""
@@ -51,6 +93,7 @@ class NoiseSchedule:
     sample_max_value: float = 1.0
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    flow_matching: bool = False  # abar from flow times (module docstring); the loop is unchanged
     config: dict = field(default_factory=dict)
 
     @property
@@ -60,7 +103,10 @@ class NoiseSchedule:
     @classmethod
     def from_config(cls, config: dict) -> "NoiseSchedule":
         T = int(config.get("num_train_timesteps", 1000))
-        if config.get("trained_betas") is not None:
+        flow = bool(config.get("flow_matching", False))
+        if flow:
+            alphas_cumprod = flow_alphas_cumprod(T)
+        elif config.get("trained_betas") is not None:
             betas = torch.tensor(config["trained_betas"], dtype=torch.float32)
         else:
             betas = make_betas(
@@ -69,14 +115,16 @@ class NoiseSchedule:
                 float(config.get("beta_start", 0.0001)),
                 float(config.get("beta_end", 0.02)),
             )
+        if not flow:
+            alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         variance_type = config.get("variance_type", "fixed_small")
         if variance_type not in VARIANCE_TYPES:
             raise DfeditError(f"unsupported variance_type {variance_type!r} in the scheduler config")
         prediction_type = config.get("prediction_type", "epsilon")
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if prediction_type not in PREDICTION_TYPES:
             raise DfeditError(f"unsupported prediction_type {prediction_type!r} in the scheduler config")
         return cls(
-            alphas_cumprod=torch.cumprod(1.0 - betas, dim=0),
+            alphas_cumprod=alphas_cumprod,
             variance_type=variance_type,
             prediction_type=prediction_type,
             thresholding=bool(config.get("thresholding", False)),
@@ -84,6 +132,7 @@ class NoiseSchedule:
             sample_max_value=float(config.get("sample_max_value", 1.0)),
             clip_sample=bool(config.get("clip_sample", True)),
             clip_sample_range=float(config.get("clip_sample_range", 1.0)),
+            flow_matching=flow,
             config=dict(config),
         )
 
@@ -110,6 +159,16 @@ class NoiseSchedule:
             raise DfeditError(f"the number of steps must be between 1 and {T}, got {num_steps}")
         ratio = T // num_steps
         return [i * ratio for i in range(num_steps)][::-1]
+
+    def spaced_timesteps(self, num_steps: int) -> list[int]:
+        """`--steps N`: N timesteps evenly spaced from T - 1 down, as diffusers' default "linspace"
+        spacing (DPMSolverMultistepScheduler, EulerDiscreteScheduler): round(linspace(0, T-1, N+1))
+        reversed, without the 0. For T = 1000, N = 20: 999, 949, ..., 50; the loop's last step then
+        goes from 50 straight to the clean end (t' = -1), so every model call moves the image."""
+        T = self.num_train_timesteps
+        if not 1 <= num_steps <= T:
+            raise DfeditError(f"--steps must be between 1 and {T}, got {num_steps}")
+        return [int(t) for t in np.linspace(0, T - 1, num_steps + 1).round()[::-1][:-1]]
 
     def check_t(self, t: int, what: str = "--t") -> int:
         T = self.num_train_timesteps
@@ -141,13 +200,22 @@ class NoiseSchedule:
         return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
 
     def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """Turn a v- or x0-predicting model's output into the noise estimate the loop works with."""
+        """Turn a v-, x0- or velocity-predicting model's output into the noise estimate the loop works with."""
         if self.prediction_type == "epsilon":
             return out
         a_t = self.abar(t)
-        if self.prediction_type == "v_prediction":
-            return a_t**0.5 * out + (1 - a_t) ** 0.5 * x_t
-        return (x_t - a_t**0.5 * out) / (1 - a_t) ** 0.5  # "sample"
+        return output_to_eps(self.prediction_type, out, x_t, a_t**0.5, (1 - a_t) ** 0.5)
+
+    # ---- flow matching: loop timestep <-> flow time -------------------------------------------
+    def flow_time(self, t: int) -> float:
+        """Flow time s of loop timestep t (module docstring); t = -1 is the clean end, s = 0."""
+        return 0.0 if t < 0 else flow_time(t, self.num_train_timesteps)
+
+    def to_flow(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """The loop's VP state at t as a flow state: x_flow = x_vp / (alpha + sigma), which is
+        (1 - s) x0 + s eps at s = sigma / (alpha + sigma) (= flow_time(t) for a flow_matching schedule)."""
+        a_t = self.abar(t)
+        return x_t / (a_t**0.5 + (1 - a_t) ** 0.5)
 
     # ---- the reverse step ------------------------------------------------------------------
     def threshold(self, x0: torch.Tensor) -> torch.Tensor:
@@ -205,15 +273,42 @@ class NoiseSchedule:
                   noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """DDIM (Song et al.): eta = 0 is deterministic, eta = 1 has DDPM's posterior variance.
 
-        As DDIMScheduler.step (its default use_clipped_model_output=False): the direction term uses
-        the model's noise estimate even when x0 was thresholded. A learned variance is ignored.
+        When x0 is clipped or thresholded, the direction term uses the noise estimate *consistent
+        with the clipped x0*, eps' = (x_t - sqrt(abar) x0) / sqrt(1 - abar): DDIMScheduler.step with
+        use_clipped_model_output=True, bit for bit. With the model's raw eps instead (diffusers'
+        default), whatever clipping removes from x0 comes back with the opposite sign through the
+        direction term, at full strength at low noise: the built-in emoji model draws white
+        backgrounds that CFG pushes past 1, and raw-eps DDIM turned them into dark, multi-coloured
+        noisy tiles (tests/train/test_samplers_emoji.py). Without clipping both are the same step.
+        A learned variance is ignored.
         """
         x0 = self.threshold((x_t - c.sqrt_one_minus_abar * eps) / c.sqrt_abar)
+        if self.thresholding or self.clip_sample:
+            eps = (x_t - c.sqrt_abar * x0) / c.sqrt_one_minus_abar
         std = eta * c.ddim_var**0.5
         x_prev = c.abar_prev**0.5 * x0 + (1 - c.abar_prev - std**2) ** 0.5 * eps
         if noise is not None:
             x_prev = x_prev + std * noise
         return x_prev, x0
+
+    def alpha_sigma(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)) as float32 0-d tensors; t = -1 gives (1, 0)."""
+        a_t = self.abar(t)
+        return a_t**0.5, (1 - a_t) ** 0.5
+
+    def dpm_alpha_sigma_lambda(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) the way DPMSolverMultistepScheduler
+        computes them, in the same float32 operations (its parity with ours is tested to 1e-5 and
+        these can differ from sqrt(abar) in the last bit): through the VE sigma sqrt((1 - abar) /
+        abar). t = -1 is sigma = 0, alpha = 1, lambda = +inf (diffusers' final_sigmas_type "zero")."""
+        if t < 0:
+            sig = torch.tensor(0.0, dtype=torch.float32)
+        else:
+            ac = self.alphas_cumprod[t]
+            sig = ((1 - ac) / ac) ** 0.5
+        alpha = 1 / ((sig**2 + 1) ** 0.5)
+        sigma = sig * alpha
+        return alpha, sigma, torch.log(alpha) - torch.log(sigma)
 
     def noise_std(self, var: torch.Tensor | None, c: "StepCoefficients") -> torch.Tensor:
         vt = self.variance_type

@@ -45,6 +45,10 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        # torch is imported lazily by dfedit now; import it here, still in the start-up phase, where a
+        # signal leaves at once: a KeyboardInterrupt inside `import torch` can abort in C++.
+        import torch  # noqa: F401
+
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         install_raising_handlers()
         try:
@@ -106,7 +110,8 @@ def emoji(
     warmup_steps: Optional[int] = typer.Option(None),
     mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16"),
     schedule: Optional[str] = typer.Option(None, help="cosine (default), linear, sigmoid"),
-    objective: Optional[str] = typer.Option(None, help="eps (default), v, x0"),
+    objective: Optional[str] = typer.Option(None, help="eps (default), v, x0, or flow (flow matching: "
+                                            "velocity target, its own noise schedule)"),
     min_snr: Optional[float] = typer.Option(None, help="min-SNR-gamma loss weighting (0 = off)"),
     cfg_dropout: Optional[float] = typer.Option(None, help="probability of the null prompt in training"),
     ema_decay: Optional[float] = typer.Option(None),
@@ -166,8 +171,12 @@ def emoji(
         put("diffusion.beta_schedule", SCHEDULE_ALIASES[schedule], "--schedule")
     if objective is not None:
         if objective not in OBJECTIVE_ALIASES:
-            raise DfeditError(f"--objective must be eps, v or x0, got {objective!r}")
+            raise DfeditError(f"--objective must be eps, v, x0 or flow, got {objective!r}")
         put("diffusion.prediction_type", OBJECTIVE_ALIASES[objective], "--objective")
+        if OBJECTIVE_ALIASES[objective] == "flow_prediction":
+            if schedule is not None:
+                raise DfeditError("--objective flow has its own noise schedule (flow times): drop --schedule")
+            put("diffusion.beta_schedule", "flow", "--objective")
     put("diffusion.min_snr_gamma", min_snr, "--min-snr")
     put("diffusion.cfg_dropout", cfg_dropout)
     put("model.image_size", image_size)

@@ -53,13 +53,30 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"  # cosine; "linear" and "sigmoid" too
-    prediction_type: str = "epsilon"  # "v_prediction" and "sample" (x0) too
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine; "linear" and "sigmoid" too; "flow" goes with flow_prediction
+    prediction_type: str = "epsilon"  # "v_prediction", "sample" (x0) and "flow_prediction" (flow matching) too
     min_snr_gamma: float = 0.0  # 0: plain MSE on the target; >0: min-SNR-gamma weighting
     cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
 
     def scheduler_config(self) -> dict:
-        """A diffusers DDPMScheduler config: what `dfedit.schedule.NoiseSchedule.from_config` reads."""
+        """What `dfedit.schedule.NoiseSchedule.from_config` reads: a diffusers DDPMScheduler config,
+        or for the flow objective a flow-matching one (its noise levels follow from flow times)."""
+        flow = self.prediction_type == "flow_prediction"
+        if flow != (self.beta_schedule == "flow"):
+            raise DfeditError("the flow objective has its own noise schedule (flow times), and only it: "
+                              "use --objective flow without --schedule")
+        if flow:
+            return {
+                "_class_name": "FlowMatching",
+                "flow_matching": True,
+                "flow_time": "s = (t + 1) / (T + 1); x_flow = (1 - s) x0 + s eps = x_t * sqrt((1 - s)^2 + s^2)",
+                "num_train_timesteps": self.num_train_timesteps,
+                "prediction_type": "flow_prediction",
+                "variance_type": "fixed_small",
+                "clip_sample": True,
+                "clip_sample_range": 1.0,
+                "thresholding": False,
+            }
         if self.beta_schedule not in ("linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear"):
             raise DfeditError(f"unknown noise schedule {self.beta_schedule!r}: use cosine, linear or sigmoid")
         return {
@@ -177,4 +194,4 @@ def from_dict(cls, d: dict):
 SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2", "linear": "linear", "sigmoid": "sigmoid",
                     "squaredcos_cap_v2": "squaredcos_cap_v2"}
 OBJECTIVE_ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction",
-                     "x0": "sample", "sample": "sample"}
+                     "x0": "sample", "sample": "sample", "flow": "flow_prediction", "flow_prediction": "flow_prediction"}

@@ -49,7 +49,7 @@ class EmojiDenoiser:
         den.default_cfg = float(cfg.get("train", {}).get("guidance", 3.0))
         return den
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: int, cond: Cond):
         b = x.shape[0]
         tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)

@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.fixture
 def runner(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
-    for m in ("run", "bench_if", "bench_sampler", "bench_train", "report"):
+    for m in ("run", "bench_if", "bench_sampler", "bench_samplers", "bench_train", "report"):
         sys.modules.pop(m, None)
     import run
     return run
@@ -28,15 +28,17 @@ def test_quick_run_writes_every_cpu_section(runner, tmp_path):
     runner.main(["--quick", "--doc", str(doc)])
     text = doc.read_text()
     assert "hand-written text" in text and "<!-- train-cuda:begin -->\nnot measured\n" in text  # others kept
-    for section in ("env-cpu", "sampler-cpu", "train-cpu", "if-cpu"):
+    for section in ("env-cpu", "sampler-cpu", "samplers-cpu", "train-cpu", "if-cpu"):
         assert f"<!-- {section}:begin -->" in text and f"<!-- {section}:end -->" in text
-    assert text.count("with `python benchmarks/run.py --quick --doc") == 3 and "torch 2." in text
+    assert text.count("with `python benchmarks/run.py --quick --doc") == 4 and "torch 2." in text
     for row in ("(a) IF: dfedit loop / bare UNet forwards", "(b) IF: DFEdit.sample / IFPipeline",
                 "(a) emoji:", "(b) emoji:", "(c) IF: anagram", "(c) emoji: hybrid", "(d) IF: channels_last"):
         assert row in text
     assert "1 network call/step, batch 4 vs 2" in text and "1 network call/step, batch 3 vs 2" in text
     assert "| fp32, eager |" in text and "| bf16 autocast, eager |" in text
     assert "AttnAddedKVProcessor2_0" in text
+    assert "| dpmpp-2m, --steps 20 | 20 |" in text and "| ddpm, stride 30 (default) | 34 |" in text
+    assert "recognisability: measured by the lead" in text and "| `dfedit --help` |" in text
 
 
 def test_quick_run_refuses_the_real_doc(runner):

@@ -152,7 +152,10 @@ def test_same_seed_same_output_different_seed_different(if_schedule):
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("thresholding", [False, True])
 def test_ddim_loop_equals_ddim_scheduler(eta, thresholding):
-    """DDIM through the one loop == diffusers' DDIMScheduler (100 steps = our stride 10, final abar 1)."""
+    """DDIM through the one loop == diffusers' DDIMScheduler (100 steps = our stride 10, final abar 1).
+
+    With thresholding the matching configuration is use_clipped_model_output=True: dfedit's DDIM
+    points the direction term at the thresholded x0 (NoiseSchedule.ddim_step says why)."""
     from diffusers import DDIMScheduler
 
     ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", set_alpha_to_one=True, thresholding=thresholding,
@@ -170,7 +173,8 @@ def test_ddim_loop_equals_ddim_scheduler(eta, thresholding):
     g = torch.Generator().manual_seed(3)
     expect = x
     for t in ref.timesteps:
-        expect = ref.step(model(expect, int(t))[0], t, expect, eta=eta, generator=g).prev_sample
+        expect = ref.step(model(expect, int(t))[0], t, expect, eta=eta, generator=g,
+                          use_clipped_model_output=thresholding).prev_sample
     got = denoise_loop(model, x, ts, ours, torch.Generator().manual_seed(3), eta=eta)
     assert torch.equal(got, expect)
 
