@@ -264,16 +264,23 @@ def test_save_png_overwrites_atomically_and_keeps_old_file_on_failure(tmp_path):
     save_png(Image.new("RGB", (4, 4), (1, 2, 3)), target, {"v": 1})
     old = target.read_bytes()
 
-    class Exploding:
+    import dfedit.cache
+
+    def exploding(tmp, data):
         """Writes half a file to the temp path, then fails (a full disk, a killed process)."""
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
 
-        def save(self, fp, **kw):
-            with open(fp, "wb") as f:
-                f.write(old[: len(old) // 2])
-            raise OSError(28, "No space left on device")
-
-    with pytest.raises(DfeditError, match="No space left"):
-        save_png(Exploding(), target, {"v": 2})
+    # save_png encodes in memory first (so it can say how much space it needed), then writes the
+    # bytes through dfedit.cache's atomic writer: the disk fails there.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dfedit.cache, "write_file", exploding)
+    try:
+        with pytest.raises(DfeditError, match="no space left on the device"):
+            save_png(Image.new("RGB", (4, 4), (9, 9, 9)), target, {"v": 2})
+    finally:
+        mp.undo()
     assert os.listdir(tmp_path) == ["out.png"]
     assert target.read_bytes() == old
     assert read_metadata(target) == {"v": 1}
