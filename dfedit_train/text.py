@@ -243,6 +243,23 @@ class EmbeddingCache:
             notice(f"{write_error(e, 'the caption cache shard', path, len(data))}; continuing without the cache")
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_tokens(name: str, prompts: list[str]) -> list[int]:
+    """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone."""
+    if name not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        path = str(minilm_path(check=False)) if name == DEFAULT_ENCODER else name
+        try:
+            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(path)
+        except Exception as e:
+            raise DfeditError(f"could not load the tokenizer of text encoder {name!r}: {str(e).splitlines()[0]}") from None
+    tok = _TOKENIZERS[name]
+    return [len(tok(p, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) for p in prompts]
+
+
 class CaptionEncoder:
     """dfedit's PromptEncoder for a trained checkpoint: prompts -> Cond on the model's device/dtype."""
 
