@@ -316,8 +316,8 @@ def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=Fals
     df = DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
                 cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
     if df.device.type == "cpu" and df.dtype == torch.float16:
-        typer.echo("note: float16 is slow on a CPU (no fast fp16 kernels: the emoji model sampled about 8x slower "
-                   "than in float32); --dtype float32 (the CPU default) or bfloat16 is faster", err=True)
+        typer.echo("note: float16 is many times slower than float32 on a CPU (it has no fast float16 kernels); "
+                   "--dtype float32 (the CPU default) or bfloat16 is faster", err=True)
     return df
 
 
