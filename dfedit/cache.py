@@ -72,6 +72,9 @@ def atomic_write(path: Path, write, exclusive: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        # Writers that go through a private temp file (safetensors' save_file) leave mode 0600;
+        # every output gets the mode an ordinary new file gets (0644 under the usual umask).
+        os.chmod(tmp, default_file_mode())
         if not exclusive:
             os.replace(tmp, path)
             return
@@ -241,6 +244,29 @@ def all_finite(t: torch.Tensor) -> bool:
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as h:
         return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
+
+
+def default_file_mode() -> int:
+    """0666 less the process umask: the mode open() gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def writable_dir(path: Path) -> str | None:
+    """Why `path` cannot be used as a directory to write into (None if it can): it, or the nearest
+    part of it that exists, must be a directory this process may write."""
+    p = Path(path).expanduser()
+    q = p
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    if not q.is_dir():
+        return f"{q} is not a directory"
+    if not os.access(q, os.W_OK | os.X_OK):
+        return f"{q} is not writable (permission denied)"
+    return None
 
 
 class EmbeddingCache:

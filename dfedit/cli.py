@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - older typer uses the click package
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
 from .errors import DfeditError
 
+MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
+
 _ARGV: list[str] = []  # the arguments of the current invocation, for the PNG metadata
 
 
@@ -61,11 +63,15 @@ class OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Edit images with pixel-space diffusion models (DeepFloyd IF, or a dfedit-train model).")
+                  help="Edit images with pixel-space diffusion models: DeepFloyd IF (the default, GPU) or "
+                       "--model emoji, the built-in 32 px emoji model that runs offline on any CPU "
+                       "(try: dfedit sample \"grinning face\" --model emoji).")
 
-Model = Annotated[str, typer.Option("--model", help="Stage I: Hub id or local diffusers directory "
-                                    "(or a dfedit-train checkpoint directory).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the CPU generator all random draws come from.")]
+Model = Annotated[str, typer.Option("--model", help="Stage I model: emoji (built in: 32 px emoji, offline, "
+                                    "any CPU), a Hub id, a local diffusers IF directory, or a dfedit-train "
+                                    "run or checkpoint directory.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the CPU generator all random draws come from "
+                                   "(0 to 2^64 - 1).")]
 Cfg = Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (1 = no guidance; "
                                               "default: 7 for IF, the model's own for emoji models).")]
 Stride = Annotated[Optional[int], typer.Option("--stride", help="Timestep stride: t = 990, 990-stride, ..., 0 "
@@ -84,11 +90,15 @@ Offload = Annotated[bool, typer.Option("--offload", help="Keep weights in CPU RA
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default "
                                                   "$DFEDIT_CACHE or ~/.cache/dfedit).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler: Hub id or local directory.")]
+Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler (IF only): Hub id or local diffusers "
+                                     "directory.")]
 Stage2Steps = Annotated[int, typer.Option("--stage2-steps", help="Stage II steps (diffusers spacing).")]
 Stage2Cfg = Annotated[float, typer.Option("--stage2-cfg", help="Stage II guidance scale.")]
 NoiseLevel = Annotated[int, typer.Option("--noise-level", help="Noise added to the low-res image for stage II.")]
 Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
+EditPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (default: 'a high quality "
+                                                   "photo' for IF; the empty prompt, the model's unconditional "
+                                                   "branch, for emoji models).")]
 Trajectory = Annotated[Optional[Path], typer.Option("--trajectory", help="Also write a GIF of the process.")]
 InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
 
@@ -116,6 +126,7 @@ class GenOptions:
     offload: bool
     cache_dir: Optional[Path]
     quiet: bool
+    display: Optional[bool] = None
 
     def api(self):
         return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet)
@@ -147,7 +158,8 @@ GEN_OPTIONS = [
     inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Cfg),
     inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Stride),
     inspect.Parameter("steps", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Steps),
-    _opt("num_samples", int, 1, "--num-samples", "-n", min=1, help="Images per setting (shown as a grid)."),
+    _opt("num_samples", int, 1, "--num-samples", "-n", min=1,
+         help=f"Images per setting, 1 to {MAX_SAMPLES} (shown as a grid, 8 per row)."),
     _opt("negative_prompt", str, "", "--negative-prompt", help="Unconditional prompt."),
     inspect.Parameter("stage2_steps", inspect.Parameter.KEYWORD_ONLY, default=50, annotation=Stage2Steps),
     inspect.Parameter("stage2_cfg", inspect.Parameter.KEYWORD_ONLY, default=4.0, annotation=Stage2Cfg),
@@ -155,6 +167,10 @@ GEN_OPTIONS = [
     inspect.Parameter("sampler", inspect.Parameter.KEYWORD_ONLY, default="ddpm", annotation=SamplerOpt),
     inspect.Parameter("eta", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation=Eta),
     inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Out),
+    _opt("display", Optional[bool], None, "--display/--no-display",
+         help="Also write OUT.display.png for a person to look at: the image enlarged (nearest-neighbour, at "
+              "least 256 px), beside the input for sdedit and the input and mask for inpaint. Default: on "
+              "for images under 128 px and for inpaint."),
     _opt("trajectory", Optional[Path], None, "--trajectory",
          help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),
     inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Device),
@@ -209,9 +225,11 @@ def generating(fn):
     @functools.wraps(fn)
     def wrapper(**kw):
         opts = GenOptions(**{k: kw.pop(k) for k in names})
-        name = fn.__name__
-        opts.out = _out_path(opts.out, name)
-        opts.trajectory = _gif_path(opts.trajectory)
+        _check_gen_options(opts)
+        inputs = [kw[k] for k in ("image", "mask") if kw.get(k) is not None]
+        opts.out = _out_path(opts.out, fn.__name__, inputs)
+        opts.trajectory = _gif_path(opts.trajectory, inputs)
+        _protect_inputs(opts.out, opts.trajectory, inputs, display=opts.display is not False)
         return fn(opts=opts, **kw)
 
     wrapper.__signature__ = sig.replace(parameters=own + GEN_OPTIONS)
@@ -219,6 +237,36 @@ def generating(fn):
     wrapper.__annotations__.pop("opts", None)
     del wrapper.__wrapped__  # Typer must see the new signature, not the original's
     return handle_errors(wrapper)
+
+
+def _check_gen_options(opts: GenOptions) -> None:
+    """What every generating command can check from its options alone, before anything loads."""
+    from .pipeline import check_finite, check_seed
+    check_seed(opts.seed)
+    check_finite(opts.cfg, "--cfg")
+    check_finite(opts.stage2_cfg, "--stage2-cfg")
+    check_finite(opts.eta, "--eta")
+    if opts.num_samples > MAX_SAMPLES:
+        raise DfeditError(f"--num-samples {opts.num_samples} is more than {MAX_SAMPLES}, the most one run makes "
+                          "(one 8 x 8 grid): run again with another --seed for more")
+    _check_cache_dir(opts.cache_dir)
+
+
+def _check_cache_dir(cache_dir: Optional[Path], must_write: bool = False) -> None:
+    """An explicit --cache-dir (or $DFEDIT_CACHE) must be writable; the default one only when the
+    command's job is writing it (embed). Elsewhere an unwritable default cache costs a warning."""
+    import os
+
+    from .cache import cache_root, writable_dir
+    explicit = cache_dir is not None or bool(os.environ.get("DFEDIT_CACHE"))
+    if not (explicit or must_write):
+        return
+    root = cache_root(cache_dir)
+    why = writable_dir(root)
+    if why is not None:
+        flag = "--cache-dir" if cache_dir is not None else ("DFEDIT_CACHE" if os.environ.get("DFEDIT_CACHE")
+                                                            else "the cache directory")
+        raise DfeditError(f"{flag} {root} cannot be used: {why}; pass a writable --cache-dir")
 
 
 # Outputs we named (no --out) -> (command, number): saved without replacing anyone's file.
@@ -230,55 +278,112 @@ def _numbered(command: str, start: int = 0):
         yield i, Path(f"dfedit-{command}.png" if i == 0 else f"dfedit-{command}-{i}.png")
 
 
-def _out_path(out: Optional[Path], command: str) -> Path:
-    """--out, or the first free dfedit-COMMAND[-N].png (checked now, claimed when saving)."""
+def _free(p: Path) -> bool:
+    from .images import display_path
+    return not p.exists() and not display_path(p).exists()
+
+
+def _out_path(out: Optional[Path], command: str, inputs=()) -> Path:
+    """--out, or the first free dfedit-COMMAND[-N].png (checked now, claimed when saving); a name
+    is free when neither it nor its display copy exists."""
     from .images import check_output
     if out is not None:
         return check_output(out)
-    i, p = next((i, p) for i, p in _numbered(command) if not p.exists())
+    i, p = next((i, p) for i, p in _numbered(command) if _free(p))
     _AUTO_NAMED[p] = (command, i)
     return check_output(p)
 
 
+def _protect_inputs(out: Path, gif: Optional[Path], inputs, display: bool = True) -> None:
+    """No output may replace an input file (an image or mask), however it is spelled or linked."""
+    from .images import display_path, same_file
+    for inp in inputs:
+        inp = Path(inp)
+        for flag, o in (("--out", out), ("--trajectory", gif)):
+            if o is not None and same_file(Path(o), inp):
+                raise DfeditError(f"{flag} {o} is the input file {inp}: dfedit never overwrites its input; "
+                                  f"choose another {flag}")
+        if display and same_file(display_path(Path(out)), inp):
+            raise DfeditError(f"--out {out} would put its display copy {display_path(Path(out))} over the input "
+                              f"file {inp}: choose another --out, or pass --no-display")
+
+
 def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False):
+    import torch
+
     from .pipeline import DFEdit
     # One-shot CLI runs free each model as soon as its stage is done.
-    return DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
-                  cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
+    df = DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
+                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
+    if df.device.type == "cpu" and df.dtype == torch.float16:
+        typer.echo("note: float16 is many times slower than float32 on a CPU (it has no fast float16 kernels); "
+                   "--dtype float32 (the CPU default) or bfloat16 is faster", err=True)
+    return df
 
 
-def _save(img, path: Path, meta: dict, quiet: bool) -> None:
+def _start(opts: GenOptions, prompts: list[str]):
+    """The API object of a generating command, with every option checked from configs and
+    tokenizers (no weights yet); returns (api, whether stage II runs)."""
+    df = opts.api()
+    up = opts.check(df)
+    df.check_prompts(list(prompts) + [opts.negative_prompt])
+    return df, up
+
+
+def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:
+    """Write `img` with its metadata; `display` = (image, how it was made) also writes the display
+    copy beside the final name. Returns the path written."""
     from . import __version__
-    from .images import save_png
+    from .images import display_path, save_png
     meta = {**meta, "command_line": " ".join(shlex.quote(a) for a in ["dfedit"] + _ARGV),
             "dfedit_version": __version__}
     if path not in _AUTO_NAMED:
         save_png(img, path, meta)
     else:  # a run started beside this one may have taken the name meanwhile: take the next free one
         for _, path in _numbered(*_AUTO_NAMED[path]):
+            if display is not None and display_path(path).exists():
+                continue
             try:
                 save_png(img, path, meta, exclusive=True)
                 break
             except FileExistsError:
                 continue
     if not quiet:
-        typer.echo(f"wrote {path}", err=True)
+        typer.echo(f"wrote {path} ({img.width}x{img.height})", err=True)
+    if display is not None:
+        dimg, how = display
+        dpath = display_path(path)
+        save_png(dimg, dpath, {**meta, "display": {**how, "of": str(path)}})
+        if not quiet:
+            typer.echo(f"wrote {dpath} ({dimg.width}x{dimg.height}, a display copy)", err=True)
+    return path
 
 
-def _finish(opts: GenOptions, results: list, rows_labels: list[str] | None, extra_tiles=None) -> None:
-    """One PNG (a grid when there is more than one image) + the optional trajectory GIF."""
-    from .images import grid
-    rows = [r.pil() for r in results]
-    if extra_tiles is not None:  # e.g. the input image beside an SDEdit sweep
-        rows = [[tile] + row for tile, row in zip(extra_tiles, rows)]
-    if len(rows) == 1 and len(rows[0]) == 1:
-        img = rows[0][0]
-    else:
-        labels = None if rows_labels is None else [[lab] * len(r) for lab, r in zip(rows_labels, rows)]
-        img = grid(rows, labels)
-    meta = dict(results[0].meta)
-    _save(img, opts.out, meta, opts.quiet)
-    _trajectory(opts, results)
+def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False) -> None:
+    """One result at the model's native size (what the next command reads), plus its display copy
+    when asked for or by default (images under 128 px; `always` for inpaint): the image enlarged
+    to at least 256 px, or the labelled `panels` [(tile, label), ...] that put it in context."""
+    from .images import DISPLAY_SIZE, GRID_TILE, display_meta, enlarge, enlarge_factor, grid, grid_meta
+    want = opts.display if opts.display is not None else (img.width < GRID_TILE or always)
+    display = None
+    if want:
+        if panels:
+            rows, labels = [[t for t, _ in panels]], [[lab for _, lab in panels]]
+            display = grid(rows, labels), {**grid_meta(rows), "panels": labels[0]}
+        else:
+            k = enlarge_factor(img.width, DISPLAY_SIZE)
+            display = enlarge(img, k), display_meta(img.width, k)
+    _save(img, opts.out, meta, opts.quiet, display)
+
+
+def _sheet(path: Path, rows, labels, meta: dict, quiet: bool) -> None:
+    """A labelled grid (tiles enlarged to at least 128 px), recording its enlargement."""
+    from .images import grid, grid_meta
+    _save(grid(rows, labels), path, {**meta, "display": grid_meta(rows)}, quiet)
+
+
+def _numbered_labels(base: str, n: int) -> list[str]:
+    return [base] if n == 1 else [f"{base} #{k + 1}" for k in range(n)]
 
 
 # ---- generating commands -------------------------------------------------------------------------
@@ -287,40 +392,56 @@ def _finish(opts: GenOptions, results: list, rows_labels: list[str] | None, extr
 @generating
 def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: GenOptions = None):
     """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
-    df = opts.api()
-    opts.check(df)
-    _finish(opts, [df.sample(prompt, **opts.run_kwargs())], None)
+    from .images import wrap
+    df, _ = _start(opts, [prompt])
+    res = df.sample(prompt, **opts.run_kwargs())
+    tiles = res.pil()
+    if len(tiles) == 1:
+        _single(opts, tiles[0], res.meta)
+    else:
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(prompt, len(tiles))), res.meta, opts.quiet)
+    _trajectory(opts, [res])
 
 
 @app.command()
 @generating
 def sdedit(image: InputImage,
-           prompt: Prompt = "a high quality photo",
-           i_start: Annotated[list[int], typer.Option("--i-start", help="Start index into the strided timesteps "
-                                                     "(repeatable: several give a sweep; 1..33 at stride 30).")] = [5],
+           prompt: EditPrompt = None,
+           i_start: Annotated[list[int], typer.Option("--i-start", help="Start index into the strided timesteps, "
+                                                     "0..33 at stride 30 (0: t=990, almost pure noise; higher: "
+                                                     "less noise, a smaller change). Repeatable: several give a "
+                                                     "sweep.")] = [5],
            repeat: Annotated[int, typer.Option("--repeat", min=1, help="Feed the result back K times.")] = 1,
            opts: GenOptions = None):
     """SDEdit: noise IMAGE to timestep index --i-start and denoise it with --prompt."""
-    from .images import load_image, to_pil
-    df = opts.api()
-    up = opts.check(df)
     from .edits import check_i_start
-    from .pipeline import model_info
+    from .images import load_image, to_pil, wrap
+    from .pipeline import default_prompt, model_info
     from .sampler import plan_timesteps
+    prompt = default_prompt(opts.model) if prompt is None else prompt
     schedule, size = model_info(opts.model)
     ts = plan_timesteps(schedule, opts.sampler, opts.stride, opts.steps)
     for i in i_start:
         check_i_start(i, ts, opts.stride or 30, opts.steps)
-    original = load_image(image, size)
+    load_image(image, size)  # the input must decode before any model loads
+    df, _ = _start(opts, [prompt])
     results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
-    for r, i in zip(results, i_start):
+    for r in results:
         r.meta.update(input=str(image), i_start=list(i_start))
-    shown = to_pil(original)[0]
-    if up:
-        shown = shown.resize((results[0].images.shape[-1],) * 2)
-    sweep = len(i_start) > 1
-    _finish(opts, results, [f"i_start={i} (t={ts[i]})" for i in i_start] if sweep else None,
-            extra_tiles=[shown] * len(results) if sweep else None)
+    out_size = results[0].images.shape[-1]
+    shown = to_pil(load_image(image, out_size))[0]  # the input as the output's size shows it
+    names = [f"i_start={i} (t={ts[i]})" for i in i_start]
+    tiles = [r.pil() for r in results]
+    if len(results) == 1 and len(tiles[0]) == 1:
+        _single(opts, tiles[0][0], results[0].meta, panels=[(shown, "original"), (tiles[0][0], names[0])])
+    else:
+        rows, labels = [], []
+        for name, row in zip(names, tiles):
+            r, lab = wrap([shown] + row, ["original"] + _numbered_labels(name, len(row)), ncol=9)
+            rows += r
+            labels += lab
+        _sheet(opts.out, rows, labels, results[0].meta, opts.quiet)
+    _trajectory(opts, results)
 
 
 @app.command()
@@ -328,23 +449,36 @@ def sdedit(image: InputImage,
 def inpaint(image: InputImage,
             mask: Annotated[Path, typer.Option("--mask", help="Mask image: white = regenerate, black = keep "
                                                "(any size; centre-cropped, nearest-resized).")],
-            prompt: Prompt = "a high quality photo",
+            prompt: EditPrompt = None,
             invert_mask: Annotated[bool, typer.Option("--invert-mask", help="White = keep instead.")] = False,
             jump_length: Annotated[int, typer.Option("--jump-length", min=1, help="RePaint: strides per jump back.")] = 1,
             jump_n_sample: Annotated[int, typer.Option("--jump-n-sample", min=1, help="RePaint: passes over each "
                                                        "stretch (1 = simple per-step replacement).")] = 1,
             opts: GenOptions = None):
-    """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly."""
-    from .images import open_image
+    """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly. Writes the result
+    (OUT) and original | mask | result (OUT.display.png)."""
+    from .images import open_image, to_pil, wrap
+    from .pipeline import default_prompt, image_at, mask_at
     from .sampler import check_sampler
     check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
-    df = opts.api()
-    opts.check(df)
+    prompt = default_prompt(opts.model) if prompt is None else prompt
     img, m = open_image(image), open_image(mask)  # both must decode before any model loads
+    df, _ = _start(opts, [prompt])
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
                      **opts.run_kwargs())
     res.meta.update(input=str(image), mask=str(mask))
-    _finish(opts, [res], None)
+    size = res.images.shape[-1]
+    shown = to_pil(image_at(img, size))[0]
+    mask_tile = to_pil(mask_at(m, size, invert_mask).expand(1, 3, size, size) * 2 - 1)[0]
+    mask_label = "mask (white = new)"
+    tiles = res.pil()
+    if len(tiles) == 1:
+        _single(opts, tiles[0], res.meta, panels=[(shown, "original"), (mask_tile, mask_label), (tiles[0], "result")],
+                always=True)
+    else:
+        _sheet(opts.out, *wrap([shown, mask_tile] + tiles, ["original", mask_label] +
+                               _numbered_labels("result", len(tiles))), res.meta, opts.quiet)
+    _trajectory(opts, [res])
 
 
 @app.command()
@@ -356,7 +490,6 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
             view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the permutation views.")] = 0,
             opts: GenOptions = None):
     """Visual anagram: one image that shows PROMPT_A, and PROMPT_B under --view (N-way with more)."""
-    from .images import grid
     from .views import VIEWS, make_view
     views = ["identity"] + list(view)
     bad = [v for v in views if v not in VIEWS]
@@ -365,8 +498,9 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
     if len(prompts) != len(views):
         raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
                           f"got {len(prompts)}")
-    df = opts.api()
-    opts.check(df)
+    from .pipeline import check_seed
+    check_seed(view_seed, "--view-seed")
+    df, _ = _start(opts, list(prompts))
     res = df.anagram(list(prompts), views, view_seed=view_seed, **opts.run_kwargs())
     # Show every sample under every view: row = sample, column = view.
     size = res.images.shape[-1]
@@ -374,34 +508,45 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
     from .images import to_pil
     rows = [[to_pil(v.apply(res.images[j:j + 1]))[0] for v in vs] for j in range(res.images.shape[0])]
     labels = [[f"{v}: {p}"[:40] for v, p in zip(views, prompts)] for _ in rows]
-    _save(grid(rows, labels), opts.out, res.meta, opts.quiet)
+    _sheet(opts.out, rows, labels, res.meta, opts.quiet)
     _trajectory(opts, [res])
 
 
 @app.command()
 @generating
-def hybrid(prompts: Annotated[list[str], typer.Argument(help="Low-frequency prompt, [middle band], high-frequency prompt.")],
+def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three prompts: low frequencies, (a middle "
+                                                        "band,) high frequencies.")],
            split: Annotated[str, typer.Option("--split", help="gaussian (low/high frequencies) or color "
                                               "(grayscale / colour).")] = "gaussian",
-           kernel: Annotated[Optional[int], typer.Option("--kernel", help="Gaussian kernel size at 64 px "
+           kernel: Annotated[Optional[int], typer.Option("--kernel", help="Gaussian kernel size at 64 px, odd "
                                                          "(default 33; scaled with the model size).")] = None,
            sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian sigma at 64 px (default 2).")] = None,
            opts: GenOptions = None):
     """Hybrid image: low frequencies from the first prompt, high from the last (factorized diffusion)."""
-    from .edits import frequency_split
+    from .edits import check_hybrid_kernel, frequency_split
+    from .images import wrap
+    from .pipeline import model_size
     frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading anything
-    df = opts.api()
-    opts.check(df)
+    if split == "color" and (kernel is not None or sigma is not None):
+        raise DfeditError("--kernel and --sigma shape the Gaussian split; --split color does not use them")
+    if split == "gaussian":
+        check_hybrid_kernel(kernel, sigma, model_size(opts.model), len(prompts))
+    df, _ = _start(opts, list(prompts))
     res = df.hybrid(list(prompts), split=split, kernel=kernel, sigma=sigma, **opts.run_kwargs())
-    _finish(opts, [res], None)
+    tiles = res.pil()
+    if len(tiles) == 1:
+        _single(opts, tiles[0], res.meta)
+    else:
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(" + ".join(prompts), len(tiles))), res.meta, opts.quiet)
+    _trajectory(opts, [res])
 
 
-def _gif_path(trajectory: Optional[Path]) -> Optional[Path]:
+def _gif_path(trajectory: Optional[Path], inputs=()) -> Optional[Path]:
     """Validate a --trajectory path up front, like --out."""
     if trajectory is None:
         return None
     from .images import check_output
-    return check_output(trajectory, ".gif")
+    return check_output(trajectory, ".gif", "--trajectory")
 
 
 def _write_gif(frames, path: Path, meta: dict, quiet: bool) -> None:
@@ -425,10 +570,12 @@ def noise(image: InputImage,
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
           quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
-    from .images import grid, load_image, to_pil
-    from .pipeline import model_info
-    path = _out_path(out, "noise")
-    gif = _gif_path(trajectory)
+    from .images import load_image, to_pil
+    from .pipeline import check_seed, model_info
+    check_seed(seed)
+    path = _out_path(out, "noise", [image])
+    gif = _gif_path(trajectory, [image])
+    _protect_inputs(path, gif, [image], display=False)
     schedule, size = model_info(model)
     ts = [schedule.check_t(v) for v in t]
     x0 = load_image(image, size)
@@ -436,7 +583,7 @@ def noise(image: InputImage,
     noisy = df.noise(x0, ts, seed=seed)
     ims = [to_pil(x0)[0]] + [to_pil(x)[0] for x in noisy]
     meta = {"command": "noise", "input": str(image), "t": ts, "seed": seed, "model": model}
-    _save(grid([ims], [["original"] + [f"t={v}" for v in ts]]), path, meta, quiet)
+    _sheet(path, [ims], [["original"] + [f"t={v}" for v in ts]], meta, quiet)
     if gif is not None:  # one noise draw, t = 0, 30, ..., 990: the forward process as a film
         import torch
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -450,26 +597,33 @@ def denoise(image: InputImage,
             t: Annotated[Optional[list[int]], typer.Option("--t", help="Noise level(s) (repeatable; default 690).")] = None,
             i_start: Annotated[Optional[int], typer.Option("--i-start", help="Start index into the strided "
                                                            "timesteps instead of --t (10 -> t=690).")] = None,
-            prompt: Prompt = "a high quality photo",
-            blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size.")] = 5,
+            prompt: EditPrompt = None,
+            blur_kernel: Annotated[int, typer.Option("--blur-kernel", help="Gaussian baseline kernel size (odd).")] = 5,
             blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian baseline sigma.")] = 2.0,
             model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = None,
             steps: Steps = None, sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
-    from .filters import gaussian_kernel1d
-    from .images import grid, load_image, to_pil
     from .edits import check_i_start
-    from .pipeline import model_info
+    from .filters import check_blur
+    from .images import load_image, to_pil
+    from .pipeline import check_finite, check_seed, default_prompt, model_info
     from .sampler import check_sampler, plan_timesteps
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
-    path = _out_path(out, "denoise")
-    gif = _gif_path(trajectory)
-    gaussian_kernel1d(blur_kernel, blur_sigma)  # validate before loading anything
+    check_seed(seed)
+    check_finite(cfg, "--cfg")
+    check_finite(blur_sigma, "--blur-sigma")
+    check_finite(eta, "--eta")
+    _check_cache_dir(cache_dir)
+    path = _out_path(out, "denoise", [image])
+    gif = _gif_path(trajectory, [image])
+    _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
     schedule, size = model_info(model)
+    check_blur(blur_kernel, blur_sigma, size, "--blur-kernel", "--blur-sigma")  # before anything loads
+    prompt = default_prompt(model) if prompt is None else prompt
     grid_ts = plan_timesteps(schedule, sampler, stride, steps)
     if i_start is not None:
         ts = [grid_ts[check_i_start(i_start, grid_ts, stride or 30, steps)]]
@@ -486,7 +640,7 @@ def denoise(image: InputImage,
             "stride": (stride or 30) if steps is None else None, "steps": steps, "sampler": sampler,
             **({"eta": eta} if sampler == "ddim" else {}),
             "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
-    _save(grid(tiles, labels), path, meta, quiet)
+    _sheet(path, tiles, labels, meta, quiet)
     if gif is not None:
         _write_gif([f for r in rows for f in r["frames"]], gif, meta, quiet)
 
@@ -497,7 +651,9 @@ def embed(prompts: Annotated[list[str], typer.Argument(help="Prompts to embed in
           model: Model = DEFAULT_STAGE1, device: Device = "auto", dtype: Dtype = "auto",
           offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Compute prompt embeddings into the on-disk cache (T5 loads only for new prompts)."""
+    _check_cache_dir(cache_dir, must_write=True)  # filling it is the whole job
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
+    df.check(upscale=False, prompts=list(prompts))
     df.embed(list(prompts) + [""])  # "" is the unconditional prompt every guided command needs
     if not quiet:
         typer.echo(f"cached {len(prompts)} prompt(s) (+ the empty prompt)", err=True)
@@ -512,17 +668,26 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
-    """Run IF stage II on an existing low-resolution image."""
+    """Run IF stage II on an existing low-resolution image (IF models only)."""
     from .images import load_image, to_pil
     from .models import check_stage2
-    from .pipeline import make_generator, model_size
+    from .pipeline import EMOJI_STAGE2_HINT, _emoji_backend, check_finite, check_seed, make_generator, model_size
     from .sampler import check_sampler
-    path = _out_path(out, "upscale")
-    gif = _gif_path(trajectory)
+    check_seed(seed)
+    check_finite(stage2_cfg, "--stage2-cfg")
+    check_finite(eta, "--eta")
+    _check_cache_dir(cache_dir)
+    path = _out_path(out, "upscale", [image])
+    gif = _gif_path(trajectory, [image])
+    _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
-    check_stage2(stage2, stage2_steps, noise_level)
+    emoji = _emoji_backend(model) is not None
+    check_stage2(stage2, stage2_steps, noise_level, **({"hint": EMOJI_STAGE2_HINT.replace(
+        "leave out --upscale", "dfedit upscale is for IF images")} if emoji else {}))
     x = load_image(image, model_size(model))
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
+    if not emoji:
+        df.check_prompts([prompt])
     frames: list = []
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,
                    noise_level=noise_level, frames=frames if gif else None, sampler=sampler, eta=eta)

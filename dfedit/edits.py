@@ -149,6 +149,27 @@ def hybrid_kernel(size: int, kernel: int | None = None, sigma: float | None = No
     return int(kernel), float(sigma)
 
 
+def check_hybrid_kernel(kernel: int | None, sigma: float | None, size: int, n_prompts: int = 2) -> None:
+    """--kernel / --sigma are given at 64 px: each must be usable as given and after scaling to the
+    model's size (an even or 1-tap kernel would be silently changed or blur nothing)."""
+    from .filters import check_blur
+    if kernel is not None:
+        check_blur(kernel, 2.0 if sigma is None else sigma, 64, "--kernel", "--sigma",
+                   "the 64 px scale it is given at")
+    if sigma is not None:
+        check_blur(33, sigma, 64, "--kernel", "--sigma")
+    f = size / 64
+    k = None if kernel is None else max(1, round(kernel * f)) | 1
+    s = None if sigma is None else sigma * f
+    k1, s1 = hybrid_kernel(size, k, s)
+    what = f" (--kernel {kernel} at 64 px is {k1} at the model's {size} px)" if kernel is not None else ""
+    if k1 < 3:
+        raise DfeditError(f"--kernel {kernel} scales to a {k1}-tap blur at the model's {size} px, which blurs nothing: "
+                          "use a larger --kernel")
+    if k1 // 2 >= size or (n_prompts == 3 and hybrid_kernel(size, None if k is None else 2 * k + 1)[0] // 2 >= size):
+        raise DfeditError(f"--kernel {kernel} is too large for the model's {size} px images{what}")
+
+
 def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = None,
                     sigma: float | None = None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
     """combine(estimates) -> sum of complementary components, one per prompt (low first).

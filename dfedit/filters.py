@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .errors import DfeditError
 
 
+def check_blur(kernel_size: int, sigma: float, size: int, kernel_flag: str = "blur kernel size",
+               sigma_flag: str = "blur sigma", where: str | None = None) -> None:
+    """A Gaussian blur's parameters for a size x size image: an odd kernel of 3 or more taps (1 tap
+    would blur nothing) whose half-width fits inside the image, a finite positive sigma."""
+    if kernel_size < 3 or kernel_size % 2 == 0:
+        raise DfeditError(f"{kernel_flag} must be an odd number of at least 3, got {kernel_size}")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise DfeditError(f"{sigma_flag} must be a positive number, got {sigma}")
+    if kernel_size // 2 >= size:
+        where = where or f"the model's {size} px images"
+        raise DfeditError(f"{kernel_flag} {kernel_size} is too large for {where} (at most {2 * size - 1})")
+
+
 def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise DfeditError(f"blur kernel size must be a positive odd number, got {kernel_size}")
-    if sigma <= 0:
+    if not math.isfinite(sigma) or sigma <= 0:
         raise DfeditError(f"blur sigma must be positive, got {sigma}")
     x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
     k = torch.exp(-(x**2) / (2 * sigma**2))

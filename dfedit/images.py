@@ -79,15 +79,44 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in a]
 
 
-def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2,
-         min_labelled_tile: int = 128) -> Image.Image:
-    """Tiles in rows (each tile resized to the largest tile size), with optional captions below.
+# How outputs are shown to a person: a 32 px emoji is a dot in an image viewer. Grids and GIFs
+# show every tile at least GRID_TILE px wide, and a single image below DISPLAY_SIZE px gets a display
+# copy at least DISPLAY_SIZE px wide; both enlarge by a whole factor with nearest-neighbour, so every
+# model pixel becomes a square block (no invented detail), and say so in their metadata.
+GRID_TILE = 128
+DISPLAY_SIZE = 256
+RESAMPLE = "nearest"
 
-    Captioned grids are diagnostic sheets, so their tiles are shown at least `min_labelled_tile`
-    pixels wide (nearest-neighbour, so small models' pixels stay visible and the captions fit)."""
-    size = max(max(im.size) for row in rows for im in row)
-    if labels:
-        size = max(size, min_labelled_tile)
+
+def enlarge_factor(size: int, minimum: int) -> int:
+    """The smallest whole factor that makes `size` at least `minimum` (1 when it already is)."""
+    return max(1, -(-minimum // max(1, size)))
+
+
+def enlarge(img: Image.Image, factor: int) -> Image.Image:
+    if factor == 1:
+        return img
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+def display_meta(native: int, factor: int) -> dict:
+    """What a display copy or grid records about its enlargement."""
+    return {"native_px": native, "shown_px": native * factor, "scale": factor, "resample": RESAMPLE}
+
+
+def wrap(tiles: list[Image.Image], labels: list[str] | None = None, ncol: int = 8):
+    """One list of tiles as rows of at most ncol (and the labels alike)."""
+    rows = [tiles[i:i + ncol] for i in range(0, len(tiles), ncol)]
+    return rows, (None if labels is None else [labels[i:i + ncol] for i in range(0, len(labels), ncol)])
+
+
+def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2,
+         min_tile: int = GRID_TILE) -> Image.Image:
+    """Tiles in rows with optional captions below, on white. Every tile is shown at the largest
+    tile's size times enlarge_factor(that, min_tile) (nearest-neighbour), so a grid of 32 px emoji
+    shows 128 px tiles and one of 256 px IF images shows them as they are."""
+    native = max(max(im.size) for row in rows for im in row)
+    size = native * enlarge_factor(native, min_tile)
     font = ImageFont.load_default()
     label_h = 14 if labels else 0
     ncols = max(len(r) for r in rows)
@@ -109,19 +138,39 @@ def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, p
     return canvas
 
 
-def check_output(path: str | os.PathLike, suffix: str = ".png") -> Path:
+def grid_meta(rows: list[list[Image.Image]], min_tile: int = GRID_TILE) -> dict:
+    native = max(max(im.size) for row in rows for im in row)
+    return display_meta(native, enlarge_factor(native, min_tile))
+
+
+def check_output(path: str | os.PathLike, suffix: str = ".png", flag: str = "--out") -> Path:
     """Fail before any work is done if the output cannot be written."""
     p = Path(path).expanduser()
     if p.suffix.lower() != suffix:
-        raise DfeditError(f"--out {path} must end in {suffix}")
+        raise DfeditError(f"{flag} {path} must end in {suffix}")
     if p.is_dir():
-        raise DfeditError(f"--out {path} is a directory")
+        raise DfeditError(f"{flag} {path} is a directory")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DfeditError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise DfeditError(f"cannot write {path}: permission denied")
     return p
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether writing `a` would replace the file `b` (same path, or a link to it)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+
+
+def display_path(path: Path) -> Path:
+    """Where the display copy of `path` goes: x.png -> x.display.png."""
+    return path.with_name(path.stem + ".display.png")
 
 
 def save_png(img: Image.Image, path: str | os.PathLike, meta: dict, exclusive: bool = False) -> Path:

@@ -27,6 +27,11 @@ IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Every Hub failure points at the model that needs no Hub: the emoji model shipped in the package.
 OFFLINE_HINT = "; or use --model emoji, the built-in emoji model that runs offline on a CPU"
+# Models that ship inside the package, by the name --model takes (dfedit_train.checkpoint reads
+# this same dict; `./emoji` names a local directory of that name instead).
+BUILTIN_MODELS = {"emoji": Path(__file__).resolve().parent / "weights" / "emoji"}
+MODEL_KINDS = ("emoji (the built-in 32 px emoji model), a Hub id such as DeepFloyd/IF-I-XL-v1.0, a local "
+               "diffusers IF directory, or a dfedit-train run or checkpoint directory")
 
 
 # ---- devices and dtypes ----------------------------------------------------------------------
@@ -40,10 +45,22 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise DfeditError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DfeditError("--device cuda was asked for but this torch build sees no CUDA GPU")
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps") or (dev.index is not None and dev.type != "cuda"):
+        raise DfeditError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DfeditError(f"--device {device} was asked for but this torch build sees no CUDA GPU: "
+                              "use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise DfeditError(f"--device {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
+                              f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise DfeditError("--device mps needs an Apple-silicon Mac with Metal; this machine has none: "
+                          "use --device cpu" + (" or cuda" if torch.cuda.is_available() else ""))
     return dev
 
 
@@ -95,22 +112,59 @@ def _weight_patterns(sub: str, fp16: bool) -> list[str]:
     return [f"{sub}/*.safetensors", f"{sub}/*.safetensors.index.json"]  # fp16 files excluded by the caller
 
 
-def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True) -> Path:
-    """A local directory holding `components` (subfolder names) of `model` (Hub id or directory)."""
+def dfedit_train_layout(p: Path) -> str | None:
+    """What dfedit-train wrote at `p`, read from its JSON files only (the library never imports the
+    trainer for this): "checkpoint", "run", "checkpoints" (a run's checkpoints/ folder), or None."""
+    try:
+        if (p / "config.json").is_file():
+            return "checkpoint" if json.loads((p / "config.json").read_text()).get("format", "").startswith(
+                "dfedit-train/") else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if (p / "latest.json").is_file() or ((p / "checkpoints").is_dir() and (p / "log.jsonl").is_file()):
+        return "run"
+    if p.is_dir() and any((q / "config.json").is_file() for q in p.glob("step-*")):
+        return "checkpoints"
+    return None
+
+
+def _not_a_model(model: str, p: Path, flag: str) -> str:
+    """The sentence for a --model/--stage2 argument that names no usable model."""
+    import difflib
+
+    if not p.exists():
+        close = difflib.get_close_matches(model.strip("/"), list(BUILTIN_MODELS), n=1, cutoff=0.6)
+        if close:
+            return f"{flag} {model} is not a directory or a model name: did you mean {flag} {close[0]}, the built-in model?"
+        return f"{flag} {model}: no such directory; {flag} takes {MODEL_KINDS}"
+    kind = dfedit_train_layout(p)
+    if kind == "checkpoints":
+        steps = sorted(q.name for q in p.glob("step-*") if (q / "config.json").is_file())
+        return (f"{flag} {model} is dfedit-train's checkpoints folder: pass the run directory {p.parent} (its "
+                f"latest checkpoint) or one checkpoint such as {p / steps[-1]}")
+    if kind == "run":
+        return f"{flag} {model} is a dfedit-train run directory with no checkpoint yet (no latest.json): train it first"
+    if p.is_file():
+        return f"{flag} {model} is a file; {flag} takes {MODEL_KINDS}"
+    return (f"{flag} {model} is neither a diffusers IF directory (no model_index.json) nor a dfedit-train run or "
+            f"checkpoint (no latest.json or config.json); {flag} takes {MODEL_KINDS}")
+
+
+def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True,
+            flag: str = "--model", hint: str = OFFLINE_HINT) -> Path:
+    """A local directory holding `components` (subfolder names) of `model` (Hub id or directory).
+    flag names the option in messages; hint ends every Hub failure's message."""
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file() and not any((p / c / "config.json").is_file() for c in components):
-            raise DfeditError(f"{model} is not a diffusers model directory (no model_index.json): "
-                              "pass a directory saved with save_pretrained or a Hub id")
+            raise DfeditError(_not_a_model(model, p, flag))
         return p
-    if p.exists():
-        raise DfeditError(f"--model {model} is a file, not a model directory or Hub id")
-    if not _HUB_ID.match(model):
-        raise DfeditError(f"model directory {model} does not exist")
-    return _hub_snapshot(model, components, fp16, weights)
+    if p.exists() or not _HUB_ID.match(model):
+        raise DfeditError(_not_a_model(model, p, flag))
+    return _hub_snapshot(model, components, fp16, weights, hint)
 
 
-def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool) -> Path:
+def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, hint: str = OFFLINE_HINT) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hfe
 
@@ -127,19 +181,19 @@ def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool) -
     except hfe.GatedRepoError:
         raise DfeditError(
             f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "
-            f"then run `hf auth login` (or set HF_TOKEN) on this machine{OFFLINE_HINT}") from None
+            f"then run `hf auth login` (or set HF_TOKEN) on this machine{hint}") from None
     except hfe.RepositoryNotFoundError:
         raise DfeditError(f"{repo} is not a model on the Hub (or it is private and you are not logged in): "
-                          f"check the id or pass a local directory{OFFLINE_HINT}") from None
+                          f"check the id or pass a local directory{hint}") from None
     except (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled):
         raise DfeditError(f"{repo} is not in the local Hub cache and the Hub cannot be reached "
                           "(HF_HUB_OFFLINE is set or there is no network): download it once online, "
-                          f"or pass --model with a local directory{OFFLINE_HINT}") from None
+                          f"or pass a local directory{hint}") from None
     except (OSError, ValueError) as e:  # connection errors and other HTTP failures
         raise DfeditError(f"could not fetch {repo} from the Hub ({type(e).__name__}): check your network "
-                          f"or pass a local directory{OFFLINE_HINT}") from None
+                          f"or pass a local directory{hint}") from None
     if weights and fp16 and "unet" in components and not list(path.glob("unet/*fp16*.safetensors")):
-        return _hub_snapshot(repo, components, False, weights)  # repo without an fp16 variant
+        return _hub_snapshot(repo, components, False, weights, hint)  # repo without an fp16 variant
     return path
 
 
@@ -267,6 +321,27 @@ class T5PromptEncoder:
         return out
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_t5_tokens(model: str, prompts: list[str]) -> list[int]:
+    """T5 tokens of each prompt as IF encodes it (preprocessed, with </s>), from the tokenizer
+    alone: what --prompt is checked against before any weights load."""
+    root = resolve(model, ["text_encoder", "tokenizer"], weights=False)
+    if not has_component(root, "tokenizer"):
+        return [0] * len(prompts)  # no tokenizer here: the encoder's own check says what is missing
+    key = str((root / "tokenizer").resolve())
+    if key not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+        quiet_hf_logging()
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(key)
+        except (OSError, ValueError) as e:
+            raise DfeditError(f"could not load the T5 tokenizer from {key}: {str(e).splitlines()[0]}") from None
+    tok = _TOKENIZERS[key]
+    return [len(tok(T5PromptEncoder.preprocess(p), add_special_tokens=True).input_ids) for p in prompts]
+
+
 # ---- IF UNets as denoisers --------------------------------------------------------------------
 
 class IFDenoiser:
@@ -328,7 +403,7 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
 
     fp16 = dtype == torch.float16
     comps = ["unet", "scheduler"] + (["image_noising_scheduler"] if upscaler else [])
-    root = resolve(model, comps, fp16=fp16)
+    root = resolve(model, comps, fp16=fp16, flag="--stage2" if upscaler else "--model")
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if upscaler != (unet_cfg.get("class_embed_type") == "timestep"):
         want = "a stage II (super-resolution)" if upscaler else "a stage I"
@@ -359,10 +434,18 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
     return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
 
 
-def check_stage2(model: str, steps: int, noise_level: int) -> None:
+STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage; --stage2 takes an IF "
+                "stage II model (a Hub id such as DeepFloyd/IF-II-L-v1.0 or a diffusers directory), and an emoji "
+                "model goes in --model")
+
+
+def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT) -> None:
     """Validate stage II from its configs alone, so a bad --stage2 / --noise-level / --stage2-steps
     is reported before stage I spends minutes on a GPU."""
-    root = resolve(model, ["unet", "scheduler", "image_noising_scheduler"], weights=False)
+    if model in BUILTIN_MODELS or dfedit_train_layout(Path(model).expanduser()) is not None:
+        raise DfeditError(f"--stage2 {model}: {STAGE2_EMOJI}")
+    root = resolve(model, ["unet", "scheduler", "image_noising_scheduler"], weights=False, flag="--stage2",
+                   hint=hint)
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if unet_cfg.get("class_embed_type") != "timestep":
         raise DfeditError(f"--stage2 {model} is not a stage II (super-resolution) IF checkpoint")

@@ -37,7 +37,7 @@ from .views import VIEWS, make_view
 
 def make_generator(seed: int) -> torch.Generator:
     """All draws come from one CPU generator in diffusers' order, whatever the device."""
-    return torch.Generator("cpu").manual_seed(int(seed))
+    return torch.Generator("cpu").manual_seed(check_seed(seed))
 
 
 def image_at(image, size: int) -> torch.Tensor:
@@ -102,6 +102,9 @@ class DFEdit:
         self.model, self.stage2_model = model, stage2
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        if offload and self.device.type == "cpu":
+            raise DfeditError("--offload streams weights from CPU RAM to a GPU, and this run is on the CPU "
+                              "(no GPU, or --device cpu): leave out --offload")
         self.offload, self.cache_dir, self.quiet, self.keep_loaded = offload, cache_dir, quiet, keep_loaded
         self._s1: Denoiser | None = None
         self._s2: Denoiser | None = None
@@ -141,18 +144,48 @@ class DFEdit:
 
     def check(self, *, stride: int | None = None, steps: int | None = None, sampler: str = DEFAULT_SAMPLER,
               eta: float = 0.0, upscale: bool | None = None, stage2_steps: int = 50,
-              noise_level: int = 250) -> bool:
-        """Validate options from configs only (no weights): sampler, stride or steps for stage I, and
-        stage II's directory, steps and noise level when upscaling. Returns whether stage II will run."""
+              noise_level: int = 250, prompts: list[str] | None = None) -> bool:
+        """Validate options from configs and tokenizers only (no weights): sampler, stride or steps
+        for stage I, that every prompt fits the text encoder, and stage II's directory, steps and
+        noise level when upscaling. Returns whether stage II will run."""
+        emoji = _emoji_backend(self.model)
         check_sampler(sampler, eta)
         plan_timesteps(self._s1.schedule if self._s1 is not None else _schedule_for(self.model), sampler,
                        stride, steps)
+        if self.offload and emoji is not None:
+            raise DfeditError("--offload is for IF models on a GPU with too little memory; an emoji model is small "
+                              "enough to load whole: leave out --offload")
+        if prompts:
+            self.check_prompts(prompts)
         if upscale is None:
-            upscale = _emoji_backend(self.model) is None  # IF pairs with stage II; emoji models do not
+            upscale = emoji is None  # IF pairs with stage II; emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
             from .models import check_stage2
-            check_stage2(self.stage2_model, stage2_steps, noise_level)
+            check_stage2(self.stage2_model, stage2_steps, noise_level,
+                         **({"hint": EMOJI_STAGE2_HINT} if emoji is not None else {}))
         return upscale
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Every prompt must fit the text encoder's token limit: a longer one would be cut silently."""
+        prompts = [p for p in dict.fromkeys(prompts) if p]
+        if not prompts:
+            return
+        emoji = _emoji_backend(self.model)
+        if emoji is not None:
+            limit, counts = emoji.prompt_tokens(self.model, prompts)
+            what = "the emoji model's MiniLM text encoder"
+        else:
+            from .models import IF_MAX_TOKENS, count_t5_tokens
+            limit, counts = IF_MAX_TOKENS, count_t5_tokens(self.model, prompts)
+            what = "IF's T5 text encoder"
+        for p, n in zip(prompts, counts):
+            if n > limit:
+                short = p if len(p) <= 40 else p[:37] + "..."
+                raise DfeditError(f"the prompt {short!r} is {n} tokens long and {what} reads at most {limit} "
+                                  "(the rest would be cut off silently): shorten it")
+
+    def default_prompt(self) -> str:
+        return default_prompt(self.model)
 
     # ---- the shared path ---------------------------------------------------------------------
     def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
@@ -189,9 +222,14 @@ class DFEdit:
         (diffusers' leading spacing) with the same sampler."""
         if num_samples < 1:
             raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
+        check_finite(cfg, "--cfg")
+        check_finite(stage2_cfg, "--stage2-cfg")
+        check_finite(eta, "--eta")
+        check_seed(seed)
         spec = check_sampler(sampler, eta)
         upscale = self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=upscale,
-                             stage2_steps=stage2_steps, noise_level=noise_level)
+                             stage2_steps=stage2_steps, noise_level=noise_level,
+                             prompts=list(edit.prompts) + [negative_prompt])
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         if cfg is None:
@@ -263,10 +301,12 @@ class DFEdit:
         return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level,
                             negative_prompt, cb, sampler=sampler, eta=eta)
 
-    def sdedit(self, image, prompt: str = "a high quality photo", *, i_start: int = 5, repeat: int = 1,
+    def sdedit(self, image, prompt: str | None = None, *, i_start: int = 5, repeat: int = 1,
                **kw) -> Result:
         """Noise `image` to the strided timestep at index i_start and denoise from there (SDEdit).
-        repeat > 1 feeds the stage I result back in, as in SDEdit's paper; stage II runs once."""
+        repeat > 1 feeds the stage I result back in, as in SDEdit's paper; stage II runs once.
+        prompt None: the model's default (see `default_prompt`)."""
+        prompt = self.default_prompt() if prompt is None else prompt
         if repeat < 1:
             raise DfeditError(f"--repeat must be at least 1, got {repeat}")
         current = image
@@ -285,13 +325,17 @@ class DFEdit:
             current = res.stage1
         return res
 
-    def inpaint(self, image, mask, prompt: str = "a high quality photo", *, invert_mask: bool = False,
+    def inpaint(self, image, mask, prompt: str | None = None, *, invert_mask: bool = False,
                 jump_length: int = 1, jump_n_sample: int = 1, **kw) -> Result:
         """RePaint: regenerate where the mask is white, keep the rest exactly (also in stage II).
-        Resampling (jump_n_sample > 1) needs a sampler that draws fresh noise (ddpm, or ddim with eta > 0)."""
+        Resampling (jump_n_sample > 1) needs a sampler that draws fresh noise (ddpm, or ddim with eta > 0).
+        prompt None: the model's default (see `default_prompt`)."""
         check_sampler(kw.get("sampler", DEFAULT_SAMPLER), kw.get("eta", 0.0), resampling=jump_n_sample > 1)
+        prompt = self.default_prompt() if prompt is None else prompt
         src = image if isinstance(image, (torch.Tensor, Image.Image)) else open_image(image)
         msrc = mask if isinstance(mask, (torch.Tensor, Image.Image)) else open_image(mask)
+        check_mask(mask_at(msrc, model_size(self.model) if self._s1 is None else self._s1.sample_size, invert_mask),
+                   invert_mask)
 
         def hook(den, g):
             orig = image_at(src, den.sample_size).to(den.device, den.dtype)
@@ -349,14 +393,18 @@ class DFEdit:
             out.append(schedule.add_noise(image, randn(image.shape, gen, image.device, image.dtype), t))
         return out
 
-    def denoise(self, image: torch.Tensor, ts: list[int], *, prompt: str = "a high quality photo", seed: int = 0,
+    def denoise(self, image: torch.Tensor, ts: list[int], *, prompt: str | None = None, seed: int = 0,
                 cfg: float | None = None, stride: int | None = None, steps: int | None = None,
                 sampler: str = DEFAULT_SAMPLER, eta: float = 0.0, blur_kernel: int = 5,
                 blur_sigma: float = 2.0, record_every: int = 0) -> list[dict]:
         """The course's comparison at each t: noisy, Gaussian blur, one-step and iterative denoising
         (row["frames"]: the iterative run's x0 estimates every `record_every` steps, when > 0). The
-        iterative run goes from t down the --stride (or --steps) grid with `sampler`."""
-        check_sampler(sampler, eta)
+        iterative run goes from t down the --stride (or --steps) grid with `sampler`.
+        prompt None: the model's default (see `default_prompt`)."""
+        prompt = self.default_prompt() if prompt is None else prompt
+        check_finite(cfg, "--cfg")
+        check_seed(seed)
+        self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=False, prompts=[prompt])
         s1 = self.stage1()
         if cfg is None:
             cfg = getattr(s1, "default_cfg", 7.0)
@@ -380,6 +428,42 @@ class DFEdit:
             rows.append({"t": t, "cfg": cfg, "frames": frames, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows
+
+
+# What --upscale / `dfedit upscale` say when an emoji model's stage II cannot be found.
+EMOJI_STAGE2_HINT = ("; stage II is DeepFloyd's IF-II, which upscales IF stage I images, and emoji models have "
+                     "no stage II of their own: leave out --upscale")
+IF_DEFAULT_PROMPT = "a high quality photo"  # the course's prompt for edits of photos
+
+
+def default_prompt(model: str) -> str:
+    """The prompt of sdedit / inpaint / denoise when none is given: the course's "a high quality
+    photo" for IF; for an emoji model the empty prompt, i.e. its unconditional branch (the model
+    never saw that photo caption, which pulled every edit towards one blob)."""
+    return "" if _emoji_backend(model) is not None else IF_DEFAULT_PROMPT
+
+
+def check_finite(value: float | None, flag: str) -> None:
+    import math
+    if value is not None and not math.isfinite(value):
+        raise DfeditError(f"{flag} must be a finite number, got {value}")
+
+
+SEED_MAX = 2**64 - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise DfeditError(f"{flag} must be between 0 and 2^64 - 1 ({SEED_MAX}), got {seed}")
+    return int(seed)
+
+
+def check_mask(m: torch.Tensor, invert: bool = False) -> None:
+    """A mask must mark something to regenerate, at the size the model sees it."""
+    if not bool((m > 0.5).any()):
+        colour = "white (keep everything, with --invert-mask)" if invert else "black (keep everything)"
+        raise DfeditError(f"the mask is all {colour} at the model's {m.shape[-1]} px, so there is nothing to "
+                          "inpaint: white marks the part to regenerate")
 
 
 def _recorder(frames: list, every: int, callback: StepCallback | None) -> StepCallback | None:

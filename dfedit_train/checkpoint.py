@@ -39,6 +39,7 @@ import dfedit
 from dfedit.cache import (atomic_write_bytes, all_finite, free_space, human_size, notice, pid_alive,
                           read_json_file, tmp_owner, write_error, write_file)
 from dfedit.errors import DfeditError
+from dfedit.models import BUILTIN_MODELS
 
 FORMAT = "dfedit-train/emoji-unet"
 FORMAT_VERSION = 1
@@ -542,8 +543,9 @@ def find_resumable(out: Path, log=_stderr, verify: bool = True, repair: bool = T
 
 # ---- reading (dfedit's side) -------------------------------------------------------------------
 
-# `--model emoji`: the model that ships inside the dfedit package (see `export`).
-BUILTIN = {"emoji": Path(dfedit.__file__).resolve().parent / "weights" / "emoji"}
+# `--model emoji`: the model that ships inside the dfedit package (see `export`). The same dict as
+# dfedit's, so dfedit can name the built-in models without importing the trainer.
+BUILTIN = BUILTIN_MODELS
 
 
 def _own_config(p: Path) -> bool:
@@ -619,6 +621,15 @@ def describe(path: str | Path):
     _, cfg = load(path)
     return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
         int(cfg["model"]["image_size"])
+
+
+def prompt_tokens(path: str | Path, prompts: list[str]) -> tuple[int, list[int]]:
+    """(the model's caption token limit, tokens of each prompt), from the tokenizer alone."""
+    from .text import count_tokens
+
+    _, cfg = load(path)
+    te = cfg["text_encoder"]
+    return int(te["max_length"]), count_tokens(te["name"], prompts)
 
 
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:

