@@ -129,7 +129,8 @@ def test_emoji_help_shows_every_default():
     assert r.exit_code == 0
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", r.stdout).split())
     assert "eps (default)" not in text
-    assert "eps, v or x0 (default: the preset's: tiny eps, cpu v, gpu eps)" in text
+    assert "eps, v, x0, or flow (flow matching: velocity target, its own noise schedule) (default: the preset's: " \
+           "tiny eps, cpu v, gpu eps)" in text
     assert "default: the preset's: tiny 2, cpu 40, gpu 500" in text
     import typer
     cmd = typer.main.get_command(train_app).commands["emoji"]
