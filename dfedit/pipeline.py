@@ -168,7 +168,7 @@ class DFEdit:
     def check_prompts(self, prompts: list[str]) -> None:
         """Every prompt must fit the text encoder's token limit: a longer one would be cut silently."""
         prompts = [p for p in dict.fromkeys(prompts) if p]
-        if not prompts:
+        if not prompts or self._s1 is not None:  # a loaded model's prompts were checked before it loaded
             return
         emoji = _emoji_backend(self.model)
         if emoji is not None:
