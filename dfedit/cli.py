@@ -253,13 +253,12 @@ def _check_gen_options(opts: GenOptions) -> None:
 
 
 def _check_cache_dir(cache_dir: Optional[Path], must_write: bool = False) -> None:
-    """An explicit --cache-dir (or $DFEDIT_CACHE) must be writable; the default one only when the
-    command's job is writing it (embed). Elsewhere an unwritable default cache costs a warning."""
+    """The cache must be writable when the command's job is writing it (embed); elsewhere a cache
+    that cannot be written costs one warning and the command runs without it (dfedit.cache)."""
     import os
 
     from .cache import cache_root, writable_dir
-    explicit = cache_dir is not None or bool(os.environ.get("DFEDIT_CACHE"))
-    if not (explicit or must_write):
+    if not must_write:
         return
     root = cache_root(cache_dir)
     why = writable_dir(root)
@@ -325,9 +324,8 @@ def _start(opts: GenOptions, prompts: list[str]):
     """The API object of a generating command, with every option checked from configs and
     tokenizers (no weights yet); returns (api, whether stage II runs)."""
     df = opts.api()
-    up = opts.check(df)
     df.check_prompts(list(prompts) + [opts.negative_prompt])
-    return df, up
+    return df, opts.check(df)
 
 
 def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:

@@ -135,8 +135,8 @@ def _not_a_model(model: str, p: Path, flag: str) -> str:
     if not p.exists():
         close = difflib.get_close_matches(model.strip("/"), list(BUILTIN_MODELS), n=1, cutoff=0.6)
         if close:
-            return f"{flag} {model} is not a directory or a model name: did you mean {flag} {close[0]}, the built-in model?"
-        return f"{flag} {model}: no such directory; {flag} takes {MODEL_KINDS}"
+            return f"{flag} {model} does not exist: did you mean {flag} {close[0]}, the built-in model?"
+        return f"{flag} {model} does not exist: {flag} takes {MODEL_KINDS}"
     kind = dfedit_train_layout(p)
     if kind == "checkpoints":
         steps = sorted(q.name for q in p.glob("step-*") if (q / "config.json").is_file())

@@ -341,8 +341,8 @@ def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_at
         st = saved["state"]
         total = st["steps_per_epoch"] * tc.epochs
         done = st["epoch"]  # completed epochs; the bar counts the epoch in progress from 1
-        say(f"resuming {out} from checkpoints/{Path(saved['_checkpoint_dir']).name}: step {st['step']} of {total}, "
-            f"{done} of {tc.epochs} epochs done, continuing in epoch {min(done + 1, tc.epochs)}")
+        say(f"resuming {out} from checkpoints/{Path(saved['_checkpoint_dir']).name} (step {st['step']} of {total}, "
+            f"{done} of {tc.epochs} epochs done, continuing in epoch {min(done + 1, tc.epochs)})")
     res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu, log=echo,
                 max_cpu_seconds=max_cpu_seconds)
     ips = res.get("images_per_s")

@@ -249,15 +249,23 @@ _TOKENIZERS: dict[str, object] = {}
 def count_tokens(name: str, prompts: list[str]) -> list[int]:
     """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone."""
     if name not in _TOKENIZERS:
-        from transformers import AutoTokenizer
-
-        path = str(minilm_path(check=False)) if name == DEFAULT_ENCODER else name
+        path = Path(minilm_path(check=False)) if name == DEFAULT_ENCODER else Path(name).expanduser()
         try:
-            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(path)
+            if (path / "tokenizer.json").is_file():  # the fast tokenizer alone: no transformers import
+                from tokenizers import Tokenizer
+                tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+                tok.no_truncation()
+                tok.no_padding()
+                _TOKENIZERS[name] = lambda p: len(tok.encode(p).ids)
+            else:
+                from transformers import AutoTokenizer
+                hf = AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
+                _TOKENIZERS[name] = lambda p: len(hf(p, add_special_tokens=True, truncation=False,
+                                                     verbose=False)["input_ids"])
         except Exception as e:
             raise DfeditError(f"could not load the tokenizer of text encoder {name!r}: {str(e).splitlines()[0]}") from None
-    tok = _TOKENIZERS[name]
-    return [len(tok(p, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) for p in prompts]
+    count = _TOKENIZERS[name]
+    return [count(p) for p in prompts]
 
 
 class CaptionEncoder:

@@ -163,8 +163,7 @@ BAD = [
     ("device-mps", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "mps"], "--device mps"),
     ("device-cuda-7", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "cuda:7"], "cuda"),
     ("device-meta", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "meta"], "unknown --device"),
-    ("cache-dir-is-file", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--cache-dir", ph], "--cache-dir"),
-    ("cache-dir-under-file", lambda s1, s2, ph, tp: ["denoise", ph, "--model", s1, "--cache-dir", ph / "c"],
+    ("embed-cache-dir-under-file", lambda s1, s2, ph, tp: ["embed", "a", "--model", s1, "--cache-dir", ph / "c"],
      "not a directory"),
     ("embed-cache-dir-is-file", lambda s1, s2, ph, tp: ["embed", "a", "--model", s1, "--cache-dir", ph],
      "--cache-dir"),
@@ -231,15 +230,14 @@ def test_bad_input_is_refused_up_front(cli, tiny_models, tmp_path, photo, monkey
     _refused(cli, tmp_path, monkeypatch, *args, fragment=fragment)
 
 
-def test_unwritable_cache_dir_as_a_non_root_user(cli, tiny_models, tmp_path, monkeypatch):
+def test_embed_into_an_unwritable_cache_dir_as_a_non_root_user(cli, tiny_models, tmp_path, monkeypatch):
     """As root os.access always says yes; answer as it would for an ordinary user."""
     s1, _ = tiny_models
     ro = tmp_path / "ro"
     ro.mkdir()
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != ro and real(p, mode, **kw))
-    line = _refused(cli, tmp_path, monkeypatch, "sample", "a", "--model", s1, "--cache-dir", ro / "cache",
-                    "-o", tmp_path / "o.png")
+    line = _refused(cli, tmp_path, monkeypatch, "embed", "a", "--model", s1, "--cache-dir", ro / "cache")
     assert "permission denied" in line and "--cache-dir" in line
 
 

@@ -63,8 +63,8 @@ def _steps(run):
 
 def test_resume_message_counts_epochs_like_the_bar(run_dir):
     spe = _steps(run_dir) // 2
-    assert f"resuming {run_dir} from checkpoints/step-{spe:08d}: step {spe} of {2 * spe}, 1 of 2 epochs done, " \
-        "continuing in epoch 2" in RESUMED["stderr"]
+    assert f"resuming {run_dir} from checkpoints/step-{spe:08d} (step {spe} of {2 * spe}, 1 of 2 epochs done, " \
+        "continuing in epoch 2)" in RESUMED["stderr"]
 
 
 def test_loss_curve_is_written_from_the_log(run_dir):
