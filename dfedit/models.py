@@ -146,7 +146,7 @@ def _not_a_model(model: str, p: Path, flag: str) -> str:
         return f"{flag} {model} is a dfedit-train run directory with no checkpoint yet (no latest.json): train it first"
     if p.is_file():
         return f"{flag} {model} is a file; {flag} takes {MODEL_KINDS}"
-    return (f"{flag} {model} is neither a diffusers IF directory (no model_index.json) nor a dfedit-train run or "
+    return (f"{flag} {model} is not a diffusers model directory (no model_index.json), nor a dfedit-train run or "
             f"checkpoint (no latest.json or config.json); {flag} takes {MODEL_KINDS}")
 
 

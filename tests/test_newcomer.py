@@ -191,7 +191,7 @@ BAD = [
     ("model-typo", lambda s1, s2, ph, tp: ["sample", "a", "--model", "emoj"], "did you mean --model emoji"),
     ("model-typo-case", lambda s1, s2, ph, tp: ["noise", ph, "--model", "Emoji"], "did you mean --model emoji"),
     ("model-unknown-name", lambda s1, s2, ph, tp: ["sample", "a", "--model", "bananas"], "--model takes emoji"),
-    ("model-not-a-model-dir", lambda s1, s2, ph, tp: ["sample", "a", "--model", tp], "neither a diffusers"),
+    ("model-not-a-model-dir", lambda s1, s2, ph, tp: ["sample", "a", "--model", tp], "not a diffusers model directory"),
     ("stage2-emoji", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--stage2", "emoji", "--upscale"],
      "--stage2 emoji: emoji models"),
     ("upscale-stage2-emoji", lambda s1, s2, ph, tp: ["upscale", ph, "--model", s1, "--stage2", "emoji"],
