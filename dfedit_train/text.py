@@ -247,17 +247,31 @@ _TOKENIZERS: dict[str, object] = {}
 
 
 def count_tokens(name: str, prompts: list[str]) -> list[int]:
-    """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone."""
-    if name not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+    """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone.
 
+    An encoder directory with a tokenizer.json (MiniLM has one) is read by the `tokenizers` library
+    directly: the same fast tokenizer transformers would wrap, the same counts (tested), but ~0.05 s
+    instead of importing transformers (~1-2 s), which a `dfedit sample --model emoji` with a cached
+    prompt otherwise never needs. Other encoders (a Hub id) go through transformers' AutoTokenizer."""
+    if name not in _TOKENIZERS:
         path = str(minilm_path(check=False)) if name == DEFAULT_ENCODER else name
         try:
-            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(path)
+            if (Path(path) / "tokenizer.json").is_file():
+                from tokenizers import Tokenizer
+
+                fast = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+                fast.no_truncation()
+                fast.no_padding()
+                _TOKENIZERS[name] = lambda p: len(fast.encode(p).ids)
+            else:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(path)
+                _TOKENIZERS[name] = lambda p: len(tok(p, add_special_tokens=True, truncation=False,
+                                                      verbose=False)["input_ids"])
         except Exception as e:
             raise DfeditError(f"could not load the tokenizer of text encoder {name!r}: {str(e).splitlines()[0]}") from None
-    tok = _TOKENIZERS[name]
-    return [len(tok(p, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]) for p in prompts]
+    return [_TOKENIZERS[name](p) for p in prompts]
 
 
 class CaptionEncoder:
