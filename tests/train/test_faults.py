@@ -571,13 +571,15 @@ def test_signal_during_imports_is_one_line(tmp_path, npm_tarball, tiny_encoder, 
     (["--ema-decay", "-0.1"], "--ema-decay must be a number in [0, 1]"),
     (["--max-length", "0"], "--max-length must be at least 1"),
     (["--image-size", "-32"], "--image-size must be at least 1"),
-    (["--image-size", "15"], "not divisible"),
+    (["--image-size", "15"], "not divisible"),  # a layout rule: checked once the configs are merged
     (["--sample-every", "-1"], "--sample-every must be at least 0"),
 ])
 def test_bad_options_fail_before_data_preparation(tmp_path, monkeypatch, args, fragment):
     from dfedit_train import data
 
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data prepared before the options were checked"))
+    if "15" not in args:  # a bad value of one option is refused before the run directory is even locked
+        monkeypatch.setattr(ckpt.RunLock, "acquire", lambda self: pytest.fail("--out touched before the check"))
     out = tmp_path / "new" / "run"
     one_line_error(invoke("emoji", "--preset", "tiny", "--out", out, *args), fragment)
     assert not (tmp_path / "new").exists()  # no empty --out left behind
