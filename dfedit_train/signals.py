@@ -32,6 +32,11 @@ class Terminated(BaseException):
     `except Exception` swallows it)."""
 
 
+# The last signal phase 2 raised for: library code with a bare `except:` (some imports have them)
+# could swallow the exception; the training loop then still sees the request and stops at once.
+PENDING: dict = {"signum": None}
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -50,16 +55,20 @@ def install_startup_handlers(prog: str = "dfedit-train") -> None:
         signal.signal(s, leave)
 
 
-def _raise_terminated(signum, frame):
+def _raise(signum, frame):
+    PENDING["signum"] = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated()
 
 
 def install_raising_handlers() -> None:
     """Phase 2: SIGINT -> KeyboardInterrupt, SIGTERM -> Terminated."""
+    PENDING["signum"] = None
     if not _in_main_thread():
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    for s in EXIT_CODES:
+        signal.signal(s, _raise)
 
 
 class StopRequest:
@@ -81,6 +90,7 @@ class StopRequest:
         self.signum = signum
 
     def __enter__(self):
+        self.signum = PENDING["signum"]  # a phase-2 signal that library code swallowed
         if _in_main_thread():
             for s in EXIT_CODES:
                 self._old[s] = signal.signal(s, self._handler)

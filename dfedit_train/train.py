@@ -324,7 +324,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     if acc.is_main_process:
         ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
     logf = _Log(out / "log.jsonl", log) if acc.is_main_process else None
-    bad_run = 0
+    bad_run, first_step = 0, step
     stop = StopRequest()
     try:
         with bar, stop:
@@ -407,6 +407,8 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                 if (epoch + 1) % tc.save_every == 0 or last:
                     save(epoch + 1)
             if stop.signum is not None and step < total_steps:  # SIGINT / SIGTERM: save at this step, leave
+                if step == first_step:
+                    raise Stopped(f"stopped by {stop.name} before the first step; nothing new to save", stop.exit_code)
                 if health["last_saved"] != step:
                     save(step // steps_per_epoch)
                 raise Stopped(f"stopped by {stop.name} at step {step}; checkpoint saved (checkpoints/step-{step:08d}), "

@@ -523,7 +523,7 @@ def test_signal_during_training_saves_and_resumes_bit_exact(tmp_path, npm_tarbal
               "--quiet", "--sample-every", "0", "--save-every", "1", "--batch-size", "4", "--grad-accum", "2",
               "--flip-prob", "0.5", "--epochs", "300", "--max-steps", stop + 4]
     r = invoke("emoji", *common, "--out", out)
-    assert r.exit_code == 0 and f"step-{stop:08d} (step {stop}" in r.stderr, r.output
+    assert r.exit_code == 0 and f"from checkpoints/step-{stop:08d}: step {stop} of" in r.stderr, r.output
     r = invoke("emoji", *common, "--out", tmp_path / "straight")
     assert r.exit_code == 0, r.output
     assert latest(out).name == latest(tmp_path / "straight").name == f"step-{stop + 4:08d}"
@@ -571,13 +571,15 @@ def test_signal_during_imports_is_one_line(tmp_path, npm_tarball, tiny_encoder, 
     (["--ema-decay", "-0.1"], "--ema-decay must be a number in [0, 1]"),
     (["--max-length", "0"], "--max-length must be at least 1"),
     (["--image-size", "-32"], "--image-size must be at least 1"),
-    (["--image-size", "15"], "not divisible"),
+    (["--image-size", "15"], "not divisible"),  # a layout rule: checked once the configs are merged
     (["--sample-every", "-1"], "--sample-every must be at least 0"),
 ])
 def test_bad_options_fail_before_data_preparation(tmp_path, monkeypatch, args, fragment):
     from dfedit_train import data
 
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data prepared before the options were checked"))
+    if "15" not in args:  # a bad value of one option is refused before the run directory is even locked
+        monkeypatch.setattr(ckpt.RunLock, "acquire", lambda self: pytest.fail("--out touched before the check"))
     out = tmp_path / "new" / "run"
     one_line_error(invoke("emoji", "--preset", "tiny", "--out", out, *args), fragment)
     assert not (tmp_path / "new").exists()  # no empty --out left behind
@@ -626,3 +628,27 @@ def test_cpu_out_of_memory_is_recognised(tmp_path, monkeypatch, npm_tarball, tin
     monkeypatch.setattr(train_mod, "train", oom)
     one_line_error(invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
                           "--out", tmp_path / "run", "--quiet"), "out of memory (CPU RAM): lower --batch-size")
+
+
+def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, monkeypatch, npm_tarball, tiny_encoder):
+    """Library code with a bare `except:` may swallow the KeyboardInterrupt / Terminated a signal
+    raises while data is prepared; the run must still stop before training, not carry on."""
+    from dfedit_train import train as train_mod
+
+    real = train_mod.prepare_data
+
+    def prepare_then_swallow(*a, **k):
+        d = real(*a, **k)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except BaseException:  # what a careless library does
+            pass
+        return d
+
+    monkeypatch.setattr(train_mod, "prepare_data", prepare_then_swallow)
+    out = tmp_path / "run"
+    r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
+               "--out", out, "--quiet", "--sample-every", "0")
+    one_line_error(r, "stopped by SIGTERM before the first step; nothing new to save", code=143)
+    assert steps(out) == [] and not (out / ".lock").exists()
