@@ -523,7 +523,7 @@ def test_signal_during_training_saves_and_resumes_bit_exact(tmp_path, npm_tarbal
               "--quiet", "--sample-every", "0", "--save-every", "1", "--batch-size", "4", "--grad-accum", "2",
               "--flip-prob", "0.5", "--epochs", "300", "--max-steps", stop + 4]
     r = invoke("emoji", *common, "--out", out)
-    assert r.exit_code == 0 and f"from checkpoints/step-{stop:08d}: step {stop} of" in r.stderr, r.output
+    assert r.exit_code == 0 and f"from checkpoints/step-{stop:08d} (step {stop} of" in r.stderr, r.output
     r = invoke("emoji", *common, "--out", tmp_path / "straight")
     assert r.exit_code == 0, r.output
     assert latest(out).name == latest(tmp_path / "straight").name == f"step-{stop + 4:08d}"
