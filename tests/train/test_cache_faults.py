@@ -122,12 +122,19 @@ def test_damaged_caption_shard_is_rebuilt_and_the_output_is_unchanged(run_dir, t
     assert r.exit_code == 0 and warnings(r) == []
 
 
-def test_a_cache_that_cannot_be_written_degrades_to_no_cache(run_dir, tmp_path):
+@pytest.mark.parametrize("where", ["cache-dir", "text-subdir"])
+def test_a_cache_that_cannot_be_written_degrades_to_no_cache(run_dir, tmp_path, where):
     ref = sample(run_dir, "grinning face", tmp_path / "ref.png", tmp_path / "cache")
     assert ref.exit_code == 0
-    blocker = tmp_path / "not-a-dir"
+    # a file where the cache directory (or, inside a usable one, its text/ directory) belongs
+    cache = tmp_path / "blocked"
+    if where == "cache-dir":
+        blocker = cache
+    else:
+        cache.mkdir()
+        blocker = cache / "text"
     blocker.write_text("a file where the cache directory should be")
-    r = sample(run_dir, "grinning face", tmp_path / "x.png", blocker)
+    r = sample(run_dir, "grinning face", tmp_path / "x.png", cache)
     assert r.exit_code == 0, r.output
     w = warnings(r)
     assert len(w) == 1 and "cannot write the caption cache shard" in w[0] and "continuing without the cache" in w[0]
