@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import data as datamod
 from .config import DataConfig, from_dict
+from .recognise import images_to_tensor
 from .sample import sample, save_grid, to_uint8
 from .text import TextEncoder
 
@@ -26,10 +26,7 @@ BANDS = ((0, 100), (100, 300), (300, 600), (600, 1000))
 
 
 def _images(d, idx, size):
-    x = torch.from_numpy(d.images[idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+    return images_to_tensor(d.images[idx], size)
 
 
 @torch.no_grad()
