@@ -87,7 +87,11 @@ def test_wrong_or_blank_drawings_score_low(google, judge, npm_tarball):
     same = (r["_images"][train] == own).flatten(1).all(1).float().mean().item()
     assert same < 0.1 and r["rows"]["train"]["recall_gu"] == pytest.approx(same)
     blank = run(google, judge, npm_tarball, lambda den, caps, seed: torch.ones(len(caps), 3, 16, 16))
-    assert blank["rows"]["train"]["recall_gu"] == 0.0 and blank["rows"]["train"]["ratio_top1"] < 0.3
+    row = blank["rows"]["train"]
+    # One constant drawing is one class: it can be right for at most one caption at top-1 and five
+    # at top-5, whatever the judge (the tiny judge's own real top-1 varies with the CPU's kernels).
+    assert row["recall_gu"] == 0.0 and row["top1"] <= 1 / row["n"] + 1e-6 and row["top5"] <= 5 / row["n"] + 1e-6
+    assert row["ratio_top5"] < 0.3
 
 
 def test_recall_criterion_is_one_third_of_the_nearest_other():
