@@ -44,8 +44,7 @@ def band_losses(den, x, text, mask, seed: int, batch: int = 64, bar=None) -> dic
         for i in range(0, x.shape[0], batch):
             sl = slice(i, i + batch)
             tt, nz, x0 = t[sl].to(den.device), noise[sl].to(den.device), x[sl].to(den.device)
-            ab = diff.abar[tt].view(-1, 1, 1, 1)
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * nz
+            x_t = diff.noised(x0, tt, nz)
             raw = diff.predict(den.net, x_t.to(den.dtype), tt, text[sl].to(den.device, den.dtype), mask[sl].to(den.device))
             eps = diff.to_eps(raw.float(), x_t, tt)
             total += ((eps - nz) ** 2).mean(dim=(1, 2, 3)).sum().item()

@@ -30,7 +30,7 @@ from dfedit.errors import DfeditError
 from . import checkpoint as ckpt
 from . import data as datamod
 from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
-from .diffusion import Diffusion
+from .diffusion import Diffusion, Objective
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
 from .text import TextEncoder
@@ -163,12 +163,14 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     }
 
 
-def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, T: int, cfg_dropout: float, flip_prob: float):
+def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, objective: Objective, cfg_dropout: float,
+               flip_prob: float):
     """One training batch from the device-resident data: indexing and on-device draws only, no host
-    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this)."""
+    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this).
+    Draw order, all from g: the objective's timesteps, noise, CFG dropout, flips."""
     b, device = idx.shape[0], idx.device
     S = D["x"].shape[-1]
-    t = torch.randint(0, T, (b,), generator=g, device=device)
+    t = objective.sample_t(b, g, device)
     noise = torch.randn((b, 3, S, S), generator=g, device=device)
     drop = torch.rand((b,), generator=g, device=device) < cfg_dropout
     flip = (torch.rand((b,), generator=g, device=device) < flip_prob) & D["flip_ok"][idx]
@@ -191,6 +193,48 @@ class Stopped(DfeditError):
     def __init__(self, msg: str, exit_code: int):
         super().__init__(msg)
         self.exit_code = exit_code
+
+
+def train_step(acc, net, fwd, opt, diff: Diffusion, D: dict, micro: list[torch.Tensor], lr: float, step: int,
+               rank: int, dc: DiffusionConfig, tc: TrainConfig) -> tuple[float, float, bool]:
+    """One optimizer step, and nothing of the loop's bookkeeping (logging, EMA, checkpoints, signals).
+
+    Every random draw comes from generators seeded by (seed, step, rank) (module docstring): the
+    batch draws from `g`, nn.Dropout from the global seed. `micro`: the index tensors of this
+    process's micro-batches (gradient accumulation). Each is drawn (draw_batch), noised and scored
+    by the run's objective (diff.loss); the gradient is clipped, and AdamW steps unless the loss or
+    the gradient is non-finite (with fp16 the grad scaler decides). Returns (loss, gradient norm,
+    whether the step was finite), the loss averaged over every process.
+    """
+    g = torch.Generator(acc.device).manual_seed(mix(tc.seed, 2, step, rank))
+    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
+    for group in opt.param_groups:
+        group["lr"] = lr
+    n = len(micro)
+    total = torch.zeros((), device=acc.device)
+    for j, idx in enumerate(micro):
+        x0, t, noise, text, mask = draw_batch(D, idx, g, diff.objective, dc.cfg_dropout, tc.flip_prob)
+        sync = acc.no_sync(net) if j < n - 1 else contextlib.nullcontext()
+        with sync, acc.autocast():
+            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / n
+        acc.backward(loss)
+        total += loss.detach()
+    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    if acc.num_processes > 1:  # the loss of the whole step, so every rank logs and skips alike
+        total = acc.reduce(total, reduction="mean")
+    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
+    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
+    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_v, gnorm_v, ok
+
+
+def _ema_update(ema_params: list, net_params: list, ema_decay: float, step: int) -> None:
+    """EMA of the weights after optimizer step `step`, with the usual warm-up of the decay."""
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, net_params, 1 - decay)
 
 
 MAX_BAD_STEPS = 50  # non-finite steps in a row before a run stops (fp16's scaler needs ~16 at most)
@@ -319,7 +363,6 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         return {"step": step, "skipped": skipped, "images_per_s": None}
     ema_params, net_params = list(ema.parameters()), list(raw.parameters())
     losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
-    T = diff.T
     bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
     if acc.is_main_process:
         ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
@@ -335,32 +378,13 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     if _stop_requested(stop, acc):
                         break
                     t0, c0 = time.perf_counter(), time.process_time()
-                    g = torch.Generator(device).manual_seed(mix(tc.seed, 2, step, rank))
-                    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
                     lr = lr_at(step, total_steps, tc)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
                     base = s * per_step + rank * tc.batch_size * tc.grad_accum
-                    total = torch.zeros((), device=device)
-                    for j in range(tc.grad_accum):
-                        idx = perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
-                        x0, t, noise, text, mask = draw_batch(D, idx, g, T, dc.cfg_dropout, tc.flip_prob)
-                        sync = acc.no_sync(net) if j < tc.grad_accum - 1 else contextlib.nullcontext()
-                        with sync, acc.autocast():
-                            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / tc.grad_accum
-                        acc.backward(loss)
-                        total += loss.detach()
-                    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-                    if world > 1:  # the loss of the whole step, so every rank logs and skips alike
-                        total = acc.reduce(total, reduction="mean")
-                    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
-                    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
-                    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
-                        opt.step()
+                    micro = [perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
+                             for j in range(tc.grad_accum)]
+                    loss_v, gnorm_v, ok = train_step(acc, net, fwd, opt, diff, D, micro, lr, step, rank, dc, tc)
                     if ok:
-                        decay = min(tc.ema_decay, (1 + step) / (10 + step))
-                        with torch.no_grad():
-                            torch._foreach_lerp_(ema_params, net_params, 1 - decay)
+                        _ema_update(ema_params, net_params, tc.ema_decay, step)
                         losses.append(loss_v)
                         ep_losses.append(loss_v)
                         bad_run = 0
@@ -376,7 +400,6 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                                 f"training diverged: the loss or gradient was non-finite for {bad_run} steps in a row "
                                 f"(steps {step - bad_run + 1}-{step}); stopped without saving, the last good "
                                 f"checkpoint is {_name(health['protect'])}: lower --lr or check the data")
-                    opt.zero_grad(set_to_none=True)
                     step += 1
                     dt = time.perf_counter() - t0
                     t_train += dt
