@@ -134,16 +134,40 @@ def test_sampling_through_dfedits_loop(tmp_path, tiny):
 
 @pytest.mark.parametrize("objective", ["v_prediction", "sample"])
 def test_other_objectives_give_noise_estimates(tmp_path, tiny, objective):
+    """The denoiser of a v- or x0-trained run returns eps, checked against a value built here from
+    the checkpoint alone: abar from diffusers' DDPMScheduler, the run's stored channel statistics,
+    the network called on a hand-made preconditioned input, the conversion written out in float64."""
+    from diffusers import DDPMScheduler
+
     mc, dc, tc, dac = tiny(epochs=1, sample_every=0)
     dc = replace(dc, prediction_type=objective, beta_schedule="linear")
     train(tmp_path / "run", mc, dc, tc, dac, progress=False)
     den = ckpt.load_denoiser(tmp_path / "run")
     assert den.schedule.prediction_type == objective
-    x = torch.randn(1, 3, 16, 16)
+
+    # Output layers start at zero and one tiny epoch barely moves them: give the head random weights
+    # so the output depends strongly on the input (and so on the preconditioning).
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in den.net.out_conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(1, 3, 16, 16, generator=g)
     cond = den.prompt_encoder.encode(["rocket"])
-    eps, _ = den(x, 700, cond)
-    raw = den.net(den.diffusion.net_input(x, torch.tensor([700])), torch.tensor([700]), cond.text, cond.text_mask)
-    assert torch.allclose(eps, den.schedule.model_output_to_eps(raw, x, 700), atol=1e-6)
+    stats = json.loads((ckpt.resolve(tmp_path / "run") / "config.json").read_text())["data"]
+    m, s = (torch.tensor(stats[k], dtype=torch.float64).view(1, 3, 1, 1) for k in ("mean", "std"))
+    abar = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod.double()
+    x64 = x.double()
+    for t in (300, 700):
+        eps, _ = den(x, t, cond)
+        ab = float(abar[t])
+        x_in = (x64 - ab**0.5 * m) / (ab * s**2 + 1 - ab) ** 0.5  # per-channel standardised input
+        with torch.no_grad():
+            raw = den.net(x_in.float(), torch.tensor([t]), cond.text, cond.text_mask).double()
+        if objective == "v_prediction":  # v = sqrt(ab) eps - sqrt(1 - ab) x0, x = sqrt(ab) x0 + sqrt(1 - ab) eps
+            want = ab**0.5 * raw + (1 - ab) ** 0.5 * x64
+        else:  # the output is x0
+            want = (x64 - ab**0.5 * raw) / (1 - ab) ** 0.5
+        torch.testing.assert_close(eps.double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_non_finite_loss_is_skipped_and_reported(tmp_path, tiny, monkeypatch):
