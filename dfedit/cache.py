@@ -41,6 +41,9 @@ _open = open
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The one cache root of dfedit and dfedit-train (prompt embeddings, caption embeddings, data
+    sets, downloads, eval and recognise caches): `cache_dir` if given (--cache-dir), else
+    $DFEDIT_CACHE, else $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     if os.environ.get("DFEDIT_CACHE"):

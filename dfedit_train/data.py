@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dfedit.cache import atomic_write_bytes, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
+from dfedit.cache import atomic_write_bytes, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -45,13 +45,6 @@ STORE_SIZE = 64  # side every source is stored at
 CACHE_VERSION = 1
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
-
-
-def cache_dir() -> Path:
-    """User cache: $DFEDIT_CACHE, else $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
-    if os.environ.get("DFEDIT_CACHE"):
-        return Path(os.environ["DFEDIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfedit"
 
 
 @dataclass
@@ -143,7 +136,7 @@ def fetch_npm_package(vendor: str) -> Path:
     only then renamed to its final name, so a killed or failed download never leaves a truncated
     tarball where later runs would find it."""
     pkg = f"emoji-datasource-{vendor}"
-    dest = cache_dir() / "npm"
+    dest = cache_root() / "npm"
     tgz = dest / f"{pkg}-{NPM_VERSION}.tgz"
     if tgz.exists():
         return tgz
@@ -426,7 +419,7 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     path, layout = resolve_source(source, vendor)
     key = hashlib.sha1(json.dumps([CACHE_VERSION, layout, _identity(path), vendor, base_only, val_fraction],
                                   sort_keys=True).encode()).hexdigest()[:16]
-    cache = cache_dir() / "data" / f"{layout}-{vendor}-{key}.npz"
+    cache = cache_root() / "data" / f"{layout}-{vendor}-{key}.npz"
     desc = f"{layout}:{path.name}" + (f" ({vendor})" if layout != "folder" else "")
     if use_cache and cache.exists():
         d = read_data_cache(cache, desc)

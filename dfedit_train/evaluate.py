@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfedit.cache import cache_root
+
 from . import checkpoint as ckpt
 from . import data as datamod
 from .config import DataConfig, from_dict
@@ -173,5 +175,5 @@ def _default_eval_dir(ck: Path) -> Path:
     """CKPT/eval for a run; the built-in model lives inside the installed package, so its results go
     to the user cache instead."""
     if ck.resolve() == ckpt.BUILTIN["emoji"].resolve():
-        return datamod.cache_dir() / "eval" / "builtin-emoji"
+        return cache_root() / "eval" / "builtin-emoji"
     return ck / "eval"

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfedit.cache import cache_root
 from dfedit.errors import DfeditError
 
 from . import data as datamod
@@ -155,7 +156,7 @@ def _twitter() -> datamod.EmojiData:
 def classifier_dir(cfg: ClassifierConfig) -> Path:
     key = hashlib.sha1(json.dumps([CLASSIFIER_VERSION, datamod.NPM_VERSION, asdict(cfg)],
                                   sort_keys=True).encode()).hexdigest()[:12]
-    return datamod.cache_dir() / "recognise" / f"twitter-{cfg.resolution}px-{key}"
+    return cache_root() / "recognise" / f"twitter-{cfg.resolution}px-{key}"
 
 
 @torch.enable_grad()  # callers may run under no_grad (the metric itself does)
