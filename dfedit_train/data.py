@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dfedit.cache import atomic_write_bytes, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
+from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -448,7 +448,7 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             clean_stale_temps(cache.parent)
-            atomic_write_bytes(cache, buf.getvalue())  # a killed build never leaves a half cache behind
+            atomic_write(cache, buf.getvalue())  # a killed build never leaves a half cache behind
         except OSError as e:
             notice(f"{write_error(e, 'the data cache', cache, len(buf.getvalue()))}; continuing without the cache")
     return EmojiData(arr, captions, groups, val, desc)

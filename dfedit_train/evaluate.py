@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfedit.cache import cache_root
+from dfedit.cache import atomic_write, cache_root
 
 from . import checkpoint as ckpt
 from . import data as datamod
@@ -118,8 +118,8 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
     grid = np.concatenate([to_uint8(xs), to_uint8(x_tr[nn_idx]), to_uint8(real)])
     result["grid"] = str(save_grid(grid, out / "samples.png", params, ncol=len(prompts), scale=max(1, 64 // size)))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
-    (out / "eval.json").write_text(json.dumps({**result, **({"recognise": prev["recognise"]} if "recognise" in prev
-                                                            else {})}, indent=1))
+    atomic_write(out / "eval.json", json.dumps({**result, **({"recognise": prev["recognise"]} if "recognise" in prev
+                                                             else {})}, indent=1).encode())
     return result
 
 
@@ -167,7 +167,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
         "rows": "samples (+ top-5 hit, - miss) over the real Google image, per split"}))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     prev["recognise"] = r
-    (out / "eval.json").write_text(json.dumps(prev, indent=1))
+    atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())
     return r
 
 

@@ -196,7 +196,8 @@ def train_classifier(cfg: ClassifierConfig, twitter: datamod.EmojiData | None = 
 
 def load_classifier(cfg: ClassifierConfig | None = None, progress: bool = True, log=print) -> tuple[Classifier, list[str]]:
     """The cached judge for a resolution, trained on first use (minutes on a CPU)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
 
     from dfedit.cache import atomic_write
 
@@ -214,9 +215,8 @@ def load_classifier(cfg: ClassifierConfig | None = None, progress: bool = True, 
     log(f"training the recognisability classifier at {cfg.resolution} px on Twitter's emoji (once; cached in {d})")
     net, classes = train_classifier(cfg, progress=progress, log=log)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write(wf, lambda tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp)))
-    atomic_write(mf, lambda tmp: Path(tmp).write_text(json.dumps({"config": asdict(cfg), "classes": classes,
-                                                                    "version": CLASSIFIER_VERSION})))
+    atomic_write(wf, st_save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write(mf, json.dumps({"config": asdict(cfg), "classes": classes, "version": CLASSIFIER_VERSION}).encode())
     return net, classes
 
 
