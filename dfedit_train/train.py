@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dfedit.errors import DfeditError
+from dfedit.progress import progress_bar
 
 from . import checkpoint as ckpt
 from . import data as datamod
@@ -363,7 +364,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         return {"step": step, "skipped": skipped, "images_per_s": None}
     ema_params, net_params = list(ema.parameters()), list(raw.parameters())
     losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
-    bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
+    bar = _TrainBar(total_steps, step, enabled=progress and acc.is_main_process)
     if acc.is_main_process:
         ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
     logf = _Log(out / "log.jsonl", log) if acc.is_main_process else None
@@ -534,36 +535,24 @@ class _NullOnly:
                     text_mask=torch.zeros(b, self.length, dtype=torch.bool, device=self.device))
 
 
-class _Bar:
-    """Rich bar over optimizer steps with epoch, loss and images/s; free when disabled."""
+class _TrainBar:
+    """The training bar (dfedit.progress) over optimizer steps: epoch, smoothed loss and images/s."""
+
+    INFO = "epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"
 
     def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            import sys
-
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  "
-                                         "{task.fields[ips]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                              console=Console(file=sys.stderr))
-            self.task = self.p.add_task("train", total=total, completed=done, epoch="-", loss=float("nan"), ips=0.0)
+        self._cm = progress_bar(total, "train", enabled, completed=done, info=self.INFO,
+                                epoch="-", loss=float("nan"), ips=0.0)
         self._ema = None
 
     def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
+        self._bar = self._cm.__enter__()
         return self
 
     def __exit__(self, *a):
-        if self.enabled:
-            self.p.__exit__(*a)
+        return self._cm.__exit__(*a)
 
     def update(self, epoch: int, epochs: int, loss: float, ips: float) -> None:
-        if not self.enabled:
-            return
         if math.isfinite(loss):
             self._ema = loss if self._ema is None else 0.95 * self._ema + 0.05 * loss
-        self.p.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", loss=self._ema or float("nan"), ips=ips)
+        self._bar.advance(epoch=f"{epoch}/{epochs}", loss=self._ema or float("nan"), ips=ips)

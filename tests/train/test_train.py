@@ -216,3 +216,21 @@ def test_constant_lr_run_extends_exactly(tmp_path, tiny):
     const = cfgs[2]
     assert lr_at(10, 30, const) == lr_at(10, 60, const) == const.lr
     assert lr_at(0, 30, const) == const.lr / 3  # warm-up still ramps
+
+
+def test_the_training_bar_shows_steps_epoch_smoothed_loss_and_speed(capsys):
+    """The trainer's bar is dfedit's progress helper with the trainer's figures: steps done of all
+    (a resumed run starts at its step), epoch, the loss smoothed over steps (a non-finite step
+    leaves it alone) and images/s; disabled, it writes nothing."""
+    from dfedit_train.train import _TrainBar
+
+    with _TrainBar(10, 2, enabled=True) as bar:
+        bar.update(1, 3, 0.5, 12.34)
+        bar.update(1, 3, float("nan"), 13.0)
+        bar.update(2, 3, 1.5, 14.0)
+    err = capsys.readouterr().err
+    assert err.startswith("train ") and "5/10" in err and "epoch 2/3" in err and "14.0 img/s" in err
+    assert "loss 0.5500" in err  # 0.95 * 0.5 + 0.05 * 1.5
+    with _TrainBar(10, 0, enabled=False) as bar:
+        bar.update(1, 3, 0.5, 12.34)
+    assert capsys.readouterr().err == ""
