@@ -136,7 +136,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _coerce(cls, d: dict):
+def from_dict(cls, d: dict):
     """Dataclass from a JSON dict: lists back to tuples, unknown keys rejected with a clear line."""
     names = {f.name: f for f in fields(cls)}
     out = {}
@@ -151,12 +151,14 @@ def preset(name: str) -> tuple[ModelConfig, DiffusionConfig, TrainConfig]:
     if name not in PRESETS:
         raise DfeditError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return (_coerce(ModelConfig, p.get("model", {})), _coerce(DiffusionConfig, p.get("diffusion", {})),
-            _coerce(TrainConfig, p.get("train", {})))
+    return (from_dict(ModelConfig, p.get("model", {})), from_dict(DiffusionConfig, p.get("diffusion", {})),
+            from_dict(TrainConfig, p.get("train", {})))
 
 
-def from_dict(cls, d: dict):
-    return _coerce(cls, d)
+def data_config(saved: dict) -> DataConfig:
+    """A checkpoint's "data" section as a DataConfig: it also holds what the run measured (channel
+    statistics, sizes), which are not options."""
+    return from_dict(DataConfig, {k: v for k, v in saved.items() if k in DataConfig.__dataclass_fields__})
 
 
 SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2", "linear": "linear", "sigmoid": "sigmoid",

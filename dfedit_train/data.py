@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
@@ -45,6 +47,19 @@ STORE_SIZE = 64  # side every source is stored at
 CACHE_VERSION = 1
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
+
+
+def to_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The trainer's downsampling of the stored 64 px images (bilinear with antialiasing, once, on the
+    CPU); evaluation and the recognisability judge use it too, so real images match training data."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """(N, 64, 64, 3) uint8 -> (N, 3, size, size) float in [-1, 1]."""
+    return to_resolution(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), size)
 
 
 @dataclass

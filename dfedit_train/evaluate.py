@@ -19,8 +19,8 @@ from dfedit.cache import atomic_write, cache_root
 
 from . import checkpoint as ckpt
 from . import data as datamod
-from .config import DataConfig, from_dict
-from .recognise import images_to_tensor
+from .data import images_to_tensor
+from .config import data_config
 from .sample import sample, save_grid, to_uint8
 from .text import TextEncoder
 
@@ -65,13 +65,18 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, to
     return best.sqrt().float(), idx
 
 
+def _load_run(path, device, weights: str):
+    """A checkpoint (or run, or the built-in model) with its denoiser, data options and data set."""
+    ck, cfg = ckpt.load(path)
+    den = ckpt.load_denoiser(ck, device=device, weights=weights)
+    dac = data_config(cfg["data"])
+    return ck, cfg, den, dac, datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+
+
 def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: int = 16, stride: int = 20,
              guidance: float = 3.0, seed: int = 0, max_images: int = 256, out: Path | None = None,
              progress: bool = True) -> dict:
-    ck, cfg = ckpt.load(path)
-    den = ckpt.load_denoiser(ck, device=device, weights=weights)
-    dac = from_dict(DataConfig, {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__})
-    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    ck, cfg, den, dac, d = _load_run(path, device, weights)
     size = cfg["model"]["image_size"]
     tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
     g = np.random.default_rng(seed)
@@ -132,10 +137,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
 
     from .recognise import categories, recognisability
 
-    ck, cfg = ckpt.load(path)
-    den = ckpt.load_denoiser(ck, device=device, weights=weights)
-    dac = from_dict(DataConfig, {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__})
-    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    ck, cfg, den, dac, d = _load_run(path, device, weights)
     train_mask = ~d.val
     if dac.subset:
         train_mask &= datamod.subset_mask(d, dac.subset)

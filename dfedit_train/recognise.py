@@ -35,6 +35,7 @@ from dfedit.cache import cache_root
 from dfedit.errors import DfeditError
 
 from . import data as datamod
+from .data import images_to_tensor, to_resolution  # noqa: F401  (images_to_tensor: also recognise's API)
 
 CLASSIFIER_VERSION = 1
 
@@ -97,18 +98,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x in [-1, 1]
         return self.head(self.features(x))
-
-
-def to_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The trainer's own downsampling (bilinear with antialiasing), so real images match training data."""
-    if x.shape[-1] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """(N, 64, 64, 3) uint8 -> (N, 3, size, size) float in [-1, 1]."""
-    return to_resolution(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), size)
 
 
 def augment(x64: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:

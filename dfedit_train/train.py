@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dfedit.errors import DfeditError
 from dfedit.progress import progress_bar
 
 from . import checkpoint as ckpt
 from . import data as datamod
-from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
+from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, data_config, from_dict
 from .diffusion import Diffusion, Objective
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
@@ -94,7 +93,7 @@ def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset
     saved = {**found.config, "_checkpoint_dir": str(found.path)}
     mc, dc = from_dict(ModelConfig, saved["model"]), from_dict(DiffusionConfig, saved["diffusion"])
     tc = from_dict(TrainConfig, saved["train"])
-    dac = from_dict(DataConfig, {k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
+    dac = data_config(saved["data"])
     sections = {"model": mc, "diffusion": dc, "train": tc, "data": dac}
     for key, v in given.items():
         sec, f = key.split(".")
@@ -144,10 +143,7 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     states, mask = enc.embed(d.captions)
 
     def to_device(idx):
-        x = torch.from_numpy(d.images[idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        if x.shape[-1] != size:  # area-style downsample with antialiasing, once, on the CPU
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return x.contiguous().to(device)
+        return datamod.images_to_tensor(d.images[idx], size).contiguous().to(device)
 
     tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
     x_train = to_device(tr)
