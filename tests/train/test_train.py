@@ -2,6 +2,7 @@
 goes through dfedit's loop, the non-finite guard skips a step."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -234,3 +235,47 @@ def test_the_training_bar_shows_steps_epoch_smoothed_loss_and_speed(capsys):
     with _TrainBar(10, 0, enabled=False) as bar:
         bar.update(1, 3, 0.5, 12.34)
     assert capsys.readouterr().err == ""
+
+
+def test_train_step_is_one_optimizer_step_and_a_non_finite_one_moves_nothing():
+    """train_step outside any loop: a finite step moves the weights by AdamW on the objective's loss
+    and clears the gradients; a batch with a NaN pixel gives ok=False, the weights untouched."""
+    from accelerate import Accelerator
+
+    from dfedit_train.config import DiffusionConfig, TrainConfig
+    from dfedit_train.train import train_step
+
+    acc = Accelerator(mixed_precision="no")
+    dev = acc.device
+
+    class Toy(torch.nn.Module):  # the UNet's call signature, one conv
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x, t, text, mask):
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    net = Toy().to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1.0)  # train_step sets the step's own lr
+    net, opt = acc.prepare(net, opt)
+    dc, tc = DiffusionConfig(), TrainConfig(batch_size=2, grad_clip=1.0)
+    diff = Diffusion(dc, [0.0] * 3, [1.0] * 3, dev)
+    D = {"x": torch.rand(4, 3, 8, 8, device=dev) * 2 - 1, "text": torch.zeros(4, 2, 8, device=dev),
+         "mask": torch.ones(4, 2, dtype=torch.bool, device=dev), "flip_ok": torch.zeros(4, dtype=torch.bool, device=dev)}
+    micro = [torch.tensor([0, 1], device=dev), torch.tensor([2, 3], device=dev)]
+    before = [p.detach().clone() for p in net.parameters()]
+    loss, gnorm, ok = train_step(acc, net, net, opt, diff, D, micro, 1e-2, 0, 0, dc, tc)
+    assert ok and loss > 0 and gnorm > 0
+    assert opt.param_groups[0]["lr"] == 1e-2
+    # AdamW's first step moves every weight by about lr (the update is lr * sign-like m / sqrt(v)).
+    moved = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(net.parameters(), before)])
+    assert moved.min() > 1e-3 and moved.max() < 2e-2
+    assert all(p.grad is None for p in net.parameters())
+    D["x"][3, 0, 0, 0] = float("nan")
+    before = [p.detach().clone() for p in net.parameters()]
+    loss, gnorm, ok = train_step(acc, net, net, opt, diff, D, micro, 1e-2, 1, 0, dc, tc)
+    assert not ok and not math.isfinite(loss)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(net.parameters(), before))
+    assert all(p.grad is None for p in net.parameters())
