@@ -210,11 +210,15 @@ class NoiseSchedule:
         a_t = self.abar(t)
         return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
 
-    def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """Turn a v-, x0- or velocity-predicting model's output into the noise estimate the loop works with."""
+    def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Turn a v-, x0- or velocity-predicting model's output into the noise estimate the loop works with.
+        t: the loop's int timestep, or a tensor of one timestep per sample (the trainer's evaluation)."""
         if self.prediction_type == "epsilon":
             return out
-        a_t = self.abar(t)
+        if torch.is_tensor(t) and t.ndim > 0:
+            a_t = self.alphas_cumprod.to(t.device)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+        else:
+            a_t = self.abar(int(t))
         return output_to_eps(self.prediction_type, out, x_t, a_t**0.5, (1 - a_t) ** 0.5)
 
     # ---- flow matching: loop timestep <-> flow time -------------------------------------------

@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 from dfedit.errors import DfeditError
-from dfedit.schedule import NoiseSchedule, noise_to, output_to_eps
+from dfedit.schedule import NoiseSchedule, noise_to
 
 from .config import DiffusionConfig
 
@@ -69,6 +69,7 @@ class Objective:
                  min_snr_gamma: float = 0.0):
         self.num_train_timesteps, self.beta_schedule = num_train_timesteps, beta_schedule
         self.min_snr_gamma = min_snr_gamma
+        self.schedule = NoiseSchedule.from_config(self.scheduler_config())
 
     @staticmethod
     def from_config(cfg: DiffusionConfig) -> "Objective":
@@ -109,8 +110,10 @@ class Objective:
     def target(self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def to_eps(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        return output_to_eps(self.prediction_type, out, x_t, alpha, sigma)
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's output at per-sample timesteps t as a noise estimate: the conversion dfedit's
+        loop applies to this objective's models (NoiseSchedule.model_output_to_eps), the same code."""
+        return self.schedule.model_output_to_eps(out, x_t, t)
 
     # ---- the loss ------------------------------------------------------------------------------
     def x0_weight(self, ab: Tensor) -> Tensor:
@@ -198,7 +201,7 @@ class Diffusion:
     def __init__(self, cfg: DiffusionConfig, mean: list[float], std: list[float], device="cpu"):
         self.cfg = cfg
         self.objective = Objective.from_config(cfg)
-        self.schedule = NoiseSchedule.from_config(self.objective.scheduler_config())
+        self.schedule = self.objective.schedule
         self.abar = self.schedule.alphas_cumprod.to(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.var = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) ** 2
@@ -224,12 +227,8 @@ class Diffusion:
         return noise_to(x0, noise, self._ab(t))
 
     def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Any objective's output as a noise estimate, per-sample t (the schedule's one conversion)."""
-        return self.objective.to_eps(out, x_t, *self._alpha_sigma(t))
-
-    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = self._ab(t)
-        return ab.sqrt(), (1 - ab).sqrt()
+        """Any objective's output as a noise estimate, per-sample t."""
+        return self.objective.to_eps(out, x_t, t)
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask) -> torch.Tensor:
         """Per-sample loss of the objective at timesteps t with this noise. Shape (B,)."""
