@@ -182,6 +182,8 @@ def fetch_npm_package(vendor: str) -> Path:
         if pinned and reported and reported != pinned:
             raise DfeditError(f"npm served {pkg}@{NPM_VERSION} with checksum {reported[:19]}..., not the pinned "
                               f"{pinned[:19]}...; the package has changed upstream: pass --data with a local copy")
+        with open(got, "rb") as f:  # npm wrote it: on the disk before it is published, as atomic_write does
+            os.fsync(f.fileno())
         os.replace(got, tgz)
     finally:
         shutil.rmtree(work, ignore_errors=True)
