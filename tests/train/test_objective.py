@@ -116,3 +116,18 @@ def test_a_schedule_that_does_not_go_with_the_objective_is_one_sentence():
         Objective.from_config(DiffusionConfig(beta_schedule="cubic")).scheduler_config()
     with pytest.raises(DfeditError, match="unsupported prediction_type 'score'"):
         Diffusion(DiffusionConfig(prediction_type="score"), [0.0] * 3, [1.0] * 3)
+
+
+def test_the_shipped_models_stored_schedule_is_what_its_objective_implies():
+    """The built-in model's config.json was written before objectives were classes: its stored
+    scheduler config is still exactly what its diffusion section's objective implies now."""
+    import json
+    from pathlib import Path
+
+    import dfedit
+    from dfedit_train.config import from_dict
+
+    cfg = json.loads((Path(dfedit.__file__).parent / "weights" / "emoji" / "config.json").read_text())
+    dc = from_dict(DiffusionConfig, cfg["diffusion"])
+    assert Objective.from_config(dc).scheduler_config() == cfg["schedule"]
+    assert Objective.from_config(dc).prediction_type == "v_prediction"
