@@ -110,6 +110,7 @@ def matched_diffusers(preset_name: str) -> tuple[float, float, float, tuple[int,
 def data_ms(mc, device, batch_size: int, n_images: int = 3457, reps: int = 50) -> float:
     """Milliseconds to assemble one batch with the trainer's own `draw_batch` from device-resident
     data the size of the emoji train split: what feeding the network costs per step."""
+    from dfedit_train.diffusion import EpsObjective
     from dfedit_train.train import draw_batch
 
     g = torch.Generator(device).manual_seed(0)
@@ -120,12 +121,13 @@ def data_ms(mc, device, batch_size: int, n_images: int = 3457, reps: int = 50) -
          "flip_ok": torch.ones(n_images, dtype=torch.bool, device=device)}
     perm = torch.randperm(n_images, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    draw_batch(D, perm[:batch_size], g, 1000, 0.1, 0.5)
+    objective = EpsObjective(1000)
+    draw_batch(D, perm[:batch_size], g, objective, 0.1, 0.5)
     sync()
     t0 = time.perf_counter()
     for i in range(reps):
         j = (i * batch_size) % (n_images - batch_size)
-        draw_batch(D, perm[j:j + batch_size], g, 1000, 0.1, 0.5)
+        draw_batch(D, perm[j:j + batch_size], g, objective, 0.1, 0.5)
     sync()
     return (time.perf_counter() - t0) / reps * 1e3
 

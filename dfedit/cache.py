@@ -12,7 +12,7 @@ never used. A cache that cannot be written (read-only, disk full) degrades to no
 notice; the command still runs.
 
 Writes: every file dfedit or dfedit-train produces (PNG, GIF, checkpoint, export, cache) is
-written by `atomic_write`: to a temporary name beside the target, flushed, then renamed over it,
+written by `atomic_write`: to a temporary name beside the target, fsync'd, then renamed over it,
 so a reader sees the old file or the new one and a failed write (disk full) leaves the previous
 file intact and no temporary behind. `write_error` turns the OSError into one sentence that says
 what could not be written and, for a full disk, how much space it needs.
@@ -41,6 +41,9 @@ _open = open
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The one cache root of dfedit and dfedit-train (prompt embeddings, caption embeddings, data
+    sets, downloads, eval and recognise caches): `cache_dir` if given (--cache-dir), else
+    $DFEDIT_CACHE, else $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     if os.environ.get("DFEDIT_CACHE"):
@@ -51,17 +54,18 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 # ---- writing files -----------------------------------------------------------------------------
 
-def write_file(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
-    """Write `data` to `path` (create or truncate) and flush it to the disk."""
+def write_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` (create or truncate) and fsync it, so that what is renamed into place
+    afterwards is on the disk, not only in the page cache."""
     with _open(path, "wb") as f:
         f.write(data)
         f.flush()
-        if fsync:
-            os.fsync(f.fileno())
+        os.fsync(f.fileno())
 
 
-def atomic_write(path: Path, write, exclusive: bool = False) -> None:
-    """Call write(tmp_path) then rename over `path`, so readers see the old file or the new one.
+def atomic_write(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
+    """The one atomic writer: `data` to a temporary name beside `path`, fsync'd, then renamed over
+    `path`, so readers see the old file or the new one, never part of either.
 
     exclusive: never replace an existing `path` (FileExistsError instead), decided atomically at
     publish time, so two processes that picked the same name cannot overwrite each other.
@@ -71,10 +75,7 @@ def atomic_write(path: Path, write, exclusive: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        # Writers that go through a private temp file (safetensors' save_file) leave mode 0600;
-        # every output gets the mode an ordinary new file gets (0644 under the usual umask).
-        os.chmod(tmp, default_file_mode())
+        write_file(tmp, data)
         if not exclusive:
             os.replace(tmp, path)
             return
@@ -92,10 +93,6 @@ def atomic_write(path: Path, write, exclusive: bool = False) -> None:
             pass
         except IsADirectoryError:  # someone else's directory of that name: not ours to remove
             pass
-
-
-def atomic_write_bytes(path: Path, data: bytes, exclusive: bool = False) -> None:
-    atomic_write(path, lambda tmp: write_file(tmp, data), exclusive=exclusive)
 
 
 def human_size(n: int | float | None) -> str:
@@ -246,13 +243,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
 
 
-def default_file_mode() -> int:
-    """0666 less the process umask: the mode open() gives a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def writable_dir(path: Path) -> str | None:
     """Why `path` cannot be used as a directory to write into (None if it can): it, or the nearest
     part of it that exists, must be a directory this process may write."""
@@ -331,7 +321,7 @@ class EmbeddingCache:
                 clean_stale_temps(self.dir)
             if path.is_dir() and not path.is_symlink():  # a directory where the entry belongs
                 shutil.rmtree(path)
-            atomic_write_bytes(path, data)
+            atomic_write(path, data)
         except OSError as e:
             self.writable = False
             notice(f"{write_error(e, 'the embedding cache entry', path, len(data))}; continuing without the cache")

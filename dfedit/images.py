@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cache import atomic_write_bytes, write_error
+from .cache import atomic_write, write_error
 from .errors import DfeditError
 
 
@@ -185,7 +185,7 @@ def save_png(img: Image.Image, path: str | os.PathLike, meta: dict, exclusive: b
     img.save(buf, format="PNG", pnginfo=info)
     data = buf.getvalue()
     try:
-        atomic_write_bytes(p, data, exclusive=exclusive)
+        atomic_write(p, data, exclusive=exclusive)
     except FileExistsError:
         raise
     except OSError as e:

@@ -1,4 +1,5 @@
-"""Rich progress bars for every long loop; one object so `--quiet` turns them all off."""
+"""The one progress-bar helper of dfedit and dfedit-train: rich bars for every long loop (sampling,
+T5 prompts, evaluation, the recognisability judge, training), so `--quiet` turns them all off."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ class Progress:
     def __init__(self, bar=None, task=None):
         self._bar, self._task = bar, task
 
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
+    def advance(self, n: int = 1, **fields) -> None:
+        """Move the bar on by n steps; `fields`: new values for the bar's `info` text."""
+        if self._bar is None:
+            return
+        if fields:
+            self._bar.update(self._task, advance=n, **fields)
+        else:
             self._bar.advance(self._task, n)
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True):
+def progress_bar(total: int, description: str, enabled: bool = True, completed: int = 0,
+                 info: str | None = None, **fields):
+    """`description` [bar] done/total [info] elapsed remaining, on stderr.
+
+    completed: steps already done (a resumed run). info: a rich format string for extra live
+    figures between the count and the times, e.g. "loss {task.fields[loss]:.4f}", with `fields`
+    as their first values and `Progress.advance(**fields)` to update them."""
     if not enabled:
         yield Progress()
         return
@@ -27,16 +39,11 @@ def progress_bar(total: int, description: str, enabled: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.progress import Progress as _RichProgress
 
-    console = Console(file=sys.stderr)
-    bar = _RichProgress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if info is not None:
+        columns.append(TextColumn(info))
+    bar = _RichProgress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr),
+                        transient=False)
     with bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, completed=completed, **fields)
         yield Progress(bar, task)

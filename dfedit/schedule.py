@@ -26,6 +26,8 @@ from .errors import DfeditError
 
 VARIANCE_TYPES = ("learned_range", "fixed_small", "fixed_small_log", "fixed_large")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
+# x0 clipping when a scheduler config does not say: on, as in diffusers' DDPMScheduler.
+CLIP_SAMPLE = True
 
 
 def _alpha_bar_cosine(t: float) -> float:
@@ -81,6 +83,13 @@ def output_to_eps(prediction_type: str, out: torch.Tensor, x_t: torch.Tensor, al
     raise DfeditError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def noise_to(x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The forward process, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (abar a scalar tensor or one
+    broadcastable per sample). The one place it is written: `NoiseSchedule.add_noise` (sampling,
+    SDEdit, stage II conditioning), the trainer's loss and its evaluation all noise through it."""
+    return abar**0.5 * x0 + (1 - abar) ** 0.5 * noise
+
+
 @dataclass
 class NoiseSchedule:
     """abar table plus the sampling options a scheduler config carries."""
@@ -91,7 +100,7 @@ class NoiseSchedule:
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
-    clip_sample: bool = False
+    clip_sample: bool = CLIP_SAMPLE
     clip_sample_range: float = 1.0
     flow_matching: bool = False  # abar from flow times (module docstring); the loop is unchanged
     config: dict = field(default_factory=dict)
@@ -130,7 +139,7 @@ class NoiseSchedule:
             thresholding=bool(config.get("thresholding", False)),
             dynamic_thresholding_ratio=float(config.get("dynamic_thresholding_ratio", 0.995)),
             sample_max_value=float(config.get("sample_max_value", 1.0)),
-            clip_sample=bool(config.get("clip_sample", True)),
+            clip_sample=bool(config.get("clip_sample", CLIP_SAMPLE)),
             clip_sample_range=float(config.get("clip_sample_range", 1.0)),
             flow_matching=flow,
             config=dict(config),
@@ -187,23 +196,29 @@ class NoiseSchedule:
         Same operation order as DDPMScheduler.add_noise (abar cast to the sample dtype first) so the
         stage II conditioning image is noised bit-identically.
         """
-        ac = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)
-        t = torch.as_tensor(t, device=x0.device).reshape(-1)
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        sqrt_a = (ac[t] ** 0.5).flatten().reshape(shape)
-        sqrt_1ma = ((1 - ac[t]) ** 0.5).flatten().reshape(shape)
-        return sqrt_a * x0 + sqrt_1ma * noise
+        return noise_to(x0, noise, self.abar_at(t, x0))
+
+    def abar_at(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar of timestep t (an int, or a tensor of one timestep per sample) shaped to broadcast
+        over `like` per sample, on its device and in its dtype."""
+        ac = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
+        t = torch.as_tensor(t, device=like.device).reshape(-1)
+        return ac[t].reshape((-1,) + (1,) * (like.ndim - 1))
 
     def eps_to_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
         """One-step denoising: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
         a_t = self.abar(t)
         return (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
 
-    def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        """Turn a v-, x0- or velocity-predicting model's output into the noise estimate the loop works with."""
+    def model_output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Turn a v-, x0- or velocity-predicting model's output into the noise estimate the loop works with.
+        t: the loop's int timestep, or a tensor of one timestep per sample (the trainer's evaluation)."""
         if self.prediction_type == "epsilon":
             return out
-        a_t = self.abar(t)
+        if torch.is_tensor(t) and t.ndim > 0:
+            a_t = self.alphas_cumprod.to(t.device)[t].reshape((-1,) + (1,) * (x_t.ndim - 1))
+        else:
+            a_t = self.abar(int(t))
         return output_to_eps(self.prediction_type, out, x_t, a_t**0.5, (1 - a_t) ** 0.5)
 
     # ---- flow matching: loop timestep <-> flow time -------------------------------------------
@@ -239,8 +254,6 @@ class NoiseSchedule:
         beta = 1 - alpha
         beta_tilde = torch.clamp((1 - a_p) / (1 - a_t) * beta, min=1e-20)
         return StepCoefficients(
-            t=t,
-            t_prev=t_prev,
             abar_prev=a_p,
             ddim_var=(beta_prod_p / beta_prod_t) * (1 - a_t / a_p),
             sqrt_one_minus_abar=beta_prod_t**0.5,
@@ -343,8 +356,6 @@ def quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
 class StepCoefficients:
     """Float32 0-d tensors for one (t, t') pair, computed once before the loop runs."""
 
-    t: int
-    t_prev: int
     abar_prev: torch.Tensor
     ddim_var: torch.Tensor
     sqrt_one_minus_abar: torch.Tensor

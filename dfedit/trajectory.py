@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .cache import atomic_write_bytes, write_error
+from .cache import atomic_write, write_error
 from .errors import DfeditError
 from .images import GRID_TILE, check_output, display_meta, enlarge_factor, grid, to_pil, wrap
 
@@ -37,7 +37,7 @@ def save_trajectory(frames: list[torch.Tensor], path: str | Path, meta: dict, du
                    comment=comment)
     data = buf.getvalue()
     try:
-        atomic_write_bytes(p, data)
+        atomic_write(p, data)
     except OSError as e:
         raise write_error(e, "the trajectory", path, len(data)) from None
     return p

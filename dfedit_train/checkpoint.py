@@ -36,7 +36,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 import dfedit
-from dfedit.cache import (atomic_write_bytes, all_finite, free_space, human_size, notice, pid_alive,
+from dfedit.cache import (atomic_write, all_finite, free_space, human_size, notice, pid_alive,
                           read_json_file, tmp_owner, write_error, write_file)
 from dfedit.errors import DfeditError
 from dfedit.models import BUILTIN_MODELS
@@ -68,7 +68,7 @@ def _json_bytes(obj) -> bytes:
 
 
 def _write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, _json_bytes(obj))
+    atomic_write(path, _json_bytes(obj))
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -246,7 +246,7 @@ def trim_log(out: Path, step: int, log=_stderr) -> None:
         else:
             keep.append(line)
     if past or bad:
-        atomic_write_bytes(path, "".join(f"{x}\n" for x in keep).encode())
+        atomic_write(path, "".join(f"{x}\n" for x in keep).encode())
         why = ", ".join(x for x in (f"{past} past step {step} (they will be trained again)" if past else "",
                                     f"{bad} damaged" if bad else "") if x)
         log(f"note: log.jsonl: dropped {past + bad} line(s): {why}")

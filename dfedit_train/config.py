@@ -6,7 +6,7 @@ self-describing: `load_denoiser` needs nothing but the directory.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from dfedit.errors import DfeditError
 
@@ -59,40 +59,12 @@ class DiffusionConfig:
     cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
 
     def scheduler_config(self) -> dict:
-        """What `dfedit.schedule.NoiseSchedule.from_config` reads: a diffusers DDPMScheduler config,
-        or for the flow objective a flow-matching one (its noise levels follow from flow times)."""
-        flow = self.prediction_type == "flow_prediction"
-        if flow != (self.beta_schedule == "flow"):
-            raise DfeditError("the flow objective has its own noise schedule (flow times), and only it: "
-                              "use --objective flow without --schedule")
-        if flow:
-            return {
-                "_class_name": "FlowMatching",
-                "flow_matching": True,
-                "flow_time": "s = (t + 1) / (T + 1); x_flow = (1 - s) x0 + s eps = x_t * sqrt((1 - s)^2 + s^2)",
-                "num_train_timesteps": self.num_train_timesteps,
-                "prediction_type": "flow_prediction",
-                "variance_type": "fixed_small",
-                "clip_sample": True,
-                "clip_sample_range": 1.0,
-                "thresholding": False,
-            }
-        if self.beta_schedule not in ("linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear"):
-            raise DfeditError(f"unknown noise schedule {self.beta_schedule!r}: use cosine, linear or sigmoid")
-        return {
-            "_class_name": "DDPMScheduler",
-            "num_train_timesteps": self.num_train_timesteps,
-            "beta_schedule": self.beta_schedule,
-            "beta_start": 0.0001,
-            "beta_end": 0.02,
-            "prediction_type": self.prediction_type,
-            "variance_type": "fixed_small",
-            # The diffusion runs in plain [-1, 1] pixel space (standardisation is input
-            # preconditioning, see diffusion.py), so clipping x0 to [-1, 1] is valid.
-            "clip_sample": True,
-            "clip_sample_range": 1.0,
-            "thresholding": False,
-        }
+        """What `dfedit.schedule.NoiseSchedule.from_config` reads: the schedule this run's objective
+        implies (dfedit_train.diffusion.Objective.scheduler_config), a diffusers DDPMScheduler config
+        or, for the flow objective, a flow-matching one."""
+        from .diffusion import Objective
+
+        return Objective.from_config(self).scheduler_config()
 
 
 @dataclass
@@ -164,7 +136,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _coerce(cls, d: dict):
+def from_dict(cls, d: dict):
     """Dataclass from a JSON dict: lists back to tuples, unknown keys rejected with a clear line."""
     names = {f.name: f for f in fields(cls)}
     out = {}
@@ -179,16 +151,14 @@ def preset(name: str) -> tuple[ModelConfig, DiffusionConfig, TrainConfig]:
     if name not in PRESETS:
         raise DfeditError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return (_coerce(ModelConfig, p.get("model", {})), _coerce(DiffusionConfig, p.get("diffusion", {})),
-            _coerce(TrainConfig, p.get("train", {})))
+    return (from_dict(ModelConfig, p.get("model", {})), from_dict(DiffusionConfig, p.get("diffusion", {})),
+            from_dict(TrainConfig, p.get("train", {})))
 
 
-def to_dict(obj) -> dict:
-    return asdict(obj)
-
-
-def from_dict(cls, d: dict):
-    return _coerce(cls, d)
+def data_config(saved: dict) -> DataConfig:
+    """A checkpoint's "data" section as a DataConfig: it also holds what the run measured (channel
+    statistics, sizes), which are not options."""
+    return from_dict(DataConfig, {k: v for k, v in saved.items() if k in DataConfig.__dataclass_fields__})
 
 
 SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2", "linear": "linear", "sigmoid": "sigmoid",

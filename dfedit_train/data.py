@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from dfedit.cache import atomic_write_bytes, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
+from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -47,11 +49,17 @@ SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
 
 
-def cache_dir() -> Path:
-    """User cache: $DFEDIT_CACHE, else $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
-    if os.environ.get("DFEDIT_CACHE"):
-        return Path(os.environ["DFEDIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfedit"
+def to_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The trainer's downsampling of the stored 64 px images (bilinear with antialiasing, once, on the
+    CPU); evaluation and the recognisability judge use it too, so real images match training data."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """(N, 64, 64, 3) uint8 -> (N, 3, size, size) float in [-1, 1]."""
+    return to_resolution(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), size)
 
 
 @dataclass
@@ -143,7 +151,7 @@ def fetch_npm_package(vendor: str) -> Path:
     only then renamed to its final name, so a killed or failed download never leaves a truncated
     tarball where later runs would find it."""
     pkg = f"emoji-datasource-{vendor}"
-    dest = cache_dir() / "npm"
+    dest = cache_root() / "npm"
     tgz = dest / f"{pkg}-{NPM_VERSION}.tgz"
     if tgz.exists():
         return tgz
@@ -174,6 +182,8 @@ def fetch_npm_package(vendor: str) -> Path:
         if pinned and reported and reported != pinned:
             raise DfeditError(f"npm served {pkg}@{NPM_VERSION} with checksum {reported[:19]}..., not the pinned "
                               f"{pinned[:19]}...; the package has changed upstream: pass --data with a local copy")
+        with open(got, "rb") as f:  # npm wrote it: on the disk before it is published, as atomic_write does
+            os.fsync(f.fileno())
         os.replace(got, tgz)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -426,7 +436,7 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
     path, layout = resolve_source(source, vendor)
     key = hashlib.sha1(json.dumps([CACHE_VERSION, layout, _identity(path), vendor, base_only, val_fraction],
                                   sort_keys=True).encode()).hexdigest()[:16]
-    cache = cache_dir() / "data" / f"{layout}-{vendor}-{key}.npz"
+    cache = cache_root() / "data" / f"{layout}-{vendor}-{key}.npz"
     desc = f"{layout}:{path.name}" + (f" ({vendor})" if layout != "folder" else "")
     if use_cache and cache.exists():
         d = read_data_cache(cache, desc)
@@ -455,7 +465,7 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             clean_stale_temps(cache.parent)
-            atomic_write_bytes(cache, buf.getvalue())  # a killed build never leaves a half cache behind
+            atomic_write(cache, buf.getvalue())  # a killed build never leaves a half cache behind
         except OSError as e:
             notice(f"{write_error(e, 'the data cache', cache, len(buf.getvalue()))}; continuing without the cache")
     return EmojiData(arr, captions, groups, val, desc)

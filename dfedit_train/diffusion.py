@@ -13,11 +13,16 @@ abar s^2 + 1 - abar, so the network sees
 (zero mean, unit variance per channel at every t: EDM's c_in, made per-channel). Standardising the
 diffusion space instead would make every dfedit edit need to know the statistics.
 
-Objectives, as NVlabs/edm's training/loss.py: an `Objective` says what the network predicts (its
-target), how much plain MSE on that target weights the x0 error (for min-SNR weighting), and how
-its output becomes a noise estimate; the noise levels come from the schedule the objective implies
-(`DiffusionConfig.scheduler_config`). How t is sampled is the same for all: uniformly over the T
-levels of that schedule (train.draw_batch).
+Objectives, in the manner of NVlabs/edm's training/loss.py (one class per loss): an `Objective`
+owns everything that differs between eps-, v-, x0- and flow-prediction training, so the loop knows
+none of it:
+- `scheduler_config()`: the noise schedule it implies, the dict written into every checkpoint and
+  read by `dfedit.schedule.NoiseSchedule.from_config` (DiffusionConfig.scheduler_config asks it);
+- `sample_t(...)`: how noise levels are drawn for a batch (uniformly over the schedule's T levels,
+  for all four here; train.draw_batch calls it first, so the random stream is fixed);
+- `target(...)`: what the network predicts, and `to_eps(...)`: how its output becomes a noise estimate;
+- `loss(...)`: per-sample MSE on the target, with min-SNR-gamma weighting (Hang et al.) through
+  `x0_weight`, the weight plain MSE on the target puts on the x0 error.
 
     eps, v, x0: the cosine/linear/sigmoid VP schedule; targets eps, v = alpha eps - sigma x0, x0.
     flow:       flow matching, the course's part B: x_flow = (1 - s) x0 + s eps, target the
@@ -29,59 +34,174 @@ levels of that schedule (train.draw_batch).
                 the VP state with the velocity target and needs no special case anywhere in dfedit.
                 The course draws s ~ U[0, 1]; here s takes the T = 1000 values dfedit's loop runs
                 at, so the network is trained exactly where it is evaluated.
+
+A new objective is one subclass of `Objective` registered in `OBJECTIVES` (and its --objective
+name in config.OBJECTIVE_ALIASES).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
-from dfedit.schedule import NoiseSchedule, output_to_eps
+from dfedit.errors import DfeditError
+from dfedit.schedule import NoiseSchedule, noise_to
 
 from .config import DiffusionConfig
 
 Tensor = torch.Tensor
 
 
-@dataclass(frozen=True)
-class Objective:
-    """What the network is trained to predict, given x_t = alpha x0 + sigma eps (alpha = sqrt(abar))."""
-
-    prediction_type: str  # the name in the scheduler config, which dfedit reads
-    target: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (x0, eps, alpha, sigma) -> target
-    # SNR-style weight that plain MSE on the target puts on the x0 error, |d target|^2 = w |d x0|^2
-    # at fixed x_t, as a function of abar: min-SNR-gamma divides it out (Hang et al.).
-    x0_weight: Callable[[Tensor], Tensor]
-
-    def to_eps(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        return output_to_eps(self.prediction_type, out, x_t, alpha, sigma)
-
-
 def _snr(ab: Tensor) -> Tensor:
     return ab / (1 - ab)
 
 
-def _flow_x0_weight(ab: Tensor) -> Tensor:
-    # x0 = x_flow - s v at fixed x_flow, so |dv|^2 = |dx0|^2 / s^2, with s = sigma / (alpha + sigma).
-    a, s = ab.sqrt(), (1 - ab).sqrt()
-    return ((a + s) / s) ** 2
+VP_SCHEDULES = ("linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear")
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "epsilon": Objective("epsilon", lambda x0, eps, a, s: eps, _snr),
-    "v_prediction": Objective("v_prediction", lambda x0, eps, a, s: a * eps - s * x0, lambda ab: _snr(ab) + 1),
-    "sample": Objective("sample", lambda x0, eps, a, s: x0, lambda ab: torch.ones_like(ab)),
-    "flow_prediction": Objective("flow_prediction", lambda x0, eps, a, s: eps - x0, _flow_x0_weight),
-}
+class Objective:
+    """What the network is trained to predict, given x_t = alpha x0 + sigma eps (alpha = sqrt(abar)),
+    and everything that follows from it (module docstring). Subclasses set `prediction_type` (the
+    name in the scheduler config, which dfedit reads) and define `target` and `x0_weight`."""
+
+    prediction_type: str = ""
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                 min_snr_gamma: float = 0.0):
+        self.num_train_timesteps, self.beta_schedule = num_train_timesteps, beta_schedule
+        self.min_snr_gamma = min_snr_gamma
+        self.schedule = NoiseSchedule.from_config(self.scheduler_config())
+
+    @staticmethod
+    def from_config(cfg: DiffusionConfig) -> "Objective":
+        """The objective a run's DiffusionConfig describes; a schedule it does not go with is one sentence."""
+        if cfg.prediction_type not in OBJECTIVES:
+            raise DfeditError(f"unsupported prediction_type {cfg.prediction_type!r} in the scheduler config")
+        if (cfg.prediction_type == "flow_prediction") != (cfg.beta_schedule == "flow"):
+            raise DfeditError("the flow objective has its own noise schedule (flow times), and only it: "
+                              "use --objective flow without --schedule")
+        return OBJECTIVES[cfg.prediction_type](cfg.num_train_timesteps, cfg.beta_schedule, cfg.min_snr_gamma)
+
+    # ---- the schedule it implies -----------------------------------------------------------------
+    def scheduler_config(self) -> dict:
+        """A diffusers DDPMScheduler config (the VP objectives)."""
+        if self.beta_schedule not in VP_SCHEDULES:
+            raise DfeditError(f"unknown noise schedule {self.beta_schedule!r}: use cosine, linear or sigmoid")
+        return {
+            "_class_name": "DDPMScheduler",
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "prediction_type": self.prediction_type,
+            "variance_type": "fixed_small",
+            # The diffusion runs in plain [-1, 1] pixel space (standardisation is input
+            # preconditioning, see above), so clipping x0 to [-1, 1] is valid.
+            "clip_sample": True,
+            "clip_sample_range": 1.0,
+            "thresholding": False,
+        }
+
+    # ---- noise levels --------------------------------------------------------------------------
+    def sample_t(self, n: int, generator: torch.Generator, device) -> Tensor:
+        """Timesteps for a batch of n: uniform over the T levels the loop samples at."""
+        return torch.randint(0, self.num_train_timesteps, (n,), generator=generator, device=device)
+
+    # ---- what the network predicts -------------------------------------------------------------
+    def target(self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network's output at per-sample timesteps t as a noise estimate: the conversion dfedit's
+        loop applies to this objective's models (NoiseSchedule.model_output_to_eps), the same code."""
+        return self.schedule.model_output_to_eps(out, x_t, t)
+
+    # ---- the loss ------------------------------------------------------------------------------
+    def x0_weight(self, ab: Tensor) -> Tensor:
+        """SNR-style weight that plain MSE on the target puts on the x0 error, |d target|^2 = w |d x0|^2
+        at fixed x_t, as a function of abar: min-SNR-gamma divides it out (Hang et al.)."""
+        raise NotImplementedError
+
+    def loss(self, out: Tensor, x0: Tensor, noise: Tensor, ab: Tensor) -> Tensor:
+        """Per-sample MSE of the network output `out` on the target, min-SNR weighted if gamma > 0.
+        ab: abar per sample, shaped (B, 1, 1, 1). Shape (B,)."""
+        target = self.target(x0, noise, ab.sqrt(), (1 - ab).sqrt())
+        per = ((out - target) ** 2).mean(dim=(1, 2, 3))
+        g = self.min_snr_gamma
+        if g > 0:
+            # Hang et al.: weight = min(SNR, gamma) relative to the objective's implicit weight on x0.
+            w = torch.clamp(_snr(ab).flatten(), max=g)
+            per = per * (w / self.x0_weight(ab).flatten())
+        return per
+
+
+class EpsObjective(Objective):
+    prediction_type = "epsilon"
+
+    def target(self, x0, eps, alpha, sigma):
+        return eps
+
+    def x0_weight(self, ab):
+        return _snr(ab)
+
+
+class VObjective(Objective):
+    prediction_type = "v_prediction"
+
+    def target(self, x0, eps, alpha, sigma):
+        return alpha * eps - sigma * x0
+
+    def x0_weight(self, ab):
+        return _snr(ab) + 1
+
+
+class X0Objective(Objective):
+    prediction_type = "sample"
+
+    def target(self, x0, eps, alpha, sigma):
+        return x0
+
+    def x0_weight(self, ab):
+        return torch.ones_like(ab)
+
+
+class FlowObjective(Objective):
+    prediction_type = "flow_prediction"
+
+    def scheduler_config(self) -> dict:
+        """A flow-matching config: its noise levels follow from flow times (module docstring)."""
+        return {
+            "_class_name": "FlowMatching",
+            "flow_matching": True,
+            "flow_time": "s = (t + 1) / (T + 1); x_flow = (1 - s) x0 + s eps = x_t * sqrt((1 - s)^2 + s^2)",
+            "num_train_timesteps": self.num_train_timesteps,
+            "prediction_type": "flow_prediction",
+            "variance_type": "fixed_small",
+            "clip_sample": True,
+            "clip_sample_range": 1.0,
+            "thresholding": False,
+        }
+
+    def target(self, x0, eps, alpha, sigma):
+        return eps - x0
+
+    def x0_weight(self, ab):
+        # x0 = x_flow - s v at fixed x_flow, so |dv|^2 = |dx0|^2 / s^2, with s = sigma / (alpha + sigma).
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        return ((a + s) / s) ** 2
+
+
+# One class per objective, by the prediction_type the scheduler config names.
+OBJECTIVES: dict[str, type[Objective]] = {o.prediction_type: o for o in
+                                          (EpsObjective, VObjective, X0Objective, FlowObjective)}
 
 
 class Diffusion:
+    """A run's objective plus the input preconditioning, with the abar table on the training device."""
+
     def __init__(self, cfg: DiffusionConfig, mean: list[float], std: list[float], device="cpu"):
         self.cfg = cfg
-        self.objective = OBJECTIVES[cfg.prediction_type]
-        self.schedule = NoiseSchedule.from_config(cfg.scheduler_config())
+        self.objective = Objective.from_config(cfg)
+        self.schedule = self.objective.schedule
         self.abar = self.schedule.alphas_cumprod.to(device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.var = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) ** 2
@@ -102,21 +222,16 @@ class Diffusion:
         """The network's raw output (eps, v, x0 or velocity, as configured)."""
         return net(self.net_input(x_t, t), t, text, mask)
 
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t for per-sample timesteps t (dfedit.schedule.noise_to, the one forward process)."""
+        return noise_to(x0, noise, self._ab(t))
+
     def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Any objective's output as a noise estimate (per-sample t; dfedit's version takes an int)."""
-        ab = self._ab(t)
-        return self.objective.to_eps(out, x_t, ab.sqrt(), (1 - ab).sqrt())
+        """Any objective's output as a noise estimate, per-sample t."""
+        return self.objective.to_eps(out, x_t, t)
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask) -> torch.Tensor:
-        """Per-sample MSE on the objective's target, min-SNR weighted if gamma > 0. Shape (B,)."""
+        """Per-sample loss of the objective at timesteps t with this noise. Shape (B,)."""
         ab = self._ab(t)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        out = self.predict(net, x_t, t, text, mask).float()
-        target = self.objective.target(x0, noise, ab.sqrt(), (1 - ab).sqrt())
-        per = ((out - target) ** 2).mean(dim=(1, 2, 3))
-        g = self.cfg.min_snr_gamma
-        if g > 0:
-            # Hang et al.: weight = min(SNR, gamma) relative to the objective's implicit weight on x0.
-            w = torch.clamp(_snr(ab).flatten(), max=g)
-            per = per * (w / self.objective.x0_weight(ab).flatten())
-        return per
+        out = self.predict(net, noise_to(x0, noise, ab), t, text, mask).float()
+        return self.objective.loss(out, x0, noise, ab)

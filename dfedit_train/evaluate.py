@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfedit.cache import atomic_write, cache_root
+
 from . import checkpoint as ckpt
 from . import data as datamod
-from .config import DataConfig, from_dict
-from .recognise import images_to_tensor
+from .data import images_to_tensor
+from .config import data_config
 from .sample import sample, save_grid, to_uint8
 from .text import TextEncoder
 
@@ -44,8 +46,7 @@ def band_losses(den, x, text, mask, seed: int, batch: int = 64, bar=None) -> dic
         for i in range(0, x.shape[0], batch):
             sl = slice(i, i + batch)
             tt, nz, x0 = t[sl].to(den.device), noise[sl].to(den.device), x[sl].to(den.device)
-            ab = diff.abar[tt].view(-1, 1, 1, 1)
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * nz
+            x_t = diff.noised(x0, tt, nz)
             raw = diff.predict(den.net, x_t.to(den.dtype), tt, text[sl].to(den.device, den.dtype), mask[sl].to(den.device))
             eps = diff.to_eps(raw.float(), x_t, tt)
             total += ((eps - nz) ** 2).mean(dim=(1, 2, 3)).sum().item()
@@ -64,13 +65,18 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, to
     return best.sqrt().float(), idx
 
 
+def _load_run(path, device, weights: str):
+    """A checkpoint (or run, or the built-in model) with its denoiser, data options and data set."""
+    ck, cfg = ckpt.load(path)
+    den = ckpt.load_denoiser(ck, device=device, weights=weights)
+    dac = data_config(cfg["data"])
+    return ck, cfg, den, dac, datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+
+
 def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: int = 16, stride: int = 20,
              guidance: float = 3.0, seed: int = 0, max_images: int = 256, out: Path | None = None,
              progress: bool = True) -> dict:
-    ck, cfg = ckpt.load(path)
-    den = ckpt.load_denoiser(ck, device=device, weights=weights)
-    dac = from_dict(DataConfig, {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__})
-    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    ck, cfg, den, dac, d = _load_run(path, device, weights)
     size = cfg["model"]["image_size"]
     tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
     g = np.random.default_rng(seed)
@@ -117,8 +123,8 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
     grid = np.concatenate([to_uint8(xs), to_uint8(x_tr[nn_idx]), to_uint8(real)])
     result["grid"] = str(save_grid(grid, out / "samples.png", params, ncol=len(prompts), scale=max(1, 64 // size)))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
-    (out / "eval.json").write_text(json.dumps({**result, **({"recognise": prev["recognise"]} if "recognise" in prev
-                                                            else {})}, indent=1))
+    atomic_write(out / "eval.json", json.dumps({**result, **({"recognise": prev["recognise"]} if "recognise" in prev
+                                                             else {})}, indent=1).encode())
     return result
 
 
@@ -131,10 +137,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
 
     from .recognise import categories, recognisability
 
-    ck, cfg = ckpt.load(path)
-    den = ckpt.load_denoiser(ck, device=device, weights=weights)
-    dac = from_dict(DataConfig, {k: v for k, v in cfg["data"].items() if k in DataConfig.__dataclass_fields__})
-    d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    ck, cfg, den, dac, d = _load_run(path, device, weights)
     train_mask = ~d.val
     if dac.subset:
         train_mask &= datamod.subset_mask(d, dac.subset)
@@ -166,7 +169,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
         "rows": "samples (+ top-5 hit, - miss) over the real Google image, per split"}))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     prev["recognise"] = r
-    (out / "eval.json").write_text(json.dumps(prev, indent=1))
+    atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())
     return r
 
 
@@ -174,5 +177,5 @@ def _default_eval_dir(ck: Path) -> Path:
     """CKPT/eval for a run; the built-in model lives inside the installed package, so its results go
     to the user cache instead."""
     if ck.resolve() == ckpt.BUILTIN["emoji"].resolve():
-        return datamod.cache_dir() / "eval" / "builtin-emoji"
+        return cache_root() / "eval" / "builtin-emoji"
     return ck / "eval"

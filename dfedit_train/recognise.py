@@ -31,9 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfedit.cache import cache_root
 from dfedit.errors import DfeditError
 
 from . import data as datamod
+from .data import images_to_tensor, to_resolution  # noqa: F401  (images_to_tensor: also recognise's API)
 
 CLASSIFIER_VERSION = 1
 
@@ -98,18 +100,6 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def to_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The trainer's own downsampling (bilinear with antialiasing), so real images match training data."""
-    if x.shape[-1] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
-    """(N, 64, 64, 3) uint8 -> (N, 3, size, size) float in [-1, 1]."""
-    return to_resolution(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), size)
-
-
 def augment(x64: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """Another vendor's drawing of the same emoji differs in outline, proportions and shading, and a
     model's sample is softer and noisier than either: random affine (white fill), brightness,
@@ -155,7 +145,7 @@ def _twitter() -> datamod.EmojiData:
 def classifier_dir(cfg: ClassifierConfig) -> Path:
     key = hashlib.sha1(json.dumps([CLASSIFIER_VERSION, datamod.NPM_VERSION, asdict(cfg)],
                                   sort_keys=True).encode()).hexdigest()[:12]
-    return datamod.cache_dir() / "recognise" / f"twitter-{cfg.resolution}px-{key}"
+    return cache_root() / "recognise" / f"twitter-{cfg.resolution}px-{key}"
 
 
 @torch.enable_grad()  # callers may run under no_grad (the metric itself does)
@@ -195,7 +185,8 @@ def train_classifier(cfg: ClassifierConfig, twitter: datamod.EmojiData | None = 
 
 def load_classifier(cfg: ClassifierConfig | None = None, progress: bool = True, log=print) -> tuple[Classifier, list[str]]:
     """The cached judge for a resolution, trained on first use (minutes on a CPU)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
 
     from dfedit.cache import atomic_write
 
@@ -213,9 +204,8 @@ def load_classifier(cfg: ClassifierConfig | None = None, progress: bool = True, 
     log(f"training the recognisability classifier at {cfg.resolution} px on Twitter's emoji (once; cached in {d})")
     net, classes = train_classifier(cfg, progress=progress, log=log)
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write(wf, lambda tmp: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp)))
-    atomic_write(mf, lambda tmp: Path(tmp).write_text(json.dumps({"config": asdict(cfg), "classes": classes,
-                                                                    "version": CLASSIFIER_VERSION})))
+    atomic_write(wf, st_save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write(mf, json.dumps({"config": asdict(cfg), "classes": classes, "version": CLASSIFIER_VERSION}).encode())
     return net, classes
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from dfedit.cache import (all_finite, atomic_write_bytes, cache_root, clean_stale_temps, discard, notice,
+from dfedit.cache import (all_finite, atomic_write, cache_root, clean_stale_temps, discard, notice,
                           tensor_digest, write_error)
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
@@ -237,7 +237,7 @@ class EmbeddingCache:
             clean_stale_temps(self.root)
             if path.is_dir() and not path.is_symlink():  # a directory where the shard belongs
                 discard(path)
-            atomic_write_bytes(path, data)  # atomic: readers never see half a shard
+            atomic_write(path, data)  # atomic: readers never see half a shard
         except OSError as e:
             self.writable = False
             notice(f"{write_error(e, 'the caption cache shard', path, len(data))}; continuing without the cache")

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dfedit.errors import DfeditError
+from dfedit.progress import progress_bar
 
 from . import checkpoint as ckpt
 from . import data as datamod
-from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
-from .diffusion import Diffusion
+from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, data_config, from_dict
+from .diffusion import Diffusion, Objective
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
 from .text import TextEncoder
@@ -93,7 +93,7 @@ def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset
     saved = {**found.config, "_checkpoint_dir": str(found.path)}
     mc, dc = from_dict(ModelConfig, saved["model"]), from_dict(DiffusionConfig, saved["diffusion"])
     tc = from_dict(TrainConfig, saved["train"])
-    dac = from_dict(DataConfig, {k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
+    dac = data_config(saved["data"])
     sections = {"model": mc, "diffusion": dc, "train": tc, "data": dac}
     for key, v in given.items():
         sec, f = key.split(".")
@@ -143,10 +143,7 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     states, mask = enc.embed(d.captions)
 
     def to_device(idx):
-        x = torch.from_numpy(d.images[idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        if x.shape[-1] != size:  # area-style downsample with antialiasing, once, on the CPU
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return x.contiguous().to(device)
+        return datamod.images_to_tensor(d.images[idx], size).contiguous().to(device)
 
     tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
     x_train = to_device(tr)
@@ -163,12 +160,14 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     }
 
 
-def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, T: int, cfg_dropout: float, flip_prob: float):
+def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, objective: Objective, cfg_dropout: float,
+               flip_prob: float):
     """One training batch from the device-resident data: indexing and on-device draws only, no host
-    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this)."""
+    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this).
+    Draw order, all from g: the objective's timesteps, noise, CFG dropout, flips."""
     b, device = idx.shape[0], idx.device
     S = D["x"].shape[-1]
-    t = torch.randint(0, T, (b,), generator=g, device=device)
+    t = objective.sample_t(b, g, device)
     noise = torch.randn((b, 3, S, S), generator=g, device=device)
     drop = torch.rand((b,), generator=g, device=device) < cfg_dropout
     flip = (torch.rand((b,), generator=g, device=device) < flip_prob) & D["flip_ok"][idx]
@@ -191,6 +190,48 @@ class Stopped(DfeditError):
     def __init__(self, msg: str, exit_code: int):
         super().__init__(msg)
         self.exit_code = exit_code
+
+
+def train_step(acc, net, fwd, opt, diff: Diffusion, D: dict, micro: list[torch.Tensor], lr: float, step: int,
+               rank: int, dc: DiffusionConfig, tc: TrainConfig) -> tuple[float, float, bool]:
+    """One optimizer step, and nothing of the loop's bookkeeping (logging, EMA, checkpoints, signals).
+
+    Every random draw comes from generators seeded by (seed, step, rank) (module docstring): the
+    batch draws from `g`, nn.Dropout from the global seed. `micro`: the index tensors of this
+    process's micro-batches (gradient accumulation). Each is drawn (draw_batch), noised and scored
+    by the run's objective (diff.loss); the gradient is clipped, and AdamW steps unless the loss or
+    the gradient is non-finite (with fp16 the grad scaler decides). Returns (loss, gradient norm,
+    whether the step was finite), the loss averaged over every process.
+    """
+    g = torch.Generator(acc.device).manual_seed(mix(tc.seed, 2, step, rank))
+    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
+    for group in opt.param_groups:
+        group["lr"] = lr
+    n = len(micro)
+    total = torch.zeros((), device=acc.device)
+    for j, idx in enumerate(micro):
+        x0, t, noise, text, mask = draw_batch(D, idx, g, diff.objective, dc.cfg_dropout, tc.flip_prob)
+        sync = acc.no_sync(net) if j < n - 1 else contextlib.nullcontext()
+        with sync, acc.autocast():
+            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / n
+        acc.backward(loss)
+        total += loss.detach()
+    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+    if acc.num_processes > 1:  # the loss of the whole step, so every rank logs and skips alike
+        total = acc.reduce(total, reduction="mean")
+    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
+    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
+    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_v, gnorm_v, ok
+
+
+def _ema_update(ema_params: list, net_params: list, ema_decay: float, step: int) -> None:
+    """EMA of the weights after optimizer step `step`, with the usual warm-up of the decay."""
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, net_params, 1 - decay)
 
 
 MAX_BAD_STEPS = 50  # non-finite steps in a row before a run stops (fp16's scaler needs ~16 at most)
@@ -319,8 +360,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
         return {"step": step, "skipped": skipped, "images_per_s": None}
     ema_params, net_params = list(ema.parameters()), list(raw.parameters())
     losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
-    T = diff.T
-    bar = _Bar(total_steps, step, enabled=progress and acc.is_main_process)
+    bar = _TrainBar(total_steps, step, enabled=progress and acc.is_main_process)
     if acc.is_main_process:
         ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
     logf = _Log(out / "log.jsonl", log) if acc.is_main_process else None
@@ -335,32 +375,13 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                     if _stop_requested(stop, acc):
                         break
                     t0, c0 = time.perf_counter(), time.process_time()
-                    g = torch.Generator(device).manual_seed(mix(tc.seed, 2, step, rank))
-                    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
                     lr = lr_at(step, total_steps, tc)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
                     base = s * per_step + rank * tc.batch_size * tc.grad_accum
-                    total = torch.zeros((), device=device)
-                    for j in range(tc.grad_accum):
-                        idx = perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
-                        x0, t, noise, text, mask = draw_batch(D, idx, g, T, dc.cfg_dropout, tc.flip_prob)
-                        sync = acc.no_sync(net) if j < tc.grad_accum - 1 else contextlib.nullcontext()
-                        with sync, acc.autocast():
-                            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / tc.grad_accum
-                        acc.backward(loss)
-                        total += loss.detach()
-                    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-                    if world > 1:  # the loss of the whole step, so every rank logs and skips alike
-                        total = acc.reduce(total, reduction="mean")
-                    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
-                    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
-                    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
-                        opt.step()
+                    micro = [perm[base + j * tc.batch_size: base + (j + 1) * tc.batch_size]
+                             for j in range(tc.grad_accum)]
+                    loss_v, gnorm_v, ok = train_step(acc, net, fwd, opt, diff, D, micro, lr, step, rank, dc, tc)
                     if ok:
-                        decay = min(tc.ema_decay, (1 + step) / (10 + step))
-                        with torch.no_grad():
-                            torch._foreach_lerp_(ema_params, net_params, 1 - decay)
+                        _ema_update(ema_params, net_params, tc.ema_decay, step)
                         losses.append(loss_v)
                         ep_losses.append(loss_v)
                         bad_run = 0
@@ -376,7 +397,6 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
                                 f"training diverged: the loss or gradient was non-finite for {bad_run} steps in a row "
                                 f"(steps {step - bad_run + 1}-{step}); stopped without saving, the last good "
                                 f"checkpoint is {_name(health['protect'])}: lower --lr or check the data")
-                    opt.zero_grad(set_to_none=True)
                     step += 1
                     dt = time.perf_counter() - t0
                     t_train += dt
@@ -511,36 +531,24 @@ class _NullOnly:
                     text_mask=torch.zeros(b, self.length, dtype=torch.bool, device=self.device))
 
 
-class _Bar:
-    """Rich bar over optimizer steps with epoch, loss and images/s; free when disabled."""
+class _TrainBar:
+    """The training bar (dfedit.progress) over optimizer steps: epoch, smoothed loss and images/s."""
+
+    INFO = "epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  {task.fields[ips]:.1f} img/s"
 
     def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            import sys
-
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-            from rich.progress import TimeRemainingColumn
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]:.4f}  "
-                                         "{task.fields[ips]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                              console=Console(file=sys.stderr))
-            self.task = self.p.add_task("train", total=total, completed=done, epoch="-", loss=float("nan"), ips=0.0)
+        self._cm = progress_bar(total, "train", enabled, completed=done, info=self.INFO,
+                                epoch="-", loss=float("nan"), ips=0.0)
         self._ema = None
 
     def __enter__(self):
-        if self.enabled:
-            self.p.__enter__()
+        self._bar = self._cm.__enter__()
         return self
 
     def __exit__(self, *a):
-        if self.enabled:
-            self.p.__exit__(*a)
+        return self._cm.__exit__(*a)
 
     def update(self, epoch: int, epochs: int, loss: float, ips: float) -> None:
-        if not self.enabled:
-            return
         if math.isfinite(loss):
             self._ema = loss if self._ema is None else 0.95 * self._ema + 0.05 * loss
-        self.p.update(self.task, advance=1, epoch=f"{epoch}/{epochs}", loss=self._ema or float("nan"), ips=ips)
+        self._bar.advance(epoch=f"{epoch}/{epochs}", loss=self._ema or float("nan"), ips=ips)

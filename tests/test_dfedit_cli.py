@@ -292,10 +292,10 @@ def test_exclusive_write_falls_back_without_hard_links(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "link", no_links)
     target = tmp_path / "x.bin"
-    atomic_write(target, lambda tmp: tmp.write_bytes(b"one"), exclusive=True)
+    atomic_write(target, b"one", exclusive=True)
     assert target.read_bytes() == b"one"
     with pytest.raises(FileExistsError):
-        atomic_write(target, lambda tmp: tmp.write_bytes(b"two"), exclusive=True)
+        atomic_write(target, b"two", exclusive=True)
     assert target.read_bytes() == b"one" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
 
 

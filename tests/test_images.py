@@ -312,3 +312,32 @@ def test_read_metadata_uses_the_json_chunk_not_a_guess(tmp_path):
     info.add_text("dfedit", json.dumps({"seed": 5}))
     Image.new("RGB", (2, 2)).save(tmp_path / "m.png", pnginfo=info)
     assert read_metadata(tmp_path / "m.png") == {"seed": 5}
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_every_write_reaches_the_disk_before_it_is_published(tmp_path, monkeypatch, exclusive):
+    """The one atomic writer fsyncs the temporary file before it renames (or links) it into place:
+    a crash right after the rename cannot leave an empty or partial PNG, checkpoint or cache entry."""
+    from dfedit.cache import atomic_write
+
+    events = []
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def publish(name, real):
+        def f(src, dst, *a, **k):
+            events.append((name, str(src)))
+            return real(src, dst, *a, **k)
+        return f
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", publish("publish", real_replace))
+    monkeypatch.setattr(os, "link", publish("publish", real_link))
+    save_png(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path / "a.png", {"v": 1}, exclusive=exclusive)
+    atomic_write(tmp_path / "b.json", b"{}", exclusive=exclusive)
+    tmps = [str(tmp_path / f".{n}.{os.getpid()}.tmp") for n in ("a.png", "b.json")]
+    assert events == [e for t in tmps for e in (("fsync", t), ("publish", t))]
+    assert read_metadata(tmp_path / "a.png") == {"v": 1} and (tmp_path / "b.json").read_bytes() == b"{}"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from emoji_synth import FACES, HANDS, emoji_png, npm_entries, npm_files, write_tarball
 
+from dfedit.cache import cache_root
 from dfedit.errors import DfeditError
 from dfedit_train import data
 
@@ -65,10 +66,38 @@ def test_unpacked_npm_dir_and_base_only(npm_tarball, tmp_path):
 
 def test_cache_is_written_once_and_reused(npm_tarball):
     d1 = data.load(str(npm_tarball))
-    files = list((data.cache_dir() / "data").glob("npm-google-*.npz"))
+    files = list((cache_root() / "data").glob("npm-google-*.npz"))
     assert files
     d2 = data.load(str(npm_tarball))
     assert d1.captions == d2.captions and (d1.images == d2.images).all() and (d1.val == d2.val).all()
+
+
+@pytest.mark.parametrize("env", ["xdg", "dfedit_cache"])
+def test_one_cache_root_for_dfedit_and_the_trainer(folder_dir, tmp_path, monkeypatch, env):
+    """Every cache of both packages sits below one root: $DFEDIT_CACHE (~ expanded), else
+    $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
+    from dfedit.cache import EmbeddingCache
+    from dfedit_train import checkpoint as ckpt
+    from dfedit_train.evaluate import _default_eval_dir
+    from dfedit_train.recognise import ClassifierConfig, classifier_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DFEDIT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == tmp_path / "home" / ".cache" / "dfedit"
+    if env == "xdg":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        root = tmp_path / "xdg" / "dfedit"
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # $DFEDIT_CACHE wins over it
+        monkeypatch.setenv("DFEDIT_CACHE", "~/mine")
+        root = tmp_path / "home" / "mine"
+    assert cache_root() == root
+    data.load(str(folder_dir))
+    assert list((root / "data").glob("folder-*.npz"))
+    assert EmbeddingCache("fp").dir == root / "embeddings" / "fp"
+    assert classifier_dir(ClassifierConfig()).parent == root / "recognise"
+    assert _default_eval_dir(ckpt.BUILTIN["emoji"]) == root / "eval" / "builtin-emoji"
 
 
 def test_kaggle_layout(kaggle_dir):

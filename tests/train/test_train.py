@@ -2,6 +2,7 @@
 goes through dfedit's loop, the non-finite guard skips a step."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -134,16 +135,40 @@ def test_sampling_through_dfedits_loop(tmp_path, tiny):
 
 @pytest.mark.parametrize("objective", ["v_prediction", "sample"])
 def test_other_objectives_give_noise_estimates(tmp_path, tiny, objective):
+    """The denoiser of a v- or x0-trained run returns eps, checked against a value built here from
+    the checkpoint alone: abar from diffusers' DDPMScheduler, the run's stored channel statistics,
+    the network called on a hand-made preconditioned input, the conversion written out in float64."""
+    from diffusers import DDPMScheduler
+
     mc, dc, tc, dac = tiny(epochs=1, sample_every=0)
     dc = replace(dc, prediction_type=objective, beta_schedule="linear")
     train(tmp_path / "run", mc, dc, tc, dac, progress=False)
     den = ckpt.load_denoiser(tmp_path / "run")
     assert den.schedule.prediction_type == objective
-    x = torch.randn(1, 3, 16, 16)
+
+    # Output layers start at zero and one tiny epoch barely moves them: give the head random weights
+    # so the output depends strongly on the input (and so on the preconditioning).
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in den.net.out_conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(1, 3, 16, 16, generator=g)
     cond = den.prompt_encoder.encode(["rocket"])
-    eps, _ = den(x, 700, cond)
-    raw = den.net(den.diffusion.net_input(x, torch.tensor([700])), torch.tensor([700]), cond.text, cond.text_mask)
-    assert torch.allclose(eps, den.schedule.model_output_to_eps(raw, x, 700), atol=1e-6)
+    stats = json.loads((ckpt.resolve(tmp_path / "run") / "config.json").read_text())["data"]
+    m, s = (torch.tensor(stats[k], dtype=torch.float64).view(1, 3, 1, 1) for k in ("mean", "std"))
+    abar = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").alphas_cumprod.double()
+    x64 = x.double()
+    for t in (300, 700):
+        eps, _ = den(x, t, cond)
+        ab = float(abar[t])
+        x_in = (x64 - ab**0.5 * m) / (ab * s**2 + 1 - ab) ** 0.5  # per-channel standardised input
+        with torch.no_grad():
+            raw = den.net(x_in.float(), torch.tensor([t]), cond.text, cond.text_mask).double()
+        if objective == "v_prediction":  # v = sqrt(ab) eps - sqrt(1 - ab) x0, x = sqrt(ab) x0 + sqrt(1 - ab) eps
+            want = ab**0.5 * raw + (1 - ab) ** 0.5 * x64
+        else:  # the output is x0
+            want = (x64 - ab**0.5 * raw) / (1 - ab) ** 0.5
+        torch.testing.assert_close(eps.double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_non_finite_loss_is_skipped_and_reported(tmp_path, tiny, monkeypatch):
@@ -192,3 +217,65 @@ def test_constant_lr_run_extends_exactly(tmp_path, tiny):
     const = cfgs[2]
     assert lr_at(10, 30, const) == lr_at(10, 60, const) == const.lr
     assert lr_at(0, 30, const) == const.lr / 3  # warm-up still ramps
+
+
+def test_the_training_bar_shows_steps_epoch_smoothed_loss_and_speed(capsys):
+    """The trainer's bar is dfedit's progress helper with the trainer's figures: steps done of all
+    (a resumed run starts at its step), epoch, the loss smoothed over steps (a non-finite step
+    leaves it alone) and images/s; disabled, it writes nothing."""
+    from dfedit_train.train import _TrainBar
+
+    with _TrainBar(10, 2, enabled=True) as bar:
+        bar.update(1, 3, 0.5, 12.34)
+        bar.update(1, 3, float("nan"), 13.0)
+        bar.update(2, 3, 1.5, 14.0)
+    err = capsys.readouterr().err
+    assert err.startswith("train ") and "5/10" in err and "epoch 2/3" in err and "14.0 img/s" in err
+    assert "loss 0.5500" in err  # 0.95 * 0.5 + 0.05 * 1.5
+    with _TrainBar(10, 0, enabled=False) as bar:
+        bar.update(1, 3, 0.5, 12.34)
+    assert capsys.readouterr().err == ""
+
+
+def test_train_step_is_one_optimizer_step_and_a_non_finite_one_moves_nothing():
+    """train_step outside any loop: a finite step moves the weights by AdamW on the objective's loss
+    and clears the gradients; a batch with a NaN pixel gives ok=False, the weights untouched."""
+    from accelerate import Accelerator
+
+    from dfedit_train.config import DiffusionConfig, TrainConfig
+    from dfedit_train.train import train_step
+
+    acc = Accelerator(mixed_precision="no")
+    dev = acc.device
+
+    class Toy(torch.nn.Module):  # the UNet's call signature, one conv
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x, t, text, mask):
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    net = Toy().to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1.0)  # train_step sets the step's own lr
+    net, opt = acc.prepare(net, opt)
+    dc, tc = DiffusionConfig(), TrainConfig(batch_size=2, grad_clip=1.0)
+    diff = Diffusion(dc, [0.0] * 3, [1.0] * 3, dev)
+    D = {"x": torch.rand(4, 3, 8, 8, device=dev) * 2 - 1, "text": torch.zeros(4, 2, 8, device=dev),
+         "mask": torch.ones(4, 2, dtype=torch.bool, device=dev), "flip_ok": torch.zeros(4, dtype=torch.bool, device=dev)}
+    micro = [torch.tensor([0, 1], device=dev), torch.tensor([2, 3], device=dev)]
+    before = [p.detach().clone() for p in net.parameters()]
+    loss, gnorm, ok = train_step(acc, net, net, opt, diff, D, micro, 1e-2, 0, 0, dc, tc)
+    assert ok and loss > 0 and gnorm > 0
+    assert opt.param_groups[0]["lr"] == 1e-2
+    # AdamW's first step moves every weight by about lr (the update is lr * sign-like m / sqrt(v)).
+    moved = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(net.parameters(), before)])
+    assert moved.min() > 1e-3 and moved.max() < 2e-2
+    assert all(p.grad is None for p in net.parameters())
+    D["x"][3, 0, 0, 0] = float("nan")
+    before = [p.detach().clone() for p in net.parameters()]
+    loss, gnorm, ok = train_step(acc, net, net, opt, diff, D, micro, 1e-2, 1, 0, dc, tc)
+    assert not ok and not math.isfinite(loss)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(net.parameters(), before))
+    assert all(p.grad is None for p in net.parameters())
