@@ -27,7 +27,7 @@ IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Every Hub failure points at the model that needs no Hub: the emoji model shipped in the package.
 OFFLINE_HINT = "; or use --model emoji, the built-in emoji model that runs offline on a CPU"
-# Models that ship inside the package, by the name --model takes (dfedit_train.checkpoint reads
+# Models that ship inside the package, by the name --model takes (dfedit.emoji.checkpoint reads
 # this same dict; `./emoji` names a local directory of that name instead).
 BUILTIN_MODELS = {"emoji": Path(__file__).resolve().parent / "weights" / "emoji"}
 MODEL_KINDS = ("emoji (the built-in 32 px emoji model), a Hub id such as DeepFloyd/IF-I-XL-v1.0, a local "
@@ -113,8 +113,8 @@ def _weight_patterns(sub: str, fp16: bool) -> list[str]:
 
 
 def dfedit_train_layout(p: Path) -> str | None:
-    """What dfedit-train wrote at `p`, read from its JSON files only (the library never imports the
-    trainer for this): "checkpoint", "run", "checkpoints" (a run's checkpoints/ folder), or None."""
+    """What dfedit-train wrote at `p`, read from its JSON files only (no weights, no model code):
+    "checkpoint", "run", "checkpoints" (a run's checkpoints/ folder), or None."""
     try:
         if (p / "config.json").is_file():
             return "checkpoint" if json.loads((p / "config.json").read_text()).get("format", "").startswith(

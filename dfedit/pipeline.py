@@ -496,16 +496,14 @@ def model_size(model: str) -> int:
 
 
 def _emoji_backend(model: str):
-    """dfedit_train's checkpoint module when `model` is one of its checkpoint directories."""
-    try:
-        from dfedit_train import checkpoint
-    except ImportError:
-        return None
+    """dfedit.emoji.checkpoint when `model` is an emoji model (a dfedit-train run or checkpoint
+    directory, or a built-in name), else None."""
+    from .emoji import checkpoint
     return checkpoint if checkpoint.is_checkpoint_dir(model) else None
 
 
 def load_denoiser(model: str, device: torch.device, dtype: torch.dtype, **kw) -> Denoiser:
-    """IF stage I, or a dfedit_train checkpoint: both implement the Denoiser protocol."""
+    """IF stage I, or an emoji model (dfedit.emoji): both implement the Denoiser protocol."""
     emoji = _emoji_backend(model)
     if emoji is not None:
         return emoji.load_denoiser(model, device, dtype, cache_dir=kw.get("cache_dir"))

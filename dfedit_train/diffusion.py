@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from dfedit.emoji.precondition import Preconditioning
 from dfedit.schedule import NoiseSchedule, output_to_eps
 
 from .config import DiffusionConfig
@@ -77,30 +78,13 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-class Diffusion:
+class Diffusion(Preconditioning):
+    """The preconditioned network (dfedit.emoji.precondition: net_input, predict) plus the objective."""
+
     def __init__(self, cfg: DiffusionConfig, mean: list[float], std: list[float], device="cpu"):
         self.cfg = cfg
         self.objective = OBJECTIVES[cfg.prediction_type]
-        self.schedule = NoiseSchedule.from_config(cfg.scheduler_config())
-        self.abar = self.schedule.alphas_cumprod.to(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.var = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) ** 2
-
-    @property
-    def T(self) -> int:
-        return self.schedule.num_train_timesteps
-
-    def _ab(self, t: torch.Tensor) -> torch.Tensor:
-        return self.abar.to(t.device)[t].view(-1, 1, 1, 1)
-
-    def net_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = self._ab(t)
-        mean, var = self.mean.to(x_t.device), self.var.to(x_t.device)
-        return ((x_t - ab.sqrt() * mean) / (ab * var + 1 - ab).sqrt()).to(x_t.dtype)
-
-    def predict(self, net, x_t: torch.Tensor, t: torch.Tensor, text, mask) -> torch.Tensor:
-        """The network's raw output (eps, v, x0 or velocity, as configured)."""
-        return net(self.net_input(x_t, t), t, text, mask)
+        super().__init__(NoiseSchedule.from_config(cfg.scheduler_config()), mean, std, device)
 
     def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Any objective's output as a noise estimate (per-sample t; dfedit's version takes an int)."""

@@ -33,8 +33,8 @@ from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_
 from .diffusion import Diffusion
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
-from .text import TextEncoder
-from .unet import UNet
+from dfedit.emoji.text import TextEncoder
+from dfedit.emoji.unet import UNet
 
 # Options that may change when a run is resumed; anything else must match the checkpoint.
 RESUMABLE = {"epochs", "save_every", "sample_every", "keep_checkpoints", "compile", "grid_prompts"}
