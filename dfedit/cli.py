@@ -90,9 +90,19 @@ class GenOptions:
     cache_dir: Optional[Path]
     quiet: bool
     display: Optional[bool] = None
+    _info: object = None
+
+    @property
+    def info(self):
+        """--model as its backend describes it (dfedit.backends.ModelInfo), resolved once."""
+        if self._info is None:
+            from .backends import resolve
+            self._info = resolve(self.model)
+        return self._info
 
     def api(self):
-        return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet)
+        return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet,
+                    info=self.info)
 
     def run_kwargs(self) -> dict:
         return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, steps=self.steps, num_samples=self.num_samples,
@@ -239,13 +249,14 @@ def _protect_inputs(out: Path, gif: Optional[Path], inputs, display: bool = True
                               f"file {inp}: choose another --out, or pass --no-display")
 
 
-def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False):
+def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False,
+         info=None):
     import torch
 
     from .pipeline import DFEdit
-    # One-shot CLI runs free each model as soon as its stage is done.
+    # One-shot CLI runs free each model as soon as the command is done with its stage.
     df = DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
-                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
+                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False, info=info)
     if df.device.type == "cpu" and df.dtype == torch.float16:
         typer.echo("note: float16 is many times slower than float32 on a CPU (it has no fast float16 kernels); "
                    "--dtype float32 (the CPU default) or bfloat16 is faster", err=True)
@@ -346,16 +357,16 @@ def sdedit(image: InputImage,
     """SDEdit: noise IMAGE to timestep index --i-start and denoise it with --prompt."""
     from .edits import check_i_start
     from .images import load_image, to_pil, wrap
-    from .pipeline import default_prompt, model_info
     from .sampler import plan_timesteps
-    prompt = default_prompt(opts.model) if prompt is None else prompt
-    schedule, size = model_info(opts.model)
-    ts = plan_timesteps(schedule, opts.sampler, opts.stride, opts.steps)
+    info = opts.info
+    prompt = info.default_prompt if prompt is None else prompt
+    ts = plan_timesteps(info.schedule, opts.sampler, opts.stride, opts.steps)
     for i in i_start:
         check_i_start(i, ts, opts.stride or 30, opts.steps)
-    load_image(image, size)  # the input must decode before any model loads
+    load_image(image, info.sample_size)  # the input must decode before any model loads
     df, _ = _start(opts, [prompt])
-    results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
+    # The whole sweep in one model lifetime: every stage I entry on one load, then stage II on one.
+    results = df.sdedit_sweep(image, prompt, list(i_start), repeat=repeat, **opts.run_kwargs())
     for r in results:
         r.meta.update(input=str(image), i_start=list(i_start))
     out_size = results[0].images.shape[-1]
@@ -388,10 +399,10 @@ def inpaint(image: InputImage,
     """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly. Writes the result
     (OUT) and original | mask | result (OUT.display.png)."""
     from .images import open_image, to_pil, wrap
-    from .pipeline import default_prompt, image_at, mask_at
+    from .pipeline import image_at, mask_at
     from .sampler import check_sampler
     check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
-    prompt = default_prompt(opts.model) if prompt is None else prompt
+    prompt = opts.info.default_prompt if prompt is None else prompt
     img, m = open_image(image), open_image(mask)  # both must decode before any model loads
     df, _ = _start(opts, [prompt])
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
@@ -455,12 +466,11 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three promp
     """Hybrid image: low frequencies from the first prompt, high from the last (factorized diffusion)."""
     from .edits import check_hybrid_kernel, frequency_split
     from .images import wrap
-    from .pipeline import model_size
     frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading anything
     if split == "color" and (kernel is not None or sigma is not None):
         raise DfeditError("--kernel and --sigma shape the Gaussian split; --split color does not use them")
     if split == "gaussian":
-        check_hybrid_kernel(kernel, sigma, model_size(opts.model), len(prompts))
+        check_hybrid_kernel(kernel, sigma, opts.info.sample_size, len(prompts))
     df, _ = _start(opts, list(prompts))
     res = df.hybrid(list(prompts), split=split, kernel=kernel, sigma=sigma, **opts.run_kwargs())
     tiles = res.pil()
@@ -500,16 +510,18 @@ def noise(image: InputImage,
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
           quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
+    from .backends import resolve
     from .images import load_image, to_pil
-    from .pipeline import check_seed, model_info
+    from .pipeline import check_seed
     check_seed(seed)
     path = _out_path(out, "noise", [image])
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
-    schedule, size = model_info(model)
+    info = resolve(model)
+    schedule, size = info.schedule, info.sample_size
     ts = [schedule.check_t(v) for v in t]
     x0 = load_image(image, size)
-    df = _api(model, quiet=quiet, device="cpu")
+    df = _api(model, quiet=quiet, device="cpu", info=info)
     noisy = df.noise(x0, ts, seed=seed)
     ims = [to_pil(x0)[0]] + [to_pil(x)[0] for x in noisy]
     meta = {"command": "noise", "input": str(image), "t": ts, "seed": seed, "model": model}
@@ -535,10 +547,11 @@ def denoise(image: InputImage,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
+    from .backends import resolve
     from .edits import check_i_start
     from .filters import check_blur
     from .images import load_image, to_pil
-    from .pipeline import check_finite, check_seed, default_prompt, model_info
+    from .pipeline import check_finite, check_seed
     from .sampler import check_sampler, plan_timesteps
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
@@ -551,16 +564,17 @@ def denoise(image: InputImage,
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
-    schedule, size = model_info(model)
+    info = resolve(model)
+    schedule, size = info.schedule, info.sample_size
     check_blur(blur_kernel, blur_sigma, size, "--blur-kernel", "--blur-sigma")  # before anything loads
-    prompt = default_prompt(model) if prompt is None else prompt
+    prompt = info.default_prompt if prompt is None else prompt
     grid_ts = plan_timesteps(schedule, sampler, stride, steps)
     if i_start is not None:
         ts = [grid_ts[check_i_start(i_start, grid_ts, stride or 30, steps)]]
     else:
         ts = [schedule.check_t(v) for v in (t or [690])]
     x0 = load_image(image, size)
-    df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
+    df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet, info=info)
     rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, steps=steps, sampler=sampler,
                       eta=eta, blur_kernel=blur_kernel, blur_sigma=blur_sigma, record_every=1 if gif else 0)
     cols = ["noisy", "blur", "one_step", "iterative"]
@@ -599,9 +613,10 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
+    from .backends import resolve
     from .images import load_image, to_pil
     from .models import check_stage2
-    from .pipeline import EMOJI_STAGE2_HINT, _emoji_backend, check_finite, check_seed, make_generator, model_size
+    from .pipeline import check_finite, check_seed, make_generator
     from .sampler import check_sampler
     check_seed(seed)
     check_finite(stage2_cfg, "--stage2-cfg")
@@ -611,12 +626,13 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
-    emoji = _emoji_backend(model) is not None
-    check_stage2(stage2, stage2_steps, noise_level, **({"hint": EMOJI_STAGE2_HINT.replace(
-        "leave out --upscale", "dfedit upscale is for IF images")} if emoji else {}))
-    x = load_image(image, model_size(model))
-    df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
-    if not emoji:
+    info = resolve(model)
+    hint = info.stage2_hint  # a stage I model without a stage II of its own says so
+    check_stage2(stage2, stage2_steps, noise_level, **({"hint": hint.replace(
+        "leave out --upscale", "dfedit upscale is for IF images")} if hint else {}))
+    x = load_image(image, info.sample_size)
+    df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
+    if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)
         df.check_prompts([prompt])
     frames: list = []
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,

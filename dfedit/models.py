@@ -151,9 +151,10 @@ def _not_a_model(model: str, p: Path, flag: str) -> str:
 
 
 def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True,
-            flag: str = "--model", hint: str = OFFLINE_HINT) -> Path:
+            flag: str = "--model", hint: str = OFFLINE_HINT, also: tuple[str, ...] = ()) -> Path:
     """A local directory holding `components` (subfolder names) of `model` (Hub id or directory).
-    flag names the option in messages; hint ends every Hub failure's message."""
+    flag names the option in messages; hint ends every Hub failure's message; `also`: components
+    fetched in the same Hub look-up that the directory need not have."""
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file() and not any((p / c / "config.json").is_file() for c in components):
@@ -161,7 +162,29 @@ def resolve(model: str, components: list[str], fp16: bool = False, weights: bool
         return p
     if p.exists() or not _HUB_ID.match(model):
         raise DfeditError(_not_a_model(model, p, flag))
-    return _hub_snapshot(model, components, fp16, weights, hint)
+    return _hub_snapshot(model, list(components) + [c for c in also if c not in components], fp16, weights, hint)
+
+
+class Snapshot:
+    """One model argument's local directories, each looked up once: what a command resolves its
+    --model / --stage2 into (dfedit.backends.deepfloyd), so that a Hub id costs one snapshot look-up
+    for its configs and one for its weights, however many layers ask. A look-up that fetched a
+    superset of what is asked (more components, weights) answers for it."""
+
+    def __init__(self, model: str, flag: str = "--model", hint: str = OFFLINE_HINT):
+        self.model, self.flag, self.hint = model, flag, hint
+        self._roots: dict[tuple, Path] = {}
+
+    def root(self, components: list[str], fp16: bool = False, weights: bool = True,
+             also: tuple[str, ...] = ()) -> Path:
+        want = set(components)
+        for (comps, fp, w), path in self._roots.items():
+            if want <= set(comps) and fp == fp16 and (w or not weights):
+                return path
+        path = resolve(self.model, list(components), fp16=fp16, weights=weights, flag=self.flag, hint=self.hint,
+                       also=also)
+        self._roots[(tuple(components) + tuple(c for c in also if c not in components), fp16, weights)] = path
+        return path
 
 
 def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, hint: str = OFFLINE_HINT) -> Path:
@@ -235,15 +258,16 @@ class T5PromptEncoder:
     """
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, cache_dir=None,
-                 offload: bool = False, quiet: bool = True):
+                 offload: bool = False, quiet: bool = True, snapshot: "Snapshot | None" = None):
         self.model, self.device, self.dtype, self.offload, self.quiet = model, device, dtype, offload, quiet
         self.cache_dir = cache_dir
+        self.snapshot = snapshot if snapshot is not None else Snapshot(model)
         self._root: Path | None = None
         self._cache: EmbeddingCache | None = None
 
     def _resolve(self) -> Path:
         if self._root is None:
-            self._root = resolve(self.model, ["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
+            self._root = self.snapshot.root(["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
             if not has_component(self._root, "text_encoder"):
                 raise DfeditError(f"{self.model} has no text_encoder: pass --model with the stage I checkpoint "
                                   "that provides T5 for it")
@@ -324,10 +348,11 @@ class T5PromptEncoder:
 _TOKENIZERS: dict[str, object] = {}
 
 
-def count_t5_tokens(model: str, prompts: list[str]) -> list[int]:
+def count_t5_tokens(model: str, prompts: list[str], root: Path | None = None) -> list[int]:
     """T5 tokens of each prompt as IF encodes it (preprocessed, with </s>), from the tokenizer
-    alone: what --prompt is checked against before any weights load."""
-    root = resolve(model, ["text_encoder", "tokenizer"], weights=False)
+    alone: what --prompt is checked against before any weights load. `root`: the model's
+    directory when it has been resolved already."""
+    root = root if root is not None else resolve(model, ["text_encoder", "tokenizer"], weights=False)
     if not has_component(root, "tokenizer"):
         return [0] * len(prompts)  # no tokenizer here: the encoder's own check says what is missing
     key = str((root / "tokenizer").resolve())
@@ -394,16 +419,21 @@ SDPA_PROCESSORS = {"AttnProcessor2_0", "AttnAddedKVProcessor2_0"}
 
 
 def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encoder_model: str | None = None,
-            offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False) -> IFDenoiser:
+            offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False,
+            snapshot: Snapshot | None = None, prompt_encoder: "T5PromptEncoder | None" = None) -> IFDenoiser:
     """Stage I (upscaler=False) or stage II from a Hub id or a local directory.
 
-    `text_encoder_model` names where T5 comes from (stage II gets stage I's, see below).
+    `text_encoder_model` names where T5 comes from (stage II gets stage I's, see below), or
+    `prompt_encoder` is that encoder itself; `snapshot`: the model's resolved directories.
     """
     from diffusers import UNet2DConditionModel
 
     fp16 = dtype == torch.float16
     comps = ["unet", "scheduler"] + (["image_noising_scheduler"] if upscaler else [])
-    root = resolve(model, comps, fp16=fp16, flag="--stage2" if upscaler else "--model")
+    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2" if upscaler else "--model")
+    own_t5 = prompt_encoder is None and text_encoder_model in (None, model)
+    # A model that is its own T5 source fetches T5 in the same look-up as its UNet.
+    root = snapshot.root(comps, fp16=fp16, also=("text_encoder", "tokenizer") if own_t5 else ())
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if upscaler != (unet_cfg.get("class_embed_type") == "timestep"):
         want = "a stage II (super-resolution)" if upscaler else "a stage I"
@@ -429,9 +459,11 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
         unet.to(device)
     # All IF stages use the same T5-XXL: prefer the one named by the caller (stage I's), so both
     # stages share cache entries and IF-II's copy of T5 is never downloaded or loaded.
-    te_model = text_encoder_model or model
-    encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet)
-    return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
+    if prompt_encoder is None:
+        te_model = text_encoder_model or model
+        prompt_encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet,
+                                         snapshot=snapshot if te_model == model else None)
+    return IFDenoiser(unet, schedule, model, prompt_encoder, device, dtype, noising_schedule=noising)
 
 
 STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage; --stage2 takes an IF "
@@ -439,13 +471,14 @@ STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage;
                 "model goes in --model")
 
 
-def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT) -> None:
+def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT,
+                 snapshot: Snapshot | None = None) -> None:
     """Validate stage II from its configs alone, so a bad --stage2 / --noise-level / --stage2-steps
     is reported before stage I spends minutes on a GPU."""
     if model in BUILTIN_MODELS or dfedit_train_layout(Path(model).expanduser()) is not None:
         raise DfeditError(f"--stage2 {model}: {STAGE2_EMOJI}")
-    root = resolve(model, ["unet", "scheduler", "image_noising_scheduler"], weights=False, flag="--stage2",
-                   hint=hint)
+    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2", hint=hint)
+    root = snapshot.root(["unet", "scheduler", "image_noising_scheduler"], weights=False)
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if unet_cfg.get("class_embed_type") != "timestep":
         raise DfeditError(f"--stage2 {model} is not a stage II (super-resolution) IF checkpoint")
@@ -456,9 +489,11 @@ def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_H
     NoiseSchedule.from_config(noising).check_t(noise_level, "--noise-level")
 
 
-def load_configs(model: str) -> tuple[dict, NoiseSchedule]:
-    """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet."""
-    root = resolve(model, ["unet", "scheduler"], weights=False)
+def load_configs(model: str, snapshot: Snapshot | None = None) -> tuple[dict, NoiseSchedule]:
+    """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet.
+    With a `snapshot`, the tokenizer's and T5's configs come in the same look-up."""
+    root = (snapshot.root(["unet", "scheduler"], weights=False, also=("text_encoder", "tokenizer"))
+            if snapshot is not None else resolve(model, ["unet", "scheduler"], weights=False))
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     sched = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
     return unet_cfg, NoiseSchedule.from_config(sched)

@@ -97,17 +97,22 @@ def _tensors_problem(name: str, tensors: dict[str, torch.Tensor], expect: dict, 
     return None
 
 
-def checkpoint_problem(ck: Path, purpose: str = "resume") -> str | None:
-    """Cheap completeness check: valid config, every tensor file present and not truncated."""
+def _problem(ck: Path, purpose: str) -> tuple[str | None, dict | None]:
+    """(why the checkpoint cannot be used, None), or (None, its validated config): one read."""
     try:
-        read_config(ck, purpose)
+        cfg = read_config(ck, purpose)
     except DfeditError as e:
-        return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", "")
+        return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", ""), None
     for which in (WEIGHTS if purpose == "resume" else ("ema",)):
         why = safetensors_problem(ck / f"{which}.safetensors")
         if why:
-            return why
-    return None
+            return why, None
+    return None, cfg
+
+
+def checkpoint_problem(ck: Path, purpose: str = "resume") -> str | None:
+    """Cheap completeness check: valid config, every tensor file present and not truncated."""
+    return _problem(ck, purpose)[0]
 
 
 def _latest(run: Path) -> tuple[Path | None, str | None]:
@@ -136,14 +141,23 @@ def _latest(run: Path) -> tuple[Path | None, str | None]:
 BUILTIN = BUILTIN_MODELS
 
 
-def _own_config(p: Path) -> bool:
+_UNPARSED = object()
+
+
+def _own_config(p: Path, parsed: list | None = None) -> bool:
     """A config.json that says it is ours, or a damaged one beside our weight files (so that its
-    damage is reported as such, not as "not a diffusers model")."""
+    damage is reported as such, not as "not a diffusers model"). `parsed` receives the parsed
+    file (or _UNPARSED), so that the caller need not read it again."""
     cfg = p / "config.json"
+    obj = _UNPARSED
     try:
-        return json.loads(cfg.read_bytes().decode("utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        obj = json.loads(cfg.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
         pass
+    if parsed is not None:
+        parsed.append(obj)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return True
     return cfg.exists() and not (p / "model_index.json").exists() and \
         any((p / f"{w}.safetensors").exists() for w in ("ema", "model"))
 
@@ -152,26 +166,43 @@ def _looks_like_run(p: Path) -> bool:
     return (p / "latest.json").exists() or bool(step_dirs(p / "checkpoints"))
 
 
-def resolve(path: str | Path) -> Path | None:
-    """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
-    newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
-    ./emoji for a local directory of that name). None when it is not a dfedit-train checkpoint."""
+def _resolve(path: str | Path) -> tuple[Path | None, dict | None]:
+    """`resolve`, with the validated config when it was read on the way (else None)."""
     if str(path) in BUILTIN:
         path = BUILTIN[str(path)]
     p = Path(path).expanduser()
     if (p / "config.json").exists():
-        return p if _own_config(p) else None
+        parsed: list = []
+        if not _own_config(p, parsed):
+            return None, None
+        obj = parsed[0]
+        return p, (check_config_of(p, obj) if obj is not _UNPARSED else None)
     if not _looks_like_run(p):
-        return None
+        return None, None
     named, why = _latest(p)
-    if named is not None and checkpoint_problem(named, "model") is None:
-        return named
+    if named is not None:
+        problem, cfg = _problem(named, "model")
+        if problem is None:
+            return named, cfg
     for _, ck in step_dirs(p / "checkpoints")[::-1]:
-        if checkpoint_problem(ck, "model") is None:
+        problem, cfg = _problem(ck, "model")
+        if problem is None:
             notice(f"{why or f'latest.json names {named.name}, which is incomplete'}; using the newest complete "
                    f"checkpoint of {p}, {ck.name}")
-            return ck
-    return None
+            return ck, cfg
+    return None, None
+
+
+def check_config_of(ck: Path, obj) -> dict:
+    from .schema import check_config
+    return check_config(obj, ck / "config.json", "model")
+
+
+def resolve(path: str | Path) -> Path | None:
+    """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
+    newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
+    ./emoji for a local directory of that name). None when it is not a dfedit-train checkpoint."""
+    return _resolve(path)[0]
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
@@ -186,8 +217,9 @@ def is_checkpoint_dir(path: str | Path) -> bool:
 
 
 def load(path: str | Path) -> tuple[Path, dict]:
-    """(checkpoint dir, validated config); one sentence naming the file and the key otherwise."""
-    ck = resolve(path)
+    """(checkpoint dir, validated config); one sentence naming the file and the key otherwise.
+    config.json is read once."""
+    ck, cfg = _resolve(path)
     if ck is None:
         p = Path(BUILTIN.get(str(path), path)).expanduser()
         if _looks_like_run(p):
@@ -197,7 +229,24 @@ def load(path: str | Path) -> tuple[Path, dict]:
         if (p / "config.json").exists():
             raise DfeditError(f"{p / 'config.json'} is not a dfedit-train config")
         raise DfeditError(f"{path} is not a dfedit-train checkpoint (no config.json or latest.json)")
-    return ck, read_config(ck, "model")
+    return ck, (cfg if cfg is not None else read_config(ck, "model"))
+
+
+def open_model(path: str | Path) -> tuple[Path, dict] | None:
+    """What `--model` gets for an emoji model: (checkpoint dir, validated config), reading its
+    config.json once; None when `path` is no dfedit-train checkpoint, run or built-in name (another
+    backend's model); one sentence when it is one but cannot be used."""
+    if str(path) not in BUILTIN:
+        p = Path(path).expanduser()
+        if not (p / "config.json").exists() and not _looks_like_run(p):
+            return None
+        if (p / "config.json").exists():
+            parsed: list = []
+            if not _own_config(p, parsed):
+                return None
+            obj = parsed[0]
+            return p, (check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model"))
+    return load(path)
 
 
 def describe(path: str | Path):
@@ -237,12 +286,14 @@ def build_net(cfg: dict):
     return UNet(from_dict(ModelConfig, cfg["model"]))
 
 
-def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema", cache_dir=None):
+def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema", cache_dir=None,
+                  opened: tuple[Path, dict] | None = None):
     """A checkpoint as a dfedit `Denoiser` (EMA weights unless weights="model"); `cache_dir` is
-    where its prompt embeddings are cached (default: the user cache)."""
+    where its prompt embeddings are cached (default: the user cache). `opened`: what `open_model`
+    returned for it, so that its config is not read again."""
     from .denoiser import EmojiDenoiser
 
-    ck, cfg = load(path)
+    ck, cfg = opened if opened is not None else load(path)
     tensors = load_tensors(ck, weights)
     # The expected shapes come from the net that is built anyway: building it on the meta device
     # instead imports torch._dynamo and sympy (meta randn), 0.8 s of a 2 s `dfedit sample --model emoji`.
