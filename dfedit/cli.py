@@ -274,10 +274,9 @@ def _start(opts: GenOptions, prompts: list[str]):
 def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:
     """Write `img` with its metadata; `display` = (image, how it was made) also writes the display
     copy beside the final name. Returns the path written."""
-    from . import __version__
     from .images import display_path, save_png
-    meta = {**meta, "command_line": " ".join(shlex.quote(a) for a in ["dfedit"] + cli_errors.ARGV),
-            "dfedit_version": __version__}
+    from .pipeline import png_metadata
+    meta = png_metadata(meta, command_line=" ".join(shlex.quote(a) for a in ["dfedit"] + cli_errors.ARGV))
     if path not in _AUTO_NAMED:
         save_png(img, path, meta)
     else:  # a run started beside this one may have taken the name meanwhile: take the next free one

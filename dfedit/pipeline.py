@@ -89,6 +89,8 @@ class Edit:
 
 @dataclass
 class Result:
+    """What every generating method returns (sample, sdedit, inpaint, anagram, hybrid, generate)."""
+
     images: torch.Tensor  # final images in [-1, 1], (N, 3, H, W)
     stage1: torch.Tensor  # stage I output (equal to images without stage II)
     meta: dict = field(default_factory=dict)
@@ -96,6 +98,21 @@ class Result:
 
     def pil(self) -> list[Image.Image]:
         return to_pil(self.images)
+
+    def save(self, path, index: int = 0):
+        """Write image `index` at its native size as a PNG carrying the metadata the CLI writes
+        (every parameter as a text chunk, all of it as JSON under `dfedit`; the CLI adds only the
+        command line). Atomic; returns the path written."""
+        from .images import save_png
+        return save_png(self.pil()[index], path, png_metadata(self.meta))
+
+
+def png_metadata(meta: dict, command_line: str | None = None) -> dict:
+    """The metadata of an output PNG: the run's parameters, the command line (CLI only) and the
+    dfedit version. One function, so the CLI's files and `Result.save`'s say the same."""
+    from . import __version__
+    return {**meta, **({"command_line": command_line} if command_line is not None else {}),
+            "dfedit_version": __version__}
 
 
 class DFEdit:

@@ -218,3 +218,27 @@ def test_a_toy_backend_registered_in_the_test_runs_every_edit(cli, toy, tmp_path
         meta = read_metadata(tmp_path / f"{name}.png")
         assert meta["model"] == "toy-oracle" and meta["cfg"] == 2.0, name  # the backend's default guidance
     assert toy.loads == 5  # one load per command
+
+
+# ---- one Result type, saved like the CLI saves ---------------------------------------------------
+
+@pytest.mark.parametrize("command", ["sample", "hybrid"])
+def test_result_save_writes_what_the_cli_writes(cli, tiny_models, tmp_path, command):
+    from dfedit import DFEdit
+    from dfedit.pipeline import Result
+    s1, s2 = tiny_models
+    prompts = ["a dog"] if command == "sample" else ["a dog", "a cat"]
+    _ok(cli(command, *prompts, "--model", s1, "--stage2", s2, "--stride", "330", "--stage2-steps", "2", "--seed",
+            "5", "--no-display", *FAST, "-o", tmp_path / "cli.png"))
+    df = DFEdit(model=str(s1), stage2=str(s2), device="cpu", quiet=True)
+    kw = dict(seed=5, stride=330, stage2_steps=2)
+    res = df.sample(prompts[0], **kw) if command == "sample" else df.hybrid(prompts, **kw)
+    assert isinstance(res, Result)
+    res.save(tmp_path / "api.png")
+    cli_meta, api_meta = read_metadata(tmp_path / "cli.png"), read_metadata(tmp_path / "api.png")
+    assert cli_meta.pop("command_line").startswith(f"dfedit {command} ")
+    assert cli_meta == api_meta and api_meta["dfedit_version"]
+    with Image.open(tmp_path / "cli.png") as a, Image.open(tmp_path / "api.png") as b:
+        assert {k: v for k, v in a.text.items() if k not in ("command_line", "dfedit")} == \
+            {k: v for k, v in b.text.items() if k != "dfedit"}
+    assert np.array_equal(_px(tmp_path / "cli.png"), _px(tmp_path / "api.png"))
