@@ -183,11 +183,8 @@ def generating(fn):
 
 def _check_gen_options(opts: GenOptions) -> None:
     """What every generating command can check from its options alone, before anything loads."""
-    from .pipeline import check_finite, check_seed
-    check_seed(opts.seed)
-    check_finite(opts.cfg, "--cfg")
-    check_finite(opts.stage2_cfg, "--stage2-cfg")
-    check_finite(opts.eta, "--eta")
+    from .pipeline import check_options
+    check_options(seed=opts.seed, cfg=opts.cfg, stage2_cfg=opts.stage2_cfg, eta=opts.eta, num_samples=opts.num_samples)
     if opts.num_samples > MAX_SAMPLES:
         raise DfeditError(f"--num-samples {opts.num_samples} is more than {MAX_SAMPLES}, the most one run makes "
                           "(one 8 x 8 grid): run again with another --seed for more")
@@ -430,16 +427,14 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
             view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the permutation views.")] = 0,
             opts: GenOptions = None):
     """Visual anagram: one image that shows PROMPT_A, and PROMPT_B under --view (N-way with more)."""
+    from .pipeline import check_seed, check_views
     from .views import VIEWS, make_view
     views = ["identity"] + list(view)
-    bad = [v for v in views if v not in VIEWS]
-    if bad:
-        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(v for v in VIEWS if v != 'identity')}")
+    check_views(views, offered=[v for v in VIEWS if v != "identity"])
     if len(prompts) != len(views):
         raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
                           f"got {len(prompts)}")
-    from .pipeline import check_seed
-    check_seed(view_seed, "--view-seed")
+    check_seed(view_seed, "view_seed")
     df, _ = _start(opts, list(prompts))
     res = df.anagram(list(prompts), views, view_seed=view_seed, **opts.run_kwargs())
     # Show every sample under every view: row = sample, column = view.
@@ -555,9 +550,9 @@ def denoise(image: InputImage,
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     check_seed(seed)
-    check_finite(cfg, "--cfg")
-    check_finite(blur_sigma, "--blur-sigma")
-    check_finite(eta, "--eta")
+    check_finite(cfg, "cfg")
+    check_finite(blur_sigma, "blur_sigma")
+    check_finite(eta, "eta")
     _check_cache_dir(cache_dir)
     path = _out_path(out, "denoise", [image])
     gif = _gif_path(trajectory, [image])
@@ -618,8 +613,8 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     from .pipeline import check_finite, check_seed, make_generator
     from .sampler import check_sampler
     check_seed(seed)
-    check_finite(stage2_cfg, "--stage2-cfg")
-    check_finite(eta, "--eta")
+    check_finite(stage2_cfg, "stage2_cfg")
+    check_finite(eta, "eta")
     _check_cache_dir(cache_dir)
     path = _out_path(out, "upscale", [image])
     gif = _gif_path(trajectory, [image])

@@ -19,7 +19,7 @@ try:  # typer >= 0.20 vendors its own click; its exceptions are the ones raised
 except ImportError:  # pragma: no cover - older typer uses the click package
     from click.exceptions import Abort, ClickException, Exit, NoArgsIsHelpError
 
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 ARGV: list[str] = []  # the arguments of the current invocation (dfedit records them in PNG metadata)
 
@@ -64,6 +64,8 @@ def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-sam
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
+            except ParamError as e:
+                fail(e.cli_message())  # the library named the parameter; the user typed the option
             except DfeditError as e:
                 fail(str(e), getattr(e, "exit_code", 1))  # e.g. 143 after SIGTERM
             except KeyboardInterrupt:

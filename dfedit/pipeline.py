@@ -26,15 +26,15 @@ from PIL import Image
 
 from . import edits
 from .denoiser import Cond, Denoiser, EpsFn
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 from .filters import gaussian_blur
 from .images import center_square, open_image, pil_to_tensor, to_pil
 from .backends import ModelInfo, Upscaler
 from .backends import resolve as resolve_model
 from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, pick_device, pick_dtype
 from .progress import progress_bar
-from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, StepCallback, StepHook, cfg as cfg_fn, check_sampler,
-                      denoise_loop, plan_timesteps, randn)
+from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
+                      check_sampler, denoise_loop, plan_timesteps, randn)
 from .views import VIEWS, make_view
 
 
@@ -153,8 +153,10 @@ class DFEdit:
 
     def stage1(self) -> Denoiser:
         if self._s1 is None:
-            self._s1 = self.info.backend.load(self.info, self.device, self.dtype, offload=self.offload,
-                                              cache_dir=self.cache_dir, quiet=self.quiet)
+            # Loaded without a check first (API callers may): the loader says what is wrong with it.
+            info = self._info if self._info is not None else resolve_model(self.model, strict=False)
+            self._s1 = info.backend.load(info, self.device, self.dtype, offload=self.offload,
+                                         cache_dir=self.cache_dir, quiet=self.quiet)
             if self._encoder is None:
                 self._encoder = self._s1.prompt_encoder
         return self._s1
@@ -267,16 +269,11 @@ class DFEdit:
                          stage2_cfg, noise_level, negative_prompt, record_every, sampler, eta, callback,
                          generator) -> tuple[Result, dict | None]:
         """`generate` up to the end of stage I: (the stage I Result, what stage II needs, or None)."""
-        if num_samples < 1:
-            raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
-        check_finite(cfg, "--cfg")
-        check_finite(stage2_cfg, "--stage2-cfg")
-        check_finite(eta, "--eta")
-        check_seed(seed)
-        spec = check_sampler(sampler, eta)
+        check_options(seed=seed, cfg=cfg, stage2_cfg=stage2_cfg, eta=eta, num_samples=num_samples)
         upscale = self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=upscale,
                              stage2_steps=stage2_steps, noise_level=noise_level,
                              prompts=list(edit.prompts) + [negative_prompt])
+        spec = SAMPLERS[sampler]  # checked, with eta, by `check`
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         if cfg is None:
@@ -359,7 +356,7 @@ class DFEdit:
         freed, and every stage II run on one load of stage II."""
         prompt = self.default_prompt() if prompt is None else prompt
         if repeat < 1:
-            raise DfeditError(f"--repeat must be at least 1, got {repeat}")
+            raise ParamError("repeat", f"must be at least 1, got {repeat}")
         upscale = kw.pop("upscale", None)
         given = kw.pop("generator", None)
         firsts = []
@@ -420,9 +417,7 @@ class DFEdit:
             raise DfeditError("an anagram needs at least two prompts")
         if len(views) != len(prompts):
             raise DfeditError(f"{len(prompts)} prompts need {len(prompts)} views (got {len(views)})")
-        unknown = [v for v in views if v not in VIEWS]
-        if unknown:
-            raise DfeditError(f"unknown view {unknown[0]!r}: choose from {', '.join(VIEWS)}")
+        check_views(views)
 
         def eps(den, conds, uncond, scale):
             vs = [make_view(v, den.sample_size, view_seed) for v in views]
@@ -469,7 +464,7 @@ class DFEdit:
         iterative run goes from t down the --stride (or --steps) grid with `sampler`.
         prompt None: the model's default (see `default_prompt`)."""
         prompt = self.default_prompt() if prompt is None else prompt
-        check_finite(cfg, "--cfg")
+        check_finite(cfg, "cfg")
         check_seed(seed)
         self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=False, prompts=[prompt])
         s1 = self.stage1()
@@ -504,19 +499,38 @@ def default_prompt(model: str) -> str:
     return resolve_model(model).default_prompt
 
 
-def check_finite(value: float | None, flag: str) -> None:
+def check_finite(value: float | None, param: str) -> None:
     import math
     if value is not None and not math.isfinite(value):
-        raise DfeditError(f"{flag} must be a finite number, got {value}")
+        raise ParamError(param, f"must be a finite number, got {value}")
 
 
 SEED_MAX = 2**64 - 1
 
 
-def check_seed(seed: int, flag: str = "--seed") -> int:
+def check_seed(seed: int, param: str = "seed") -> int:
     if not 0 <= int(seed) <= SEED_MAX:
-        raise DfeditError(f"{flag} must be between 0 and 2^64 - 1 ({SEED_MAX}), got {seed}")
+        raise ParamError(param, f"must be between 0 and 2^64 - 1 ({SEED_MAX}), got {seed}")
     return int(seed)
+
+
+def check_options(*, seed: int = 0, cfg: float | None = None, stage2_cfg: float | None = None, eta: float = 0.0,
+                  num_samples: int = 1) -> None:
+    """What a generating call can check from its numbers alone, before any config is read: the
+    CLI runs it first thing, `generate` (for API callers) at its start."""
+    if num_samples < 1:
+        raise ParamError("num_samples", f"must be at least 1, got {num_samples}")
+    check_seed(seed)
+    check_finite(cfg, "cfg")
+    check_finite(stage2_cfg, "stage2_cfg")
+    check_finite(eta, "eta")
+
+
+def check_views(views: list[str], offered=None) -> None:
+    """Every view name must be known (`offered`: the names to suggest; default all)."""
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(offered or VIEWS)}")
 
 
 def check_mask(m: torch.Tensor, invert: bool = False) -> None:

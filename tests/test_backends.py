@@ -242,3 +242,21 @@ def test_result_save_writes_what_the_cli_writes(cli, tiny_models, tmp_path, comm
         assert {k: v for k, v in a.text.items() if k not in ("command_line", "dfedit")} == \
             {k: v for k, v in b.text.items() if k != "dfedit"}
     assert np.array_equal(_px(tmp_path / "cli.png"), _px(tmp_path / "api.png"))
+
+
+# ---- the core speaks of parameters, the CLI of options --------------------------------------------
+
+def test_library_errors_name_parameters_and_the_cli_names_options(cli, toy, tmp_path):
+    from dfedit import DFEdit, DfeditError
+    df = DFEdit(model="toy", device="cpu", quiet=True)
+    for kw, param in ((dict(cfg=float("nan")), "cfg"), (dict(num_samples=0), "num_samples"),
+                      (dict(seed=-1), "seed"), (dict(stage2_cfg=float("inf")), "stage2_cfg")):
+        with pytest.raises(DfeditError) as e:
+            df.sample("x", **kw)
+        assert str(e.value).startswith(f"{param} must be ") and "--" not in str(e.value)
+    with pytest.raises(DfeditError, match="^repeat must be at least 1"):
+        df.sdedit(torch.zeros(1, 3, SIZE, SIZE), "x", repeat=0)
+    code, _, err = cli("sample", "x", "--model", "toy", "--cfg", "nan", *FAST, "-o", tmp_path / "o.png")
+    assert code == 1 and err.strip() == "dfedit: error: --cfg must be a finite number, got nan"
+    code, _, err = cli("anagram", "a", "b", "--view-seed", "-1", "--model", "toy", *FAST, "-o", tmp_path / "o.png")
+    assert code == 1 and err.strip().startswith("dfedit: error: --view-seed must be between 0 and 2^64 - 1")

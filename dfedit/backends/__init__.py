@@ -43,6 +43,7 @@ class ModelInfo:
     text_encoder: str = "the text encoder"  # how messages name it
     stage2_hint: str | None = None  # appended to a stage II failure's message
     offload: bool = True  # whether --offload means anything for it
+    problem: str | None = None  # why it cannot run as a stage I model (`resolve` raises it)
     source: Any = field(default=None, repr=False)  # the backend's own: resolved paths, parsed configs
 
 
@@ -113,11 +114,15 @@ def _builtin() -> None:
         BACKENDS.extend([Emoji(), DeepFloyd()])  # DeepFloyd last: it claims every other string
 
 
-def resolve(model: str) -> ModelInfo:
-    """The ModelInfo of a stage I model string: the first registered backend that claims it."""
+def resolve(model: str, strict: bool = True) -> ModelInfo:
+    """The ModelInfo of a stage I model string: the first registered backend that claims it.
+    strict=False: also a model that cannot run as stage I (its `problem` says why), for loading
+    it and letting the loader say what it is instead."""
     _builtin()
     for backend in list(BACKENDS):
         info = backend.probe(model)
         if info is not None:
+            if strict and info.problem:
+                raise DfeditError(info.problem)
             return info
     raise DfeditError(f"--model {model}: no backend knows this model")  # pragma: no cover - DeepFloyd claims all

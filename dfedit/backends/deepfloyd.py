@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import DfeditError
 from ..models import (IF_MAX_TOKENS, OFFLINE_HINT, Snapshot, T5PromptEncoder, check_stage2, count_t5_tokens,
                       load_configs, load_if)
 from . import ModelInfo
@@ -30,12 +29,14 @@ class DeepFloyd:
         sentence saying what the string is not."""
         snapshot = Snapshot(model)
         cfg, schedule = load_configs(model, snapshot)
+        problem = None
         if cfg.get("class_embed_type") == "timestep":
-            raise DfeditError(f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model")
+            problem = f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model"
         s = cfg.get("sample_size")
         return ModelInfo(name=model, backend=self, schedule=schedule, sample_size=int(s if isinstance(s, int) else s[0]),
                          default_cfg=IF_DEFAULT_CFG, default_prompt=IF_DEFAULT_PROMPT, upscales=True,
-                         prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=snapshot)
+                         prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=snapshot,
+                         problem=problem)
 
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
         root = info.source.root(["unet", "scheduler"], weights=False, also=("text_encoder", "tokenizer"))
