@@ -8,9 +8,11 @@
 Every generating command is an `Edit`: which prompts it encodes, how it builds its start state,
 its noise-estimate function and its per-step hook for a given denoiser. `DFEdit.generate` runs an
 Edit through stage I and, optionally, the same Edit through stage II (views, frequency splits and
-the inpainting projection are rebuilt at the upscaler's size). Models load lazily; with
-keep_loaded=False (what the CLI uses) each is freed as soon as its stage is done, so T5, stage I
-and stage II never share the GPU.
+the inpainting projection are rebuilt at the upscaler's size). The model string is resolved once
+into a `ModelInfo` by its backend (dfedit.backends), and stage II is that backend's `Upscaler`, so
+nothing here knows which model family runs. Models load lazily; with keep_loaded=False (what the
+CLI uses) each is freed when the command is done with its stage (`holding`: a sweep loads each
+stage once), so T5, stage I and stage II never share the GPU.
 """
 
 from __future__ import annotations
@@ -204,13 +206,12 @@ class DFEdit:
         info = self.info
         check_sampler(sampler, eta)
         plan_timesteps(info.schedule, sampler, stride, steps)
-        if self.offload and not info.offload:
-            raise DfeditError("--offload is for IF models on a GPU with too little memory; an emoji model is small "
-                              "enough to load whole: leave out --offload")
+        if self.offload and info.no_offload:
+            raise DfeditError(info.no_offload)
         if prompts:
             self.check_prompts(prompts)
         if upscale is None:
-            upscale = info.upscales  # IF pairs with stage II; emoji models do not
+            upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
             self.upscaler().check(stage2_steps, noise_level)
         return upscale
@@ -277,7 +278,7 @@ class DFEdit:
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         if cfg is None:
-            cfg = self.info.default_cfg  # IF: 7; an emoji model: the scale it was validated with
+            cfg = self.info.default_cfg  # the backend's: IF 7; an emoji model the scale it was validated with
         ts = plan_timesteps(s1.schedule, sampler, stride, steps)
         conds, uncond = self.conds(s1, edit.prompts, negative_prompt, num_samples)
         if edit.start is not None:
@@ -314,8 +315,8 @@ class DFEdit:
     def _stage2(self, edit: Edit, low_res: torch.Tensor, gen: torch.Generator, steps: int, cfg: float,
                 noise_level: int, negative: str, callback=None, sampler: str = DEFAULT_SAMPLER,
                 eta: float = 0.0) -> torch.Tensor:
-        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image.
-        `steps` model calls in diffusers' leading spacing (50 -> 980, 960, ..., 0), any sampler."""
+        """Stage II through the backend's `Upscaler` (IF stage II: x_T at its size, conditioned on the
+        noised, upsampled low-res image; `steps` model calls in diffusers' leading spacing), any sampler."""
         up, s2 = self.upscaler(), self.stage2()
         ts = up.timesteps(s2, steps, sampler, eta)
         if edit.schedule is not None:

@@ -165,7 +165,7 @@ class Toy:
         if model != "toy":
             return None
         return ModelInfo(name=model, backend=self, schedule=self.schedule, sample_size=SIZE, default_cfg=2.0,
-                         default_prompt="", upscales=False, prompt_limit=None, offload=False)
+                         default_prompt="", upscales=False, prompt_limit=None)
 
     def count_tokens(self, info, prompts):
         return [0] * len(prompts)

@@ -42,7 +42,7 @@ class ModelInfo:
     prompt_limit: int | None = None  # tokens the text encoder reads (None: no limit)
     text_encoder: str = "the text encoder"  # how messages name it
     stage2_hint: str | None = None  # appended to a stage II failure's message
-    offload: bool = True  # whether --offload means anything for it
+    no_offload: str | None = None  # why --offload does not apply to it (None: it does)
     problem: str | None = None  # why it cannot run as a stage I model (`resolve` raises it)
     source: Any = field(default=None, repr=False)  # the backend's own: resolved paths, parsed configs
 

@@ -38,6 +38,13 @@ class DeepFloyd:
                          prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=snapshot,
                          problem=problem)
 
+    def describe(self, den) -> ModelInfo:
+        """The ModelInfo of an IF stage I denoiser built in memory (benchmarks: random full-size
+        UNets), for a DFEdit handed that denoiser instead of a model to load."""
+        return ModelInfo(name=den.name, backend=self, schedule=den.schedule, sample_size=den.sample_size,
+                         default_cfg=IF_DEFAULT_CFG, default_prompt=IF_DEFAULT_PROMPT, upscales=True,
+                         prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=Snapshot(den.name))
+
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
         root = info.source.root(["unet", "scheduler"], weights=False, also=("text_encoder", "tokenizer"))
         return count_t5_tokens(info.name, prompts, root=root)

@@ -10,6 +10,10 @@ EMOJI_STAGE2_HINT = ("; stage II is DeepFloyd's IF-II, which upscales IF stage I
                      "no stage II of their own: leave out --upscale")
 
 
+NO_OFFLOAD = ("--offload is for IF models on a GPU with too little memory; an emoji model is small enough to "
+              "load whole: leave out --offload")
+
+
 class Emoji:
     name = "emoji"
     builtin = True
@@ -30,8 +34,8 @@ class Emoji:
             default_cfg=float(cfg.get("train", {}).get("guidance", 3.0)),
             # the unconditional branch: the model never saw IF's photo caption
             default_prompt="", upscales=False, prompt_limit=int(cfg["text_encoder"]["max_length"]),
-            text_encoder="the emoji model's MiniLM text encoder", stage2_hint=EMOJI_STAGE2_HINT, offload=False,
-            source=opened)
+            text_encoder="the emoji model's MiniLM text encoder", stage2_hint=EMOJI_STAGE2_HINT,
+            no_offload=NO_OFFLOAD, source=opened)
 
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
         from ..emoji.text import count_tokens
