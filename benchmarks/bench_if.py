@@ -47,7 +47,7 @@ def build(which: str, device: torch.device, dtype: torch.dtype, tiny: bool):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from dfedit import testing
-    from dfedit.models import IFDenoiser, configure_unet, quiet_hf_logging
+    from dfedit.backends.deepfloyd import IFDenoiser, configure_unet, quiet_hf_logging
     from dfedit.schedule import NoiseSchedule
 
     quiet_hf_logging()

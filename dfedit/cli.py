@@ -609,7 +609,7 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     """Run IF stage II on an existing low-resolution image (IF models only)."""
     from .backends import resolve
     from .images import load_image, to_pil
-    from .models import check_stage2
+    from .backends.deepfloyd import check_stage2
     from .pipeline import check_finite, check_seed, make_generator
     from .sampler import check_sampler
     check_seed(seed)

@@ -33,7 +33,8 @@ from .filters import gaussian_blur
 from .images import center_square, open_image, pil_to_tensor, to_pil
 from .backends import ModelInfo, Upscaler
 from .backends import resolve as resolve_model
-from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, pick_device, pick_dtype
+from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2
+from .devices import free_memory, pick_device, pick_dtype
 from .progress import progress_bar
 from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
                       check_sampler, denoise_loop, plan_timesteps, randn)

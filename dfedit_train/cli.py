@@ -374,7 +374,7 @@ def eval_cmd(
     import torch
 
     from dfedit.cache import writable_dir
-    from dfedit.models import pick_device
+    from dfedit.devices import pick_device
     from dfedit.pipeline import check_seed
 
     from . import checkpoint as ckpt

@@ -76,7 +76,7 @@ def test_a_sweep_equals_its_entries_run_one_by_one(tiny_models, photo):
 # ---- one resolution per command ---------------------------------------------------------------------
 
 def test_an_emoji_command_reads_the_models_config_once(cli, tmp_path, photo, monkeypatch):
-    from dfedit.models import BUILTIN_MODELS
+    from dfedit.constants import BUILTIN_MODELS
     cfg = (BUILTIN_MODELS["emoji"] / "config.json").resolve()
     reads = []
     for name in ("read_bytes", "read_text"):

@@ -9,8 +9,9 @@ takes that ModelInfo and never looks at the model string again, so a config is r
 snapshot looked up once per command.
 
     emoji.py      dfedit-train run and checkpoint directories, and the built-in `emoji`
-    deepfloyd.py  DeepFloyd IF (Hub ids and diffusers directories): stage I, T5 behind the
-                  embedding cache, and stage II as the `Upscaler`; the fallback that claims the rest
+    deepfloyd.py  DeepFloyd IF (Hub ids and diffusers directories): Hub resolution, stage I, T5
+                  behind the embedding cache, and stage II as the `Upscaler`; the fallback that
+                  claims the rest
 
 A new backend is one new file: a class implementing `Backend`, and `register(TheBackend())`
 (tests/test_backends.py registers one inside the test).

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from ..cache import all_finite, notice, read_json_file
 from ..errors import DfeditError
-from ..models import BUILTIN_MODELS
+from ..constants import BUILTIN_MODELS
 
 FORMAT = "dfedit-train/emoji-unet"
 FORMAT_VERSION = 1
