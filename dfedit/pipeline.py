@@ -130,6 +130,8 @@ class DFEdit:
         self._upscaler: Upscaler | None = None
         self._encoder = None  # stage I's prompt encoder, shared with stage II
         self._hold = 0  # > 0: a command runs several entries on the loaded models (see `holding`)
+        self._checked: dict[tuple, bool] = {}  # options `check` has passed -> whether stage II runs
+        self._checked_prompts: set[str] = set()
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         if offload and self.device.type == "cpu":
@@ -203,14 +205,23 @@ class DFEdit:
               noise_level: int = 250, prompts: list[str] | None = None) -> bool:
         """Validate options from configs and tokenizers only (no weights): sampler, stride or steps
         for stage I, that every prompt fits the text encoder, and stage II's directory, steps and
-        noise level when upscaling. Returns whether stage II will run."""
+        noise level when upscaling. Returns whether stage II will run.
+
+        The plan step: the CLI calls it before anything loads and `generate` (for API callers)
+        again with the same options; what has passed once is not checked again."""
+        if prompts:
+            self.check_prompts(prompts)
+        key = (stride, steps, sampler, eta, upscale, stage2_steps, noise_level, self._s2 is None)
+        if key not in self._checked:
+            self._checked[key] = self._check(stride, steps, sampler, eta, upscale, stage2_steps, noise_level)
+        return self._checked[key]
+
+    def _check(self, stride, steps, sampler, eta, upscale, stage2_steps, noise_level) -> bool:
         info = self.info
         check_sampler(sampler, eta)
         plan_timesteps(info.schedule, sampler, stride, steps)
         if self.offload and info.no_offload:
             raise DfeditError(info.no_offload)
-        if prompts:
-            self.check_prompts(prompts)
         if upscale is None:
             upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
@@ -219,7 +230,7 @@ class DFEdit:
 
     def check_prompts(self, prompts: list[str]) -> None:
         """Every prompt must fit the text encoder's token limit: a longer one would be cut silently."""
-        prompts = [p for p in dict.fromkeys(prompts) if p]
+        prompts = [p for p in dict.fromkeys(prompts) if p and p not in self._checked_prompts]
         if not prompts or self._s1 is not None:  # a loaded model's prompts were checked before it loaded
             return
         info = self.info
@@ -231,6 +242,7 @@ class DFEdit:
                 short = p if len(p) <= 40 else p[:37] + "..."
                 raise DfeditError(f"the prompt {short!r} is {n} tokens long and {what} reads at most {limit} "
                                   "(the rest would be cut off silently): shorten it")
+        self._checked_prompts.update(prompts)
 
     def default_prompt(self) -> str:
         return self.info.default_prompt

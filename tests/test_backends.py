@@ -157,6 +157,7 @@ class Toy:
 
     def __init__(self):
         self.loads = 0
+        self.token_counts = []
         self.schedule = NoiseSchedule.from_config(dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000,
                                                        prediction_type="epsilon", variance_type="fixed_small",
                                                        clip_sample=True, clip_sample_range=1.0))
@@ -165,10 +166,11 @@ class Toy:
         if model != "toy":
             return None
         return ModelInfo(name=model, backend=self, schedule=self.schedule, sample_size=SIZE, default_cfg=2.0,
-                         default_prompt="", upscales=False, prompt_limit=None)
+                         default_prompt="", upscales=False, prompt_limit=8)
 
     def count_tokens(self, info, prompts):
-        return [0] * len(prompts)
+        self.token_counts.append(list(prompts))
+        return [len(p.split()) for p in prompts]
 
     def load(self, info, device, dtype, **kw):
         self.loads += 1
@@ -218,6 +220,16 @@ def test_a_toy_backend_registered_in_the_test_runs_every_edit(cli, toy, tmp_path
         meta = read_metadata(tmp_path / f"{name}.png")
         assert meta["model"] == "toy-oracle" and meta["cfg"] == 2.0, name  # the backend's default guidance
     assert toy.loads == 5  # one load per command
+
+
+def test_a_command_validates_once(cli, toy, tmp_path, photo):
+    """The CLI checks every option before anything loads; `generate` does not check them again."""
+    _ok(cli("sdedit", photo, "--prompt", "a red fox", "--i-start", "3", "--i-start", "5", "--model", "toy",
+            "--stride", "90", *FAST, "-o", tmp_path / "o.png"))
+    assert toy.token_counts == [["a red fox"]] and toy.loads == 1
+    code, _, err = cli("sample", "one two three four five six seven eight nine", "--model", "toy", *FAST,
+                       "-o", tmp_path / "long.png")
+    assert code == 1 and "is 9 tokens long" in err and toy.loads == 1
 
 
 # ---- one Result type, saved like the CLI saves ---------------------------------------------------
