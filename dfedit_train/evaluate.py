@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfedit.emoji.text import TextEncoder
+
 from . import checkpoint as ckpt
 from . import data as datamod
 from .config import DataConfig, from_dict
 from .recognise import images_to_tensor
 from .sample import sample, save_grid, to_uint8
-from dfedit.emoji.text import TextEncoder
 
 BANDS = ((0, 100), (100, 300), (300, 600), (600, 1000))
 

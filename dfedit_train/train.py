@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfedit.emoji.text import TextEncoder
+from dfedit.emoji.unet import UNet
 from dfedit.errors import DfeditError
 
 from . import checkpoint as ckpt
@@ -33,8 +35,6 @@ from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_
 from .diffusion import Diffusion
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
-from dfedit.emoji.text import TextEncoder
-from dfedit.emoji.unet import UNet
 
 # Options that may change when a run is resumed; anything else must match the checkpoint.
 RESUMABLE = {"epochs", "save_every", "sample_every", "keep_checkpoints", "compile", "grid_prompts"}
