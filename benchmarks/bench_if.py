@@ -47,7 +47,7 @@ def build(which: str, device: torch.device, dtype: torch.dtype, tiny: bool):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from dfedit import testing
-    from dfedit.models import IFDenoiser, configure_unet, quiet_hf_logging
+    from dfedit.backends.deepfloyd import IFDenoiser, configure_unet, quiet_hf_logging
     from dfedit.schedule import NoiseSchedule
 
     quiet_hf_logging()
@@ -99,9 +99,11 @@ def main(argv=None) -> dict:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     clock = Clock(device)
     prompt = PROMPT
-    df = DFEdit(model="random-IF-I-XL", stage2="random-IF-II-L", device=str(device), dtype="auto", quiet=True)
+    from dfedit.backends.deepfloyd import DeepFloyd
     s1, n1 = build("I", device, dtype, a.tiny)
     s2, n2 = build("II", device, dtype, a.tiny)
+    df = DFEdit(model="random-IF-I-XL", stage2="random-IF-II-L", device=str(device), dtype="auto", quiet=True,
+                info=DeepFloyd().describe(s1))  # models built here, not resolved from a name
     df._s1, df._s2 = s1, s2
     # T5 is replaced by seeded random states here: there is no tokenizer to check prompt lengths with.
     df.check_prompts = lambda prompts: None

@@ -146,7 +146,7 @@ def if_rows(device: torch.device, model: str | None, rounds: int, size: int = 64
     from diffusers import IFPipeline
 
     from dfedit import DFEdit, testing
-    from dfedit.models import configure_unet
+    from dfedit.backends.deepfloyd import configure_unet
     from dfedit.sampler import cfg as cfg_fn, denoise_loop, randn
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfedit_train.config import preset
-from dfedit_train.unet import UNet
+from dfedit.emoji.unet import UNet
 
 TEXT_DIM, TEXT_LEN = 384, 24
 

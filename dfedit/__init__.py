@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # Loaded on first use (PEP 562), so `dfedit --help` and the CLI's argument checks never import torch.
 _EXPORTS = {
     "Cond": "denoiser", "Denoiser": "denoiser", "PromptEncoder": "denoiser", "FlowDenoiser": "denoiser",
-    "DfeditError": "errors",
+    "DfeditError": "errors", "ParamError": "errors", "ModelInfo": "backends",
     "DFEdit": "pipeline", "Result": "pipeline", "make_generator": "pipeline",
     "cfg": "sampler", "conditioned": "sampler", "denoise_loop": "sampler", "SAMPLERS": "sampler",
     "NoiseSchedule": "schedule",

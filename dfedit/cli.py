@@ -12,55 +12,18 @@ import functools
 import inspect
 import itertools
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
 
-try:  # typer >= 0.20 vendors its own click; its exceptions are the ones raised
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-    from typer.exceptions import Abort, Exit
-except ImportError:  # pragma: no cover - older typer uses the click package
-    from click.exceptions import Abort, ClickException, Exit, NoArgsIsHelpError
-
+from . import cli_errors
+from .cli_errors import OneLineErrors, error_handler
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
 from .errors import DfeditError
 
 MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
-
-_ARGV: list[str] = []  # the arguments of the current invocation, for the PNG metadata
-
-
-class OneLineErrors(TyperGroup):
-    """Usage errors (unknown option, bad number, missing argument) as one `dfedit: error:` line."""
-
-    prefix = "dfedit"  # dfedit-train subclasses this with its own name
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        global _ARGV
-        _ARGV = list(sys.argv[1:] if args is None else args)
-        try:
-            # Not standalone: click returns the exit code of typer.Exit instead of exiting itself,
-            # and raises usage errors to us instead of printing its multi-line box.
-            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                              standalone_mode=False, **extra)
-        except NoArgsIsHelpError:
-            sys.exit(0)  # the help text has already been printed
-        except ClickException as e:
-            print(f"{self.prefix}: error: {e.format_message()}", file=sys.stderr)
-            sys.exit(e.exit_code)
-        except Exit as e:
-            sys.exit(e.exit_code)
-        except Abort:
-            print(f"{self.prefix}: error: aborted", file=sys.stderr)
-            sys.exit(1)
-        if not standalone_mode:
-            return rv
-        sys.exit(rv if isinstance(rv, int) else 0)
-
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edit images with pixel-space diffusion models: DeepFloyd IF (the default, GPU) or "
@@ -127,9 +90,19 @@ class GenOptions:
     cache_dir: Optional[Path]
     quiet: bool
     display: Optional[bool] = None
+    _info: object = None
+
+    @property
+    def info(self):
+        """--model as its backend describes it (dfedit.backends.ModelInfo), resolved once."""
+        if self._info is None:
+            from .backends import resolve
+            self._info = resolve(self.model)
+        return self._info
 
     def api(self):
-        return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet)
+        return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet,
+                    info=self.info)
 
     def run_kwargs(self) -> dict:
         return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, steps=self.steps, num_samples=self.num_samples,
@@ -181,37 +154,6 @@ GEN_OPTIONS = [
 ]
 
 
-def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-samples"):
-    """A decorator: one clear `PREFIX: error:` line and a non-zero exit for anything the user can
-    fix (DfeditError, Ctrl-C, out of memory); bugs keep their traceback. dfedit-train uses it too."""
-
-    def fail(msg: str, code: int = 1):
-        typer.echo(f"{prefix}: error: {msg}", err=True)
-        raise typer.Exit(code)
-
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except DfeditError as e:
-                fail(str(e), getattr(e, "exit_code", 1))  # e.g. 143 after SIGTERM
-            except KeyboardInterrupt:
-                fail("interrupted", 130)
-            except MemoryError:
-                fail(f"out of memory: {oom_hint}")
-            except RuntimeError as e:
-                msg = str(e).lower()
-                if "out of memory" in msg:
-                    fail(f"the GPU ran out of memory: {oom_hint}")
-                if "can't allocate memory" in msg or "cannot allocate memory" in msg:  # torch's CPU allocator
-                    fail(f"out of memory (CPU RAM): {oom_hint}")
-                raise
-        return wrapper
-
-    return decorate
-
-
 handle_errors = error_handler("dfedit")
 
 
@@ -241,11 +183,8 @@ def generating(fn):
 
 def _check_gen_options(opts: GenOptions) -> None:
     """What every generating command can check from its options alone, before anything loads."""
-    from .pipeline import check_finite, check_seed
-    check_seed(opts.seed)
-    check_finite(opts.cfg, "--cfg")
-    check_finite(opts.stage2_cfg, "--stage2-cfg")
-    check_finite(opts.eta, "--eta")
+    from .pipeline import check_options
+    check_options(seed=opts.seed, cfg=opts.cfg, stage2_cfg=opts.stage2_cfg, eta=opts.eta, num_samples=opts.num_samples)
     if opts.num_samples > MAX_SAMPLES:
         raise DfeditError(f"--num-samples {opts.num_samples} is more than {MAX_SAMPLES}, the most one run makes "
                           "(one 8 x 8 grid): run again with another --seed for more")
@@ -307,13 +246,14 @@ def _protect_inputs(out: Path, gif: Optional[Path], inputs, display: bool = True
                               f"file {inp}: choose another --out, or pass --no-display")
 
 
-def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False):
+def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False,
+         info=None):
     import torch
 
     from .pipeline import DFEdit
-    # One-shot CLI runs free each model as soon as its stage is done.
+    # One-shot CLI runs free each model as soon as the command is done with its stage.
     df = DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
-                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False)
+                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False, info=info)
     if df.device.type == "cpu" and df.dtype == torch.float16:
         typer.echo("note: float16 is many times slower than float32 on a CPU (it has no fast float16 kernels); "
                    "--dtype float32 (the CPU default) or bfloat16 is faster", err=True)
@@ -331,10 +271,9 @@ def _start(opts: GenOptions, prompts: list[str]):
 def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:
     """Write `img` with its metadata; `display` = (image, how it was made) also writes the display
     copy beside the final name. Returns the path written."""
-    from . import __version__
     from .images import display_path, save_png
-    meta = {**meta, "command_line": " ".join(shlex.quote(a) for a in ["dfedit"] + _ARGV),
-            "dfedit_version": __version__}
+    from .pipeline import png_metadata
+    meta = png_metadata(meta, command_line=" ".join(shlex.quote(a) for a in ["dfedit"] + cli_errors.ARGV))
     if path not in _AUTO_NAMED:
         save_png(img, path, meta)
     else:  # a run started beside this one may have taken the name meanwhile: take the next free one
@@ -414,16 +353,16 @@ def sdedit(image: InputImage,
     """SDEdit: noise IMAGE to timestep index --i-start and denoise it with --prompt."""
     from .edits import check_i_start
     from .images import load_image, to_pil, wrap
-    from .pipeline import default_prompt, model_info
     from .sampler import plan_timesteps
-    prompt = default_prompt(opts.model) if prompt is None else prompt
-    schedule, size = model_info(opts.model)
-    ts = plan_timesteps(schedule, opts.sampler, opts.stride, opts.steps)
+    info = opts.info
+    prompt = info.default_prompt if prompt is None else prompt
+    ts = plan_timesteps(info.schedule, opts.sampler, opts.stride, opts.steps)
     for i in i_start:
         check_i_start(i, ts, opts.stride or 30, opts.steps)
-    load_image(image, size)  # the input must decode before any model loads
+    load_image(image, info.sample_size)  # the input must decode before any model loads
     df, _ = _start(opts, [prompt])
-    results = [df.sdedit(image, prompt, i_start=i, repeat=repeat, **opts.run_kwargs()) for i in i_start]
+    # The whole sweep in one model lifetime: every stage I entry on one load, then stage II on one.
+    results = df.sdedit_sweep(image, prompt, list(i_start), repeat=repeat, **opts.run_kwargs())
     for r in results:
         r.meta.update(input=str(image), i_start=list(i_start))
     out_size = results[0].images.shape[-1]
@@ -456,10 +395,10 @@ def inpaint(image: InputImage,
     """RePaint inpainting: regenerate the white part of --mask, keep the rest exactly. Writes the result
     (OUT) and original | mask | result (OUT.display.png)."""
     from .images import open_image, to_pil, wrap
-    from .pipeline import default_prompt, image_at, mask_at
+    from .pipeline import image_at, mask_at
     from .sampler import check_sampler
     check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
-    prompt = default_prompt(opts.model) if prompt is None else prompt
+    prompt = opts.info.default_prompt if prompt is None else prompt
     img, m = open_image(image), open_image(mask)  # both must decode before any model loads
     df, _ = _start(opts, [prompt])
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
@@ -488,16 +427,14 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
             view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the permutation views.")] = 0,
             opts: GenOptions = None):
     """Visual anagram: one image that shows PROMPT_A, and PROMPT_B under --view (N-way with more)."""
+    from .pipeline import check_seed, check_views
     from .views import VIEWS, make_view
     views = ["identity"] + list(view)
-    bad = [v for v in views if v not in VIEWS]
-    if bad:
-        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(v for v in VIEWS if v != 'identity')}")
+    check_views(views, offered=[v for v in VIEWS if v != "identity"])
     if len(prompts) != len(views):
         raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
                           f"got {len(prompts)}")
-    from .pipeline import check_seed
-    check_seed(view_seed, "--view-seed")
+    check_seed(view_seed, "view_seed")
     df, _ = _start(opts, list(prompts))
     res = df.anagram(list(prompts), views, view_seed=view_seed, **opts.run_kwargs())
     # Show every sample under every view: row = sample, column = view.
@@ -523,12 +460,11 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three promp
     """Hybrid image: low frequencies from the first prompt, high from the last (factorized diffusion)."""
     from .edits import check_hybrid_kernel, frequency_split
     from .images import wrap
-    from .pipeline import model_size
     frequency_split(split, 64, len(prompts), kernel, sigma)  # validate before loading anything
     if split == "color" and (kernel is not None or sigma is not None):
         raise DfeditError("--kernel and --sigma shape the Gaussian split; --split color does not use them")
     if split == "gaussian":
-        check_hybrid_kernel(kernel, sigma, model_size(opts.model), len(prompts))
+        check_hybrid_kernel(kernel, sigma, opts.info.sample_size, len(prompts))
     df, _ = _start(opts, list(prompts))
     res = df.hybrid(list(prompts), split=split, kernel=kernel, sigma=sigma, **opts.run_kwargs())
     tiles = res.pil()
@@ -568,16 +504,18 @@ def noise(image: InputImage,
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
           quiet: Quiet = False):
     """Forward process: the image noised to each --t, side by side with the original."""
+    from .backends import resolve
     from .images import load_image, to_pil
-    from .pipeline import check_seed, model_info
+    from .pipeline import check_seed
     check_seed(seed)
     path = _out_path(out, "noise", [image])
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
-    schedule, size = model_info(model)
+    info = resolve(model)
+    schedule, size = info.schedule, info.sample_size
     ts = [schedule.check_t(v) for v in t]
     x0 = load_image(image, size)
-    df = _api(model, quiet=quiet, device="cpu")
+    df = _api(model, quiet=quiet, device="cpu", info=info)
     noisy = df.noise(x0, ts, seed=seed)
     ims = [to_pil(x0)[0]] + [to_pil(x)[0] for x in noisy]
     meta = {"command": "noise", "input": str(image), "t": ts, "seed": seed, "model": model}
@@ -603,32 +541,34 @@ def denoise(image: InputImage,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
+    from .backends import resolve
     from .edits import check_i_start
     from .filters import check_blur
     from .images import load_image, to_pil
-    from .pipeline import check_finite, check_seed, default_prompt, model_info
+    from .pipeline import check_finite, check_seed
     from .sampler import check_sampler, plan_timesteps
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     check_seed(seed)
-    check_finite(cfg, "--cfg")
-    check_finite(blur_sigma, "--blur-sigma")
-    check_finite(eta, "--eta")
+    check_finite(cfg, "cfg")
+    check_finite(blur_sigma, "blur_sigma")
+    check_finite(eta, "eta")
     _check_cache_dir(cache_dir)
     path = _out_path(out, "denoise", [image])
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
-    schedule, size = model_info(model)
+    info = resolve(model)
+    schedule, size = info.schedule, info.sample_size
     check_blur(blur_kernel, blur_sigma, size, "--blur-kernel", "--blur-sigma")  # before anything loads
-    prompt = default_prompt(model) if prompt is None else prompt
+    prompt = info.default_prompt if prompt is None else prompt
     grid_ts = plan_timesteps(schedule, sampler, stride, steps)
     if i_start is not None:
         ts = [grid_ts[check_i_start(i_start, grid_ts, stride or 30, steps)]]
     else:
         ts = [schedule.check_t(v) for v in (t or [690])]
     x0 = load_image(image, size)
-    df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
+    df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet, info=info)
     rows = df.denoise(x0, ts, prompt=prompt, seed=seed, cfg=cfg, stride=stride, steps=steps, sampler=sampler,
                       eta=eta, blur_kernel=blur_kernel, blur_sigma=blur_sigma, record_every=1 if gif else 0)
     cols = ["noisy", "blur", "one_step", "iterative"]
@@ -667,24 +607,26 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
+    from .backends import resolve
     from .images import load_image, to_pil
-    from .models import check_stage2
-    from .pipeline import EMOJI_STAGE2_HINT, _emoji_backend, check_finite, check_seed, make_generator, model_size
+    from .backends.deepfloyd import check_stage2
+    from .pipeline import check_finite, check_seed, make_generator
     from .sampler import check_sampler
     check_seed(seed)
-    check_finite(stage2_cfg, "--stage2-cfg")
-    check_finite(eta, "--eta")
+    check_finite(stage2_cfg, "stage2_cfg")
+    check_finite(eta, "eta")
     _check_cache_dir(cache_dir)
     path = _out_path(out, "upscale", [image])
     gif = _gif_path(trajectory, [image])
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
-    emoji = _emoji_backend(model) is not None
-    check_stage2(stage2, stage2_steps, noise_level, **({"hint": EMOJI_STAGE2_HINT.replace(
-        "leave out --upscale", "dfedit upscale is for IF images")} if emoji else {}))
-    x = load_image(image, model_size(model))
-    df = _api(model, stage2, device, dtype, offload, cache_dir, quiet)
-    if not emoji:
+    info = resolve(model)
+    hint = info.stage2_hint  # a stage I model without a stage II of its own says so
+    check_stage2(stage2, stage2_steps, noise_level, **({"hint": hint.replace(
+        "leave out --upscale", "dfedit upscale is for IF images")} if hint else {}))
+    x = load_image(image, info.sample_size)
+    df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
+    if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)
         df.check_prompts([prompt])
     frames: list = []
     y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,

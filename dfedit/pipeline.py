@@ -8,13 +8,16 @@
 Every generating command is an `Edit`: which prompts it encodes, how it builds its start state,
 its noise-estimate function and its per-step hook for a given denoiser. `DFEdit.generate` runs an
 Edit through stage I and, optionally, the same Edit through stage II (views, frequency splits and
-the inpainting projection are rebuilt at the upscaler's size). Models load lazily; with
-keep_loaded=False (what the CLI uses) each is freed as soon as its stage is done, so T5, stage I
-and stage II never share the GPU.
+the inpainting projection are rebuilt at the upscaler's size). The model string is resolved once
+into a `ModelInfo` by its backend (dfedit.backends), and stage II is that backend's `Upscaler`, so
+nothing here knows which model family runs. Models load lazily; with keep_loaded=False (what the
+CLI uses) each is freed when the command is done with its stage (`holding`: a sweep loads each
+stage once), so T5, stage I and stage II never share the GPU.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,13 +28,16 @@ from PIL import Image
 
 from . import edits
 from .denoiser import Cond, Denoiser, EpsFn
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 from .filters import gaussian_blur
 from .images import center_square, open_image, pil_to_tensor, to_pil
-from .models import DEFAULT_STAGE1, DEFAULT_STAGE2, free_memory, load_if, pick_device, pick_dtype
+from .backends import ModelInfo, Upscaler
+from .backends import resolve as resolve_model
+from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2
+from .devices import free_memory, pick_device, pick_dtype
 from .progress import progress_bar
-from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, StepCallback, StepHook, cfg as cfg_fn, check_sampler,
-                      denoise_loop, plan_timesteps, randn)
+from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
+                      check_sampler, denoise_loop, plan_timesteps, randn)
 from .views import VIEWS, make_view
 
 
@@ -86,6 +92,8 @@ class Edit:
 
 @dataclass
 class Result:
+    """What every generating method returns (sample, sdedit, inpaint, anagram, hybrid, generate)."""
+
     images: torch.Tensor  # final images in [-1, 1], (N, 3, H, W)
     stage1: torch.Tensor  # stage I output (equal to images without stage II)
     meta: dict = field(default_factory=dict)
@@ -94,12 +102,36 @@ class Result:
     def pil(self) -> list[Image.Image]:
         return to_pil(self.images)
 
+    def save(self, path, index: int = 0):
+        """Write image `index` at its native size as a PNG carrying the metadata the CLI writes
+        (every parameter as a text chunk, all of it as JSON under `dfedit`; the CLI adds only the
+        command line). Atomic; returns the path written."""
+        from .images import save_png
+        return save_png(self.pil()[index], path, png_metadata(self.meta))
+
+
+def png_metadata(meta: dict, command_line: str | None = None) -> dict:
+    """The metadata of an output PNG: the run's parameters, the command line (CLI only) and the
+    dfedit version. One function, so the CLI's files and `Result.save`'s say the same."""
+    from . import __version__
+    return {**meta, **({"command_line": command_line} if command_line is not None else {}),
+            "dfedit_version": __version__}
+
 
 class DFEdit:
+    """`model` (and `stage2`) are resolved once, on first use, into a `ModelInfo` through the
+    backend registry (dfedit.backends); `info` may hand in one already resolved."""
+
     def __init__(self, model: str = DEFAULT_STAGE1, stage2: str = DEFAULT_STAGE2, device: str = "auto",
                  dtype: str = "auto", offload: bool = False, cache_dir: str | None = None,
-                 quiet: bool = False, keep_loaded: bool = True):
+                 quiet: bool = False, keep_loaded: bool = True, info: ModelInfo | None = None):
         self.model, self.stage2_model = model, stage2
+        self._info = info
+        self._upscaler: Upscaler | None = None
+        self._encoder = None  # stage I's prompt encoder, shared with stage II
+        self._hold = 0  # > 0: a command runs several entries on the loaded models (see `holding`)
+        self._checked: dict[tuple, bool] = {}  # options `check` has passed -> whether stage II runs
+        self._checked_prompts: set[str] = set()
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         if offload and self.device.type == "cpu":
@@ -110,82 +142,110 @@ class DFEdit:
         self._s2: Denoiser | None = None
 
     # ---- models ------------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """The stage I model as its configs describe it, resolved once."""
+        if self._info is None:
+            self._info = resolve_model(self.model)
+        return self._info
+
+    def upscaler(self) -> Upscaler:
+        if self._upscaler is None:
+            self._upscaler = self.info.backend.upscaler(
+                self.info, self.stage2_model, self.device, self.dtype, offload=self.offload, cache_dir=self.cache_dir,
+                quiet=self.quiet)
+        return self._upscaler
+
     def stage1(self) -> Denoiser:
         if self._s1 is None:
-            self._s1 = load_denoiser(self.model, self.device, self.dtype, offload=self.offload,
-                                     cache_dir=self.cache_dir, quiet=self.quiet)
+            # Loaded without a check first (API callers may): the loader says what is wrong with it.
+            info = self._info if self._info is not None else resolve_model(self.model, strict=False)
+            self._s1 = info.backend.load(info, self.device, self.dtype, offload=self.offload,
+                                         cache_dir=self.cache_dir, quiet=self.quiet)
+            if self._encoder is None:
+                self._encoder = self._s1.prompt_encoder
         return self._s1
 
     def stage2(self) -> Denoiser:
         if self._s2 is None:
-            te = None if _emoji_backend(self.model) is not None else self.model
-            self._s2 = load_if(self.stage2_model, self.device, self.dtype, text_encoder_model=te,
-                               offload=self.offload, cache_dir=self.cache_dir, quiet=self.quiet, upscaler=True)
+            self._s2 = self.upscaler().load(self._encoder)
         return self._s2
 
     def _done_with(self, which: str) -> None:
-        if not self.keep_loaded:
+        if not self.keep_loaded and not self._hold:
             setattr(self, which, None)
             free_memory()
+
+    @contextmanager
+    def holding(self, which: str):
+        """Keep the model of one stage ("_s1" or "_s2") loaded for every call inside, then free it
+        (without keep_loaded): a sweep or --repeat loads each model once, and the stages still
+        never share the GPU."""
+        self._hold += 1
+        try:
+            yield
+        finally:
+            self._hold -= 1
+            self._done_with(which)
 
     def embed(self, prompts: list[str]) -> None:
         """Fill the embedding cache (no UNet weights are loaded for this)."""
         self._text_encoder().encode(list(prompts))
 
     def _text_encoder(self):
-        from .models import T5PromptEncoder
         if self._s1 is not None:
             return self._s1.prompt_encoder
-        emoji = _emoji_backend(self.model)
-        if emoji is not None:
-            return emoji.load_denoiser(self.model, self.device, self.dtype, cache_dir=self.cache_dir).prompt_encoder
-        return T5PromptEncoder(self.model, self.device, self.dtype, cache_dir=self.cache_dir,
-                               offload=self.offload, quiet=self.quiet)
+        if self._encoder is None:
+            self._encoder = self.info.backend.prompt_encoder(self.info, self.device, self.dtype, offload=self.offload,
+                                                             cache_dir=self.cache_dir, quiet=self.quiet)
+        return self._encoder
 
     def check(self, *, stride: int | None = None, steps: int | None = None, sampler: str = DEFAULT_SAMPLER,
               eta: float = 0.0, upscale: bool | None = None, stage2_steps: int = 50,
               noise_level: int = 250, prompts: list[str] | None = None) -> bool:
         """Validate options from configs and tokenizers only (no weights): sampler, stride or steps
         for stage I, that every prompt fits the text encoder, and stage II's directory, steps and
-        noise level when upscaling. Returns whether stage II will run."""
-        emoji = _emoji_backend(self.model)
-        check_sampler(sampler, eta)
-        plan_timesteps(self._s1.schedule if self._s1 is not None else _schedule_for(self.model), sampler,
-                       stride, steps)
-        if self.offload and emoji is not None:
-            raise DfeditError("--offload is for IF models on a GPU with too little memory; an emoji model is small "
-                              "enough to load whole: leave out --offload")
+        noise level when upscaling. Returns whether stage II will run.
+
+        The plan step: the CLI calls it before anything loads and `generate` (for API callers)
+        again with the same options; what has passed once is not checked again."""
         if prompts:
             self.check_prompts(prompts)
+        key = (stride, steps, sampler, eta, upscale, stage2_steps, noise_level, self._s2 is None)
+        if key not in self._checked:
+            self._checked[key] = self._check(stride, steps, sampler, eta, upscale, stage2_steps, noise_level)
+        return self._checked[key]
+
+    def _check(self, stride, steps, sampler, eta, upscale, stage2_steps, noise_level) -> bool:
+        info = self.info
+        check_sampler(sampler, eta)
+        plan_timesteps(info.schedule, sampler, stride, steps)
+        if self.offload and info.no_offload:
+            raise DfeditError(info.no_offload)
         if upscale is None:
-            upscale = emoji is None  # IF pairs with stage II; emoji models do not
+            upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
-            from .models import check_stage2
-            check_stage2(self.stage2_model, stage2_steps, noise_level,
-                         **({"hint": EMOJI_STAGE2_HINT} if emoji is not None else {}))
+            self.upscaler().check(stage2_steps, noise_level)
         return upscale
 
     def check_prompts(self, prompts: list[str]) -> None:
         """Every prompt must fit the text encoder's token limit: a longer one would be cut silently."""
-        prompts = [p for p in dict.fromkeys(prompts) if p]
+        prompts = [p for p in dict.fromkeys(prompts) if p and p not in self._checked_prompts]
         if not prompts or self._s1 is not None:  # a loaded model's prompts were checked before it loaded
             return
-        emoji = _emoji_backend(self.model)
-        if emoji is not None:
-            limit, counts = emoji.prompt_tokens(self.model, prompts)
-            what = "the emoji model's MiniLM text encoder"
-        else:
-            from .models import IF_MAX_TOKENS, count_t5_tokens
-            limit, counts = IF_MAX_TOKENS, count_t5_tokens(self.model, prompts)
-            what = "IF's T5 text encoder"
+        info = self.info
+        if info.prompt_limit is None:
+            return
+        limit, counts, what = info.prompt_limit, info.backend.count_tokens(info, prompts), info.text_encoder
         for p, n in zip(prompts, counts):
             if n > limit:
                 short = p if len(p) <= 40 else p[:37] + "..."
                 raise DfeditError(f"the prompt {short!r} is {n} tokens long and {what} reads at most {limit} "
                                   "(the rest would be cut off silently): shorten it")
+        self._checked_prompts.update(prompts)
 
     def default_prompt(self) -> str:
-        return default_prompt(self.model)
+        return self.info.default_prompt
 
     # ---- the shared path ---------------------------------------------------------------------
     def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
@@ -212,20 +272,26 @@ class DFEdit:
         ddpm, the default; ddim with `eta`; dpmpp-2m; euler; heun). Stage I runs `--stride` (default
         30: t = 990, 960, ..., 0) or `--steps` model calls; stage II runs `stage2_steps` model calls
         (diffusers' leading spacing) with the same sampler."""
-        if num_samples < 1:
-            raise DfeditError(f"--num-samples must be at least 1, got {num_samples}")
-        check_finite(cfg, "--cfg")
-        check_finite(stage2_cfg, "--stage2-cfg")
-        check_finite(eta, "--eta")
-        check_seed(seed)
-        spec = check_sampler(sampler, eta)
+        res, pending = self._generate_stage1(
+            edit, seed=seed, cfg=cfg, stride=stride, steps=steps, num_samples=num_samples, upscale=upscale,
+            stage2_steps=stage2_steps, stage2_cfg=stage2_cfg, noise_level=noise_level,
+            negative_prompt=negative_prompt, record_every=record_every, sampler=sampler, eta=eta, callback=callback,
+            generator=generator)
+        return res if pending is None else self._generate_stage2(res, pending)
+
+    def _generate_stage1(self, edit: Edit, *, seed, cfg, stride, steps, num_samples, upscale, stage2_steps,
+                         stage2_cfg, noise_level, negative_prompt, record_every, sampler, eta, callback,
+                         generator) -> tuple[Result, dict | None]:
+        """`generate` up to the end of stage I: (the stage I Result, what stage II needs, or None)."""
+        check_options(seed=seed, cfg=cfg, stage2_cfg=stage2_cfg, eta=eta, num_samples=num_samples)
         upscale = self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=upscale,
                              stage2_steps=stage2_steps, noise_level=noise_level,
                              prompts=list(edit.prompts) + [negative_prompt])
+        spec = SAMPLERS[sampler]  # checked, with eta, by `check`
         gen = generator or make_generator(seed)
         s1 = self.stage1()
         if cfg is None:
-            cfg = getattr(s1, "default_cfg", 7.0)  # IF: 7; an emoji model: the scale it was validated with
+            cfg = self.info.default_cfg  # the backend's: IF 7; an emoji model the scale it was validated with
         ts = plan_timesteps(s1.schedule, sampler, stride, steps)
         conds, uncond = self.conds(s1, edit.prompts, negative_prompt, num_samples)
         if edit.start is not None:
@@ -246,34 +312,30 @@ class DFEdit:
                 "model": s1.name, "num_samples": num_samples, "sampler": sampler,
                 **({"eta": eta} if spec.uses_eta else {}), **edit.meta}
         self._done_with("_s1")
-        if not upscale:
-            return Result(x, x, meta, frames)
-        up = self._stage2(edit, x, gen, stage2_steps, stage2_cfg, noise_level, negative_prompt,
-                          _recorder(frames, record_every, None), sampler=sampler, eta=eta)
-        meta.update({"stage2": self.stage2_model, "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg,
-                     "noise_level": noise_level})
-        return Result(up, x, meta, frames)
+        pending = None if not upscale else dict(
+            edit=edit, gen=gen, steps=stage2_steps, cfg=stage2_cfg, noise_level=noise_level, negative=negative_prompt,
+            callback=_recorder(frames, record_every, None), sampler=sampler, eta=eta)
+        return Result(x, x, meta, frames), pending
+
+    def _generate_stage2(self, res: Result, pending: dict) -> Result:
+        p = pending
+        up = self._stage2(p["edit"], res.stage1, p["gen"], p["steps"], p["cfg"], p["noise_level"], p["negative"],
+                          p["callback"], sampler=p["sampler"], eta=p["eta"])
+        res.meta.update({"stage2": self.stage2_model, "stage2_steps": p["steps"], "stage2_cfg": p["cfg"],
+                         "noise_level": p["noise_level"]})
+        return Result(up, res.stage1, res.meta, res.frames)
 
     def _stage2(self, edit: Edit, low_res: torch.Tensor, gen: torch.Generator, steps: int, cfg: float,
                 noise_level: int, negative: str, callback=None, sampler: str = DEFAULT_SAMPLER,
                 eta: float = 0.0) -> torch.Tensor:
-        """IF stage II: x_T at the upscaler's size, conditioned on the noised, upsampled low-res image.
-        `steps` model calls in diffusers' leading spacing (50 -> 980, 960, ..., 0), any sampler."""
-        s2 = self.stage2()
-        n, size = low_res.shape[0], s2.sample_size
-        spec = check_sampler(sampler, eta)
-        ts = s2.schedule.leading_timesteps(spec.timesteps_for_calls(steps))
+        """Stage II through the backend's `Upscaler` (IF stage II: x_T at its size, conditioned on the
+        noised, upsampled low-res image; `steps` model calls in diffusers' leading spacing), any sampler."""
+        up, s2 = self.upscaler(), self.stage2()
+        ts = up.timesteps(s2, steps, sampler, eta)
         if edit.schedule is not None:
             ts = edit.schedule(ts)
-        noise_level = s2.noising_schedule.check_t(noise_level, "--noise-level")
-        conds, uncond = self.conds(s2, edit.prompts, negative, n)
-        # Draw order as IFSuperResolutionPipeline: x_T first, then the conditioning-image noise.
-        x = randn((n, s2.channels, size, size), gen, s2.device, s2.dtype)
-        up = F.interpolate(low_res.to(s2.device, s2.dtype), (size, size), mode="bilinear", align_corners=True)
-        levels = torch.tensor([noise_level] * n, device=up.device)
-        up = s2.noising_schedule.add_noise(up, randn(up.shape, gen, up.device, up.dtype), levels)
-        conds = [c.with_image(up, levels) for c in conds]
-        uncond = uncond.with_image(up, levels)
+        conds, uncond = self.conds(s2, edit.prompts, negative, low_res.shape[0])
+        x, conds, uncond = up.condition(s2, low_res, gen, noise_level, conds, uncond)
         hook = edit.hook(s2, gen) if edit.hook else None
         out = self.run(s2, edit.eps(s2, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage II)", hook,
                        callback, sampler=sampler, eta=eta)
@@ -299,24 +361,48 @@ class DFEdit:
         """Noise `image` to the strided timestep at index i_start and denoise from there (SDEdit).
         repeat > 1 feeds the stage I result back in, as in SDEdit's paper; stage II runs once.
         prompt None: the model's default (see `default_prompt`)."""
+        return self.sdedit_sweep(image, prompt, [i_start], repeat=repeat, **kw)[0]
+
+    def sdedit_sweep(self, image, prompt: str | None = None, i_starts: list[int] = (5,), *, repeat: int = 1,
+                     **kw) -> list[Result]:
+        """`sdedit` at each of `i_starts` (each from its own generator, seeded alike), in one model
+        lifetime: every stage I run (all starts, all repeats) on one load of stage I, which is then
+        freed, and every stage II run on one load of stage II."""
         prompt = self.default_prompt() if prompt is None else prompt
         if repeat < 1:
-            raise DfeditError(f"--repeat must be at least 1, got {repeat}")
-        current = image
+            raise ParamError("repeat", f"must be at least 1, got {repeat}")
         upscale = kw.pop("upscale", None)
-        gen = kw.pop("generator", None) or make_generator(kw.get("seed", 0))
-        for r in range(repeat):
-            last = r == repeat - 1
+        given = kw.pop("generator", None)
+        firsts = []
+        with self.holding("_s1"):
+            for i_start in i_starts:
+                gen = given or make_generator(kw.get("seed", 0))
+                current, pending = image, None
+                for r in range(repeat):
+                    last = r == repeat - 1
 
-            def start(den, ts, g, n, src=current):
-                x = image_at(src, den.sample_size).to(den.device, den.dtype)
-                x = x.expand(n, -1, -1, -1) if x.shape[0] == 1 else x
-                return edits.sdedit_start(x, ts, i_start, den.schedule, g)
+                    def start(den, ts, g, n, src=current, i_start=i_start):
+                        x = image_at(src, den.sample_size).to(den.device, den.dtype)
+                        x = x.expand(n, -1, -1, -1) if x.shape[0] == 1 else x
+                        return edits.sdedit_start(x, ts, i_start, den.schedule, g)
 
-            edit = Edit("sdedit", [prompt], start=start, meta={"i_start": i_start, "repeat": repeat})
-            res = self.generate(edit, upscale=upscale if last else False, generator=gen, **kw)
-            current = res.stage1
-        return res
+                    edit = Edit("sdedit", [prompt], start=start, meta={"i_start": i_start, "repeat": repeat})
+                    res, pending = self._generate_stage1(edit, **self._gen_kw(kw, upscale if last else False, gen))
+                    current = res.stage1
+                firsts.append((res, pending))
+        with self.holding("_s2"):
+            return [res if pending is None else self._generate_stage2(res, pending) for res, pending in firsts]
+
+    @staticmethod
+    def _gen_kw(kw: dict, upscale, generator) -> dict:
+        """`generate`'s keywords, defaults filled in, for `_generate_stage1`."""
+        import inspect
+        params = inspect.signature(DFEdit.generate).parameters
+        out = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        unknown = set(kw) - set(out)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+        return {**out, **kw, "upscale": upscale, "generator": generator}
 
     def inpaint(self, image, mask, prompt: str | None = None, *, invert_mask: bool = False,
                 jump_length: int = 1, jump_n_sample: int = 1, **kw) -> Result:
@@ -327,8 +413,7 @@ class DFEdit:
         prompt = self.default_prompt() if prompt is None else prompt
         src = image if isinstance(image, (torch.Tensor, Image.Image)) else open_image(image)
         msrc = mask if isinstance(mask, (torch.Tensor, Image.Image)) else open_image(mask)
-        check_mask(mask_at(msrc, model_size(self.model) if self._s1 is None else self._s1.sample_size, invert_mask),
-                   invert_mask)
+        check_mask(mask_at(msrc, self.info.sample_size, invert_mask), invert_mask)
 
         def hook(den, g):
             orig = image_at(src, den.sample_size).to(den.device, den.dtype)
@@ -346,9 +431,7 @@ class DFEdit:
             raise DfeditError("an anagram needs at least two prompts")
         if len(views) != len(prompts):
             raise DfeditError(f"{len(prompts)} prompts need {len(prompts)} views (got {len(views)})")
-        unknown = [v for v in views if v not in VIEWS]
-        if unknown:
-            raise DfeditError(f"unknown view {unknown[0]!r}: choose from {', '.join(VIEWS)}")
+        check_views(views)
 
         def eps(den, conds, uncond, scale):
             vs = [make_view(v, den.sample_size, view_seed) for v in views]
@@ -378,7 +461,7 @@ class DFEdit:
 
     def noise(self, image: torch.Tensor, ts: list[int], seed: int = 0) -> list[torch.Tensor]:
         """Forward process x_t = sqrt(abar) x0 + sqrt(1 - abar) eps at each t (one draw per t)."""
-        schedule = self.stage1().schedule if self._s1 is not None else _schedule_for(self.model)
+        schedule = self.info.schedule
         gen = make_generator(seed)
         out = []
         for t in ts:
@@ -395,12 +478,12 @@ class DFEdit:
         iterative run goes from t down the --stride (or --steps) grid with `sampler`.
         prompt None: the model's default (see `default_prompt`)."""
         prompt = self.default_prompt() if prompt is None else prompt
-        check_finite(cfg, "--cfg")
+        check_finite(cfg, "cfg")
         check_seed(seed)
         self.check(stride=stride, steps=steps, sampler=sampler, eta=eta, upscale=False, prompts=[prompt])
         s1 = self.stage1()
         if cfg is None:
-            cfg = getattr(s1, "default_cfg", 7.0)
+            cfg = self.info.default_cfg
         sched = s1.schedule
         grid_ts = plan_timesteps(sched, sampler, stride, steps)
         ts = [sched.check_t(t) for t in ts]
@@ -423,32 +506,45 @@ class DFEdit:
         return rows
 
 
-# What --upscale / `dfedit upscale` say when an emoji model's stage II cannot be found.
-EMOJI_STAGE2_HINT = ("; stage II is DeepFloyd's IF-II, which upscales IF stage I images, and emoji models have "
-                     "no stage II of their own: leave out --upscale")
-IF_DEFAULT_PROMPT = "a high quality photo"  # the course's prompt for edits of photos
-
-
 def default_prompt(model: str) -> str:
     """The prompt of sdedit / inpaint / denoise when none is given: the course's "a high quality
     photo" for IF; for an emoji model the empty prompt, i.e. its unconditional branch (the model
     never saw that photo caption, which pulled every edit towards one blob)."""
-    return "" if _emoji_backend(model) is not None else IF_DEFAULT_PROMPT
+    return resolve_model(model).default_prompt
 
 
-def check_finite(value: float | None, flag: str) -> None:
+def check_finite(value: float | None, param: str) -> None:
     import math
     if value is not None and not math.isfinite(value):
-        raise DfeditError(f"{flag} must be a finite number, got {value}")
+        raise ParamError(param, f"must be a finite number, got {value}")
 
 
 SEED_MAX = 2**64 - 1
 
 
-def check_seed(seed: int, flag: str = "--seed") -> int:
+def check_seed(seed: int, param: str = "seed") -> int:
     if not 0 <= int(seed) <= SEED_MAX:
-        raise DfeditError(f"{flag} must be between 0 and 2^64 - 1 ({SEED_MAX}), got {seed}")
+        raise ParamError(param, f"must be between 0 and 2^64 - 1 ({SEED_MAX}), got {seed}")
     return int(seed)
+
+
+def check_options(*, seed: int = 0, cfg: float | None = None, stage2_cfg: float | None = None, eta: float = 0.0,
+                  num_samples: int = 1) -> None:
+    """What a generating call can check from its numbers alone, before any config is read: the
+    CLI runs it first thing, `generate` (for API callers) at its start."""
+    if num_samples < 1:
+        raise ParamError("num_samples", f"must be at least 1, got {num_samples}")
+    check_seed(seed)
+    check_finite(cfg, "cfg")
+    check_finite(stage2_cfg, "stage2_cfg")
+    check_finite(eta, "eta")
+
+
+def check_views(views: list[str], offered=None) -> None:
+    """Every view name must be known (`offered`: the names to suggest; default all)."""
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(offered or VIEWS)}")
 
 
 def check_mask(m: torch.Tensor, invert: bool = False) -> None:
@@ -474,39 +570,17 @@ def _recorder(frames: list, every: int, callback: StepCallback | None) -> StepCa
 
 
 def model_info(model: str):
-    """(noise schedule, image size) of a stage I model from its config alone, no weights loaded:
-    what commands check their options against before any model loads."""
-    emoji = _emoji_backend(model)
-    if emoji is not None:
-        return emoji.describe(model)
-    from .models import load_configs
-    cfg, schedule = load_configs(model)
-    if cfg.get("class_embed_type") == "timestep":
-        raise DfeditError(f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model")
-    s = cfg.get("sample_size")
-    return schedule, int(s if isinstance(s, int) else s[0])
-
-
-def _schedule_for(model: str):
-    return model_info(model)[0]
+    """(noise schedule, image size) of a stage I model from its config alone, no weights loaded
+    (`dfedit.backends.resolve` gives the whole ModelInfo)."""
+    info = resolve_model(model)
+    return info.schedule, info.sample_size
 
 
 def model_size(model: str) -> int:
     return model_info(model)[1]
 
 
-def _emoji_backend(model: str):
-    """dfedit_train's checkpoint module when `model` is one of its checkpoint directories."""
-    try:
-        from dfedit_train import checkpoint
-    except ImportError:
-        return None
-    return checkpoint if checkpoint.is_checkpoint_dir(model) else None
-
-
 def load_denoiser(model: str, device: torch.device, dtype: torch.dtype, **kw) -> Denoiser:
-    """IF stage I, or a dfedit_train checkpoint: both implement the Denoiser protocol."""
-    emoji = _emoji_backend(model)
-    if emoji is not None:
-        return emoji.load_denoiser(model, device, dtype, cache_dir=kw.get("cache_dir"))
-    return load_if(model, device, dtype, **kw)
+    """The stage I denoiser of any registered backend (IF, an emoji model, ...)."""
+    info = resolve_model(model)
+    return info.backend.load(info, device, dtype, **kw)

@@ -71,7 +71,7 @@ def output_to_eps(prediction_type: str, out: torch.Tensor, x_t: torch.Tensor, al
     v_prediction: v = alpha eps - sigma x0  ->  eps = alpha v + sigma x_t
     sample:       x0                        ->  eps = (x_t - alpha x0) / sigma
     flow_prediction: v = eps - x0 (the velocity d x_flow / ds)  ->  eps = (alpha v + x_t) / (alpha + sigma)
-    The trainer (dfedit_train.diffusion) converts with this same function."""
+    The emoji model (dfedit.emoji.precondition, also in training) converts with this same function."""
     if prediction_type == "epsilon":
         return out
     if prediction_type == "v_prediction":

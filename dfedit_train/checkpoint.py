@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -35,16 +34,15 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-import dfedit
-from dfedit.cache import (atomic_write, all_finite, free_space, human_size, notice, pid_alive,
-                          read_json_file, tmp_owner, write_error, write_file)
+from dfedit.cache import (atomic_write, all_finite, free_space, human_size, pid_alive, tmp_owner, write_error,
+                          write_file)
+# The read side (the format, completeness checks, loading a denoiser) is dfedit's; re-exported here.
+from dfedit.emoji.checkpoint import (BUILTIN, FORMAT, FORMAT_VERSION, STEP_RE, WEIGHTS, _latest,  # noqa: F401
+                                     _tensors_problem, build_net, checkpoint_problem, describe,
+                                     is_checkpoint_dir, load, load_denoiser, load_tensors, prompt_tokens,
+                                     read_config, resolve, safetensors_problem, step_dirs)
 from dfedit.errors import DfeditError
-from dfedit.models import BUILTIN_MODELS
 
-FORMAT = "dfedit-train/emoji-unet"
-FORMAT_VERSION = 1
-WEIGHTS = ("model", "ema", "optimizer")
-STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 def _stderr(msg: str) -> None:
@@ -270,18 +268,6 @@ def archive_run(out: Path, log=_stderr) -> Path | None:
 
 # ---- writing -----------------------------------------------------------------------------------
 
-def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
-    """(step, directory) of checkpoints/step-N, oldest first."""
-    if not ckpts.is_dir():
-        return []
-    out = []
-    for p in ckpts.iterdir():
-        m = STEP_RE.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m[1]), p))
-    return sorted(out)
-
-
 def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: dict, keep: int,
          protect: Path | None = None) -> Path:
     """Write checkpoints/step-N atomically, point latest.json at it, rotate.
@@ -345,65 +331,13 @@ def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: 
 
 # ---- checking what is on disk ------------------------------------------------------------------
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is unusable, from its header and size alone (no data read)."""
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            return f"{path.name} is a directory"
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return f"{path.name} is empty or truncated"
-            n = int.from_bytes(head, "little")
-            if n > size - 8 or n > 1 << 28:
-                return f"{path.name} has a damaged header"
-            hdr = json.loads(f.read(n))
-    except FileNotFoundError:
-        return f"{path.name} is missing"
-    except (OSError, ValueError) as e:
-        return f"{path.name} is unreadable ({e.__class__.__name__})"
-    try:
-        end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
-    except (TypeError, KeyError, IndexError, AttributeError):
-        return f"{path.name} has a damaged header"
-    if size != 8 + n + end:
-        return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
-    return None
-
-
-def read_config(ck: Path, purpose: str = "model") -> dict:
-    from .schema import check_config
-
-    path = ck / "config.json"
-    return check_config(read_json_file(path, "checkpoint config"), path, purpose)
-
-
 def _expected_shapes(cfg: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    from .config import ModelConfig, from_dict
-    from .unet import UNet
+    from dfedit.emoji.config import ModelConfig, from_dict
+    from dfedit.emoji.unet import UNet
 
     with torch.device("meta"):
         net = UNet(from_dict(ModelConfig, cfg["model"]))
     return net, {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
-
-
-def _tensors_problem(name: str, tensors: dict[str, torch.Tensor], expect: dict, check_dtype: bool) -> str | None:
-    missing = sorted(set(expect) - set(tensors))
-    extra = sorted(set(tensors) - set(expect))
-    if missing or extra:
-        return (f"{name} does not hold the model config.json describes "
-                f"({'lacks ' + repr(missing[0]) if missing else 'has an unexpected ' + repr(extra[0])})")
-    for k, (shape, dtype) in expect.items():
-        t = tensors[k]
-        if tuple(t.shape) != shape:
-            return f"{name} does not hold the model config.json describes ({k!r} is {tuple(t.shape)}, not {shape})"
-        if check_dtype and t.dtype != dtype:
-            return f"{name}: {k!r} is {t.dtype}, not {dtype}"
-    bad = next((k for k, t in tensors.items() if not all_finite(t)), None)
-    if bad is not None:
-        return f"{name} holds NaN or infinite values (in {bad!r})"
-    return None
 
 
 def weights_problem(ck: Path, cfg: dict) -> str | None:
@@ -438,39 +372,6 @@ def weights_problem(ck: Path, cfg: dict) -> str | None:
         if not all_finite(t):
             return f"optimizer.safetensors holds NaN or infinite values (in {key!r})"
     return None
-
-
-def checkpoint_problem(ck: Path, purpose: str = "resume") -> str | None:
-    """Cheap completeness check: valid config, every tensor file present and not truncated."""
-    try:
-        read_config(ck, purpose)
-    except DfeditError as e:
-        return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", "")
-    for which in (WEIGHTS if purpose == "resume" else ("ema",)):
-        why = safetensors_problem(ck / f"{which}.safetensors")
-        if why:
-            return why
-    return None
-
-
-def _latest(run: Path) -> tuple[Path | None, str | None]:
-    """(checkpoint latest.json names, None) or (None, what is wrong with latest.json)."""
-    from .schema import latest_problem
-
-    path = run / "latest.json"
-    if not path.exists():
-        return None, "latest.json is missing"
-    try:
-        obj = read_json_file(path, "latest.json")
-    except DfeditError as e:
-        return None, str(e).replace(f" {path}", "")
-    why = latest_problem(obj)
-    if why:
-        return None, f"latest.json {why}"
-    ck = run / obj["checkpoint"]
-    if not ck.is_dir():
-        return None, f"latest.json names {obj['checkpoint']}, which does not exist"
-    return ck, None
 
 
 @dataclass
@@ -539,133 +440,6 @@ def find_resumable(out: Path, log=_stderr, verify: bool = True, repair: bool = T
     if named is None or named.resolve() != chosen.resolve():
         _write_json(out / "latest.json", {"checkpoint": f"checkpoints/{chosen.name}", "step": cfg["state"]["step"]})
     return Found(chosen, cfg, notes)
-
-
-# ---- reading (dfedit's side) -------------------------------------------------------------------
-
-# `--model emoji`: the model that ships inside the dfedit package (see `export`). The same dict as
-# dfedit's, so dfedit can name the built-in models without importing the trainer.
-BUILTIN = BUILTIN_MODELS
-
-
-def _own_config(p: Path) -> bool:
-    """A config.json that says it is ours, or a damaged one beside our weight files (so that its
-    damage is reported as such, not as "not a diffusers model")."""
-    cfg = p / "config.json"
-    try:
-        return json.loads(cfg.read_bytes().decode("utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        pass
-    return cfg.exists() and not (p / "model_index.json").exists() and \
-        any((p / f"{w}.safetensors").exists() for w in ("ema", "model"))
-
-
-def _looks_like_run(p: Path) -> bool:
-    return (p / "latest.json").exists() or bool(step_dirs(p / "checkpoints"))
-
-
-def resolve(path: str | Path) -> Path | None:
-    """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
-    newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
-    ./emoji for a local directory of that name). None when it is not a dfedit-train checkpoint."""
-    if str(path) in BUILTIN:
-        path = BUILTIN[str(path)]
-    p = Path(path).expanduser()
-    if (p / "config.json").exists():
-        return p if _own_config(p) else None
-    if not _looks_like_run(p):
-        return None
-    named, why = _latest(p)
-    if named is not None and checkpoint_problem(named, "model") is None:
-        return named
-    for _, ck in step_dirs(p / "checkpoints")[::-1]:
-        if checkpoint_problem(ck, "model") is None:
-            notice(f"{why or f'latest.json names {named.name}, which is incomplete'}; using the newest complete "
-                   f"checkpoint of {p}, {ck.name}")
-            return ck
-    return None
-
-
-def is_checkpoint_dir(path: str | Path) -> bool:
-    """True for a dfedit-train checkpoint directory or a run directory (`--out`), also a damaged
-    one (loading it then says what is wrong instead of trying it as a diffusers model)."""
-    if str(path) in BUILTIN:
-        return True
-    p = Path(path).expanduser()
-    if (p / "config.json").exists():
-        return _own_config(p)
-    return _looks_like_run(p)
-
-
-def load(path: str | Path) -> tuple[Path, dict]:
-    """(checkpoint dir, validated config); one sentence naming the file and the key otherwise."""
-    ck = resolve(path)
-    if ck is None:
-        p = Path(BUILTIN.get(str(path), path)).expanduser()
-        if _looks_like_run(p):
-            found = [s.name for _, s in step_dirs(p / "checkpoints")]
-            raise DfeditError(f"{path} has no complete checkpoint (step directories: {', '.join(found) or 'none'}; "
-                              f"{_latest(p)[1] or 'latest.json names an incomplete one'})")
-        if (p / "config.json").exists():
-            raise DfeditError(f"{p / 'config.json'} is not a dfedit-train config")
-        raise DfeditError(f"{path} is not a dfedit-train checkpoint (no config.json or latest.json)")
-    return ck, read_config(ck, "model")
-
-
-def describe(path: str | Path):
-    """(NoiseSchedule, image size) from the config alone: what dfedit checks before loading weights."""
-    from dfedit.schedule import NoiseSchedule
-
-    from .config import DiffusionConfig, from_dict
-
-    _, cfg = load(path)
-    return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
-        int(cfg["model"]["image_size"])
-
-
-def prompt_tokens(path: str | Path, prompts: list[str]) -> tuple[int, list[int]]:
-    """(the model's caption token limit, tokens of each prompt), from the tokenizer alone."""
-    from .text import count_tokens
-
-    _, cfg = load(path)
-    te = cfg["text_encoder"]
-    return int(te["max_length"]), count_tokens(te["name"], prompts)
-
-
-def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
-    f = ck / f"{which}.safetensors"
-    why = safetensors_problem(f)
-    if why:
-        raise DfeditError(f"{f} cannot be used: {why.replace(f.name + ' ', '', 1)}; the checkpoint is damaged")
-    try:
-        return load_file(str(f))
-    except Exception as e:
-        raise DfeditError(f"could not read {f}: {str(e).splitlines()[0]}") from None
-
-
-def build_net(cfg: dict):
-    from .config import ModelConfig, from_dict
-    from .unet import UNet
-
-    return UNet(from_dict(ModelConfig, cfg["model"]))
-
-
-def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema", cache_dir=None):
-    """A checkpoint as a dfedit `Denoiser` (EMA weights unless weights="model"); `cache_dir` is
-    where its prompt embeddings are cached (default: the user cache)."""
-    from .sample import EmojiDenoiser
-
-    ck, cfg = load(path)
-    tensors = load_tensors(ck, weights)
-    # The expected shapes come from the net that is built anyway: building it on the meta device
-    # instead imports torch._dynamo and sympy (meta randn), 0.8 s of a 2 s `dfedit sample --model emoji`.
-    net = build_net(cfg)
-    expect = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
-    why = _tensors_problem(f"{weights}.safetensors", tensors, expect, check_dtype=False)
-    if why:
-        raise DfeditError(f"{ck}: {why}; the checkpoint is damaged")
-    net.load_state_dict(tensors)
-    return EmojiDenoiser.from_config(net, cfg, name=str(ck), device=device, dtype=dtype, cache_dir=cache_dir)
 
 
 # ---- export: a run's EMA weights as a small, inference-only model directory ---------------------

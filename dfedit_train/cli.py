@@ -21,7 +21,7 @@ from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from dfedit.cli import OneLineErrors, error_handler  # noqa: E402
+from dfedit.cli_errors import OneLineErrors, error_handler  # noqa: E402
 from dfedit.errors import DfeditError  # noqa: E402
 
 from .config import PRESETS, DiffusionConfig, TrainConfig  # noqa: E402
@@ -216,7 +216,7 @@ def emoji(
     """Train (or resume) the emoji U-Net. Several processes: torchrun --nproc_per_node N -m dfedit_train.cli
     emoji ..., or accelerate launch (also --cpu --num_processes N)."""
     from . import checkpoint as ckpt
-    from . import schema
+    from dfedit.emoji import schema
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
     from .config import preset as get_preset
     from .train import resolve_configs
@@ -309,7 +309,7 @@ def emoji(
 def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn, preset, quiet,
                     max_steps, max_cpu_seconds, cpu, echo, auto=False):
     """The rest of `emoji` once the run directory is locked and the configs resolved."""
-    from . import schema
+    from dfedit.emoji import schema
     from .train import train
 
     say = echo if _is_main() else (lambda m: None)  # several processes: rank 0 talks
@@ -374,7 +374,7 @@ def eval_cmd(
     import torch
 
     from dfedit.cache import writable_dir
-    from dfedit.models import pick_device
+    from dfedit.devices import pick_device
     from dfedit.pipeline import check_seed
 
     from . import checkpoint as ckpt

@@ -1,23 +1,17 @@
-"""Forward process, input preconditioning, training objectives and the loss.
+"""Training objectives and the loss, over the library's forward process and input preconditioning.
 
 The diffusion itself runs in plain [-1, 1] pixel space with dfedit's `NoiseSchedule`, so a trained
 model drops into dfedit's loop (and its SDEdit/inpainting, which noise real images) unchanged.
 
-Per-channel dataset standardisation (the Flax trainer's fix for a colour cast) is applied as exact
-input preconditioning instead of changing the diffusion space: given per-channel data mean m and
-std s, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps has per-channel mean sqrt(abar) m and variance
-abar s^2 + 1 - abar, so the network sees
-
-    x_in = (x_t - sqrt(abar) m) / sqrt(abar s^2 + 1 - abar)
-
-(zero mean, unit variance per channel at every t: EDM's c_in, made per-channel). Standardising the
-diffusion space instead would make every dfedit edit need to know the statistics.
+The input preconditioning (per-channel standardisation, EDM's c_in made per-channel) is the
+library's, dfedit.emoji.precondition, which `Diffusion` inherits: training and sampling feed the
+network through the same code.
 
 Objectives, in the manner of NVlabs/edm's training/loss.py (one class per loss): an `Objective`
 owns everything that differs between eps-, v-, x0- and flow-prediction training, so the loop knows
 none of it:
 - `scheduler_config()`: the noise schedule it implies, the dict written into every checkpoint and
-  read by `dfedit.schedule.NoiseSchedule.from_config` (DiffusionConfig.scheduler_config asks it);
+  read by `dfedit.schedule.NoiseSchedule.from_config` (built by the format, dfedit.emoji.config);
 - `sample_t(...)`: how noise levels are drawn for a batch (uniformly over the schedule's T levels,
   for all four here; train.draw_batch calls it first, so the random stream is fixed);
 - `target(...)`: what the network predicts, and `to_eps(...)`: how its output becomes a noise estimate;
@@ -29,7 +23,7 @@ none of it:
                 velocity eps - x0, at flow times s = (t + 1) / (T + 1). Its schedule is abar_t =
                 (1 - s)^2 / ((1 - s)^2 + s^2) (dfedit.schedule), because x_flow is the VP state
                 x_t rescaled by sqrt((1 - s)^2 + s^2) = 1 / (alpha + sigma). The preconditioned input
-                above is scale-free, so the network sees exactly the same x_in whether it is built
+                is scale-free, so the network sees exactly the same x_in whether it is built
                 from x_flow or from x_t (tests/train/test_flow.py): a flow model is trained here on
                 the VP state with the velocity target and needs no special case anywhere in dfedit.
                 The course draws s ~ U[0, 1]; here s takes the T = 1000 values dfedit's loop runs
@@ -43,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from dfedit.emoji.precondition import Preconditioning
 from dfedit.errors import DfeditError
 from dfedit.schedule import NoiseSchedule, noise_to
 
@@ -53,9 +48,6 @@ Tensor = torch.Tensor
 
 def _snr(ab: Tensor) -> Tensor:
     return ab / (1 - ab)
-
-
-VP_SCHEDULES = ("linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear")
 
 
 class Objective:
@@ -76,30 +68,15 @@ class Objective:
         """The objective a run's DiffusionConfig describes; a schedule it does not go with is one sentence."""
         if cfg.prediction_type not in OBJECTIVES:
             raise DfeditError(f"unsupported prediction_type {cfg.prediction_type!r} in the scheduler config")
-        if (cfg.prediction_type == "flow_prediction") != (cfg.beta_schedule == "flow"):
-            raise DfeditError("the flow objective has its own noise schedule (flow times), and only it: "
-                              "use --objective flow without --schedule")
         return OBJECTIVES[cfg.prediction_type](cfg.num_train_timesteps, cfg.beta_schedule, cfg.min_snr_gamma)
 
     # ---- the schedule it implies -----------------------------------------------------------------
     def scheduler_config(self) -> dict:
-        """A diffusers DDPMScheduler config (the VP objectives)."""
-        if self.beta_schedule not in VP_SCHEDULES:
-            raise DfeditError(f"unknown noise schedule {self.beta_schedule!r}: use cosine, linear or sigmoid")
-        return {
-            "_class_name": "DDPMScheduler",
-            "num_train_timesteps": self.num_train_timesteps,
-            "beta_schedule": self.beta_schedule,
-            "beta_start": 0.0001,
-            "beta_end": 0.02,
-            "prediction_type": self.prediction_type,
-            "variance_type": "fixed_small",
-            # The diffusion runs in plain [-1, 1] pixel space (standardisation is input
-            # preconditioning, see above), so clipping x0 to [-1, 1] is valid.
-            "clip_sample": True,
-            "clip_sample_range": 1.0,
-            "thresholding": False,
-        }
+        """The noise schedule this objective trains on, as the checkpoint format writes it and dfedit
+        reads it: DDPM's (cosine, linear, sigmoid) for eps/v/x0, flow times for flow. The dict itself
+        is the format's (dfedit.emoji.config.DiffusionConfig.scheduler_config), written once there."""
+        return DiffusionConfig(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+                               prediction_type=self.prediction_type).scheduler_config()
 
     # ---- noise levels --------------------------------------------------------------------------
     def sample_t(self, n: int, generator: torch.Generator, device) -> Tensor:
@@ -167,20 +144,6 @@ class X0Objective(Objective):
 class FlowObjective(Objective):
     prediction_type = "flow_prediction"
 
-    def scheduler_config(self) -> dict:
-        """A flow-matching config: its noise levels follow from flow times (module docstring)."""
-        return {
-            "_class_name": "FlowMatching",
-            "flow_matching": True,
-            "flow_time": "s = (t + 1) / (T + 1); x_flow = (1 - s) x0 + s eps = x_t * sqrt((1 - s)^2 + s^2)",
-            "num_train_timesteps": self.num_train_timesteps,
-            "prediction_type": "flow_prediction",
-            "variance_type": "fixed_small",
-            "clip_sample": True,
-            "clip_sample_range": 1.0,
-            "thresholding": False,
-        }
-
     def target(self, x0, eps, alpha, sigma):
         return eps - x0
 
@@ -195,40 +158,18 @@ OBJECTIVES: dict[str, type[Objective]] = {o.prediction_type: o for o in
                                           (EpsObjective, VObjective, X0Objective, FlowObjective)}
 
 
-class Diffusion:
-    """A run's objective plus the input preconditioning, with the abar table on the training device."""
+class Diffusion(Preconditioning):
+    """A run's objective plus the input preconditioning (dfedit.emoji.precondition: net_input,
+    predict, to_eps), with the abar table on the training device."""
 
     def __init__(self, cfg: DiffusionConfig, mean: list[float], std: list[float], device="cpu"):
         self.cfg = cfg
         self.objective = Objective.from_config(cfg)
-        self.schedule = self.objective.schedule
-        self.abar = self.schedule.alphas_cumprod.to(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.var = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1) ** 2
-
-    @property
-    def T(self) -> int:
-        return self.schedule.num_train_timesteps
-
-    def _ab(self, t: torch.Tensor) -> torch.Tensor:
-        return self.abar.to(t.device)[t].view(-1, 1, 1, 1)
-
-    def net_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = self._ab(t)
-        mean, var = self.mean.to(x_t.device), self.var.to(x_t.device)
-        return ((x_t - ab.sqrt() * mean) / (ab * var + 1 - ab).sqrt()).to(x_t.dtype)
-
-    def predict(self, net, x_t: torch.Tensor, t: torch.Tensor, text, mask) -> torch.Tensor:
-        """The network's raw output (eps, v, x0 or velocity, as configured)."""
-        return net(self.net_input(x_t, t), t, text, mask)
+        super().__init__(self.objective.schedule, mean, std, device)
 
     def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t for per-sample timesteps t (dfedit.schedule.noise_to, the one forward process)."""
         return noise_to(x0, noise, self._ab(t))
-
-    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Any objective's output as a noise estimate, per-sample t."""
-        return self.objective.to_eps(out, x_t, t)
 
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask) -> torch.Tensor:
         """Per-sample loss of the objective at timesteps t with this noise. Shape (B,)."""

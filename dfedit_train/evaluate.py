@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from dfedit.cache import atomic_write, cache_root
+from dfedit.emoji.text import TextEncoder
 
 from . import checkpoint as ckpt
 from . import data as datamod
 from .data import images_to_tensor
 from .config import data_config
 from .sample import sample, save_grid, to_uint8
-from .text import TextEncoder
 
 BANDS = ((0, 100), (100, 300), (300, 600), (600, 1000))
 

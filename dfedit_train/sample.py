@@ -1,4 +1,4 @@
-"""The trained U-Net as a dfedit `Denoiser`, and grid sampling through dfedit's one loop.
+"""Grid sampling of a trained U-Net (a dfedit.emoji.EmojiDenoiser) through dfedit's one loop.
 
 Nothing here iterates over timesteps: validation grids, `eval` samples and `dfedit sample --model
 CKPT` all go through `dfedit.sampler.denoise_loop` with the `cfg` combinator.
@@ -13,51 +13,12 @@ import torch
 from PIL import Image
 
 from dfedit.denoiser import Cond
+from dfedit.emoji.denoiser import EmojiDenoiser  # noqa: F401 (re-exported: the trainer's grids use it)
 from dfedit.images import save_png
 from dfedit.progress import progress_bar
 from dfedit.sampler import cfg as cfg_guidance
 from dfedit.sampler import denoise_loop, randn
 
-from .config import DiffusionConfig, from_dict
-from .diffusion import Diffusion
-from .text import CaptionEncoder
-
-
-class EmojiDenoiser:
-    """Implements dfedit.denoiser.Denoiser: (x_t, t, cond) -> (eps, None); fixed variance."""
-
-    channels = 3
-
-    def __init__(self, net, diffusion: Diffusion, prompt_encoder, sample_size: int, name: str, device, dtype):
-        self.device, self.dtype = torch.device(device), dtype
-        # Convert the weights once: cheaper than autocast re-casting them on every call.
-        self.net = net.to(device=self.device, dtype=dtype).eval()
-        self.diffusion = diffusion
-        self.schedule = diffusion.schedule
-        self.prompt_encoder = prompt_encoder
-        self.sample_size, self.name = sample_size, name
-
-    @classmethod
-    def from_config(cls, net, cfg: dict, name: str, device="cpu", dtype=torch.float32,
-                    cache_dir=None) -> "EmojiDenoiser":
-        d = cfg["data"]
-        diff = Diffusion(from_dict(DiffusionConfig, cfg["diffusion"]), d["mean"], d["std"], device)
-        pe = CaptionEncoder(cfg["text_encoder"]["name"], cfg["text_encoder"]["max_length"],
-                            cfg["model"]["text_dim"], device, dtype, cache_dir=cache_dir)
-        den = cls(net, diff, pe, cfg["model"]["image_size"], name, device, dtype)
-        # dfedit uses this when --cfg is not given: the scale the run's validation grids used.
-        den.default_cfg = float(cfg.get("train", {}).get("guidance", 3.0))
-        return den
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, t: int, cond: Cond):
-        b = x.shape[0]
-        tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
-        mask = cond.text_mask if cond.text_mask is not None else torch.ones(cond.text.shape[:2], dtype=torch.bool)
-        out = self.diffusion.predict(self.net, x.to(self.device, self.dtype), tt,
-                                     cond.text.to(self.device, self.dtype), mask.to(self.device))
-        eps = self.schedule.model_output_to_eps(out.float(), x.float(), int(t))
-        return eps.to(x.dtype), None
 
 
 def sample(denoiser, prompts: list[str], seed: int = 0, stride: int = 20, guidance: float = 3.0,

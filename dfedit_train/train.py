@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfedit.emoji.text import TextEncoder
+from dfedit.emoji.unet import UNet
 from dfedit.errors import DfeditError
 from dfedit.progress import progress_bar
 
@@ -33,8 +35,6 @@ from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, data_
 from .diffusion import Diffusion, Objective
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
 from .signals import StopRequest
-from .text import TextEncoder
-from .unet import UNet
 
 # Options that may change when a run is resumed; anything else must match the checkpoint.
 RESUMABLE = {"epochs", "save_every", "sample_every", "keep_checkpoints", "compile", "grid_prompts"}

@@ -132,8 +132,26 @@ def test_anagram_shows_every_view_and_is_deterministic(cli, m, tmp_path, upscale
 @pytest.mark.parametrize("view", ["rotate_cw", "rotate_ccw", "rotate_180", "skew", "patch_permute",
                                   "pixel_permute", "jigsaw"])
 def test_anagram_runs_with_every_view(cli, m, tmp_path, view):
+    """Each view: the second column of the sheet is exactly the view of the first (every view is a
+    pixel permutation, so 8-bit pixels map exactly), the metadata names it, and the image under the
+    view differs from the image itself (a view that did nothing would pass the first check)."""
+    import torch
+
+    from dfedit.views import make_view
     _ok(cli("anagram", "a dog", "a cat", "--view", view, *m, "--no-upscale", "--stride", "330",
             "-o", tmp_path / "v.png"))
+    a = _px(tmp_path / "v.png")
+    tile, size = 128, 16
+    assert a.shape == (tile + 14 + 2 * 2, 2 * tile + 3 * 2, 3)  # 1 sample x (identity, view)
+    step = tile // size
+    t0 = a[2:2 + tile:step, 2:2 + tile:step]
+    t1 = a[2:2 + tile:step, 4 + tile:4 + 2 * tile:step]
+    x = torch.from_numpy(t0.astype(np.float32)).permute(2, 0, 1)[None]
+    want = make_view(view, size, 0).apply(x)[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.array_equal(t1, want)
+    assert not np.array_equal(t1, t0)
+    meta = read_metadata(tmp_path / "v.png")
+    assert meta["views"] == ["identity", view] and meta["prompts"] == ["a dog", "a cat"]
 
 
 def test_every_generating_command_writes_a_trajectory(cli, m, tmp_path, photo, mask):

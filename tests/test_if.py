@@ -42,7 +42,7 @@ def test_channels_last_changes_only_rounding(tiny_models):
     """dfedit runs IF UNets channels_last on CUDA (contiguous on CPU, where the parity tests above
     hold bit for bit). Forced on here: the result may differ only by float rounding, not by a
     wrong stride or a transposed image."""
-    from dfedit.models import configure_unet
+    from dfedit.backends.deepfloyd import configure_unet
     p1, p2 = tiny_models
     df = _api(p1, p2)
     ref = df.sample(PROMPT, seed=777, cfg=7.0, stride=30, upscale=False).images
@@ -58,7 +58,7 @@ def test_channels_last_changes_only_rounding(tiny_models):
 def test_unet_without_sdpa_attention_is_refused():
     from diffusers.models.attention_processor import AttnAddedKVProcessor
 
-    from dfedit.models import configure_unet
+    from dfedit.backends.deepfloyd import configure_unet
     from dfedit.testing import tiny_stage1_unet
 
     unet = tiny_stage1_unet()
@@ -97,7 +97,7 @@ def test_stage2_noise_level_matters(tiny_models):
                                                           (IF_II_L_UNET, 1.243e9, 256, 3)])
 def test_real_if_configs_build_on_meta_device(cfg_dict, params, size, channels, if_schedule):
     """Full-size IF UNets from their real configs: sizes come from the config, not constants."""
-    from dfedit.models import IFDenoiser
+    from dfedit.backends.deepfloyd import IFDenoiser
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**cfg_dict)
@@ -235,7 +235,7 @@ def test_fp16_hub_download_asks_only_for_fp16_weights(tiny_models, monkeypatch):
     """fp16 runs fetch only the fp16 variant (IF-I-XL's fp32 UNet alone is 17 GB); a repo without
     one is fetched again with the full-precision patterns."""
     import huggingface_hub
-    from dfedit.models import resolve
+    from dfedit.backends.deepfloyd import resolve
     p1, _ = tiny_models
     calls = []
 

@@ -62,27 +62,66 @@ def test_ddim_and_ddpm_both_run(run_dir, tmp_path):
     assert read_metadata(tmp_path / "d.png")["sampler"] == "ddim"
 
 
+def tiles(path, size, n_rows, n_cols):
+    """The native-size tiles of a dfedit grid (2 px gaps, 14 px captions, tiles enlarged to >= 128 px)."""
+    g = px(path)
+    t = size * max(1, -(-128 // size))
+    assert g.shape == (n_rows * (t + 14) + (n_rows + 1) * 2, n_cols * t + (n_cols + 1) * 2, 3)
+    step = t // size
+    return [[g[2 + r * (t + 16):2 + r * (t + 16) + t:step, 2 + c * (t + 2):2 + c * (t + 2) + t:step]
+             for c in range(n_cols)] for r in range(n_rows)]
+
+
 def test_every_edit_runs_on_the_emoji_model(run_dir, tmp_path):
+    """Every command on a trained checkpoint, each output checked for what it must show: the
+    input where it must be unchanged, the view relation of an anagram, one grid row per --i-start
+    and per --t, and an embedding written to the cache."""
+    import torch
+
+    from dfedit.views import make_view
     s = size_of(run_dir)
     src = tmp_path / "in.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).save(src)
+    inp = px(src)
     mask = tmp_path / "mask.png"
     m = np.zeros((s, s), np.uint8)
     m[s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 255
     Image.fromarray(m).save(mask)
     common = ["--model", run_dir, "--stride", "100"]
     dfedit("sdedit", src, "--i-start", "3", "--i-start", "6", *common, "-o", tmp_path / "sd.png")
+    (o3, e3), (o6, e6) = tiles(tmp_path / "sd.png", s, 2, 2)  # one row per start: original | edit
+    assert np.array_equal(o3, inp) and np.array_equal(o6, inp)
+    assert not np.array_equal(e3, inp) and not np.array_equal(e6, inp) and not np.array_equal(e3, e6)
+    assert read_metadata(tmp_path / "sd.png")["i_start"] == [3, 6]
     dfedit("inpaint", src, "--mask", mask, *common, "-o", tmp_path / "in-out.png", "--trajectory", tmp_path / "t.gif")
-    out, inp, hole = px(tmp_path / "in-out.png"), px(src), m > 127
-    assert np.array_equal(out[~hole], inp[~hole])
+    out, hole = px(tmp_path / "in-out.png"), m > 127
+    assert np.array_equal(out[~hole], inp[~hole]) and not np.array_equal(out[hole], inp[hole])
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.n_frames >= 2
     dfedit("anagram", "grinning face", "red heart", "--view", "rotate_cw", *common, "-o", tmp_path / "an.png")
+    (a0, a1), = tiles(tmp_path / "an.png", s, 1, 2)
+    x = torch.from_numpy(a0.astype(np.float32)).permute(2, 0, 1)[None]
+    assert np.array_equal(a1, make_view("rotate_cw", s, 0).apply(x)[0].permute(1, 2, 0).numpy().astype(int))
     dfedit("hybrid", "rocket", "snowman", *common, "-o", tmp_path / "hy.png")
+    assert px(tmp_path / "hy.png").shape == (s, s, 3)
+    assert read_metadata(tmp_path / "hy.png")["prompts"] == ["rocket", "snowman"]
     dfedit("noise", src, "--model", run_dir, "--t", "500", "-o", tmp_path / "n.png")
+    (n0, n1), = tiles(tmp_path / "n.png", s, 1, 2)
+    assert np.array_equal(n0, inp) and np.abs(n1 - inp).mean() > 20  # t = 500 is half noise
     dfedit("denoise", src, "--model", run_dir, "--t", "500", "-o", tmp_path / "de.png")
-    dfedit("embed", "thumbs up", "--model", run_dir)
-    for f in ("sd.png", "in-out.png", "an.png", "hy.png", "n.png", "de.png", "t.gif"):
-        assert (tmp_path / f).stat().st_size > 0
+    row, = tiles(tmp_path / "de.png", s, 1, 5)  # original | noisy | blur | one-step | iterative
+    assert np.array_equal(row[0], inp) and all(not np.array_equal(t, inp) for t in row[1:])
+    import os
+    from pathlib import Path
+    cache = Path(os.environ["DFEDIT_CACHE"])  # this test's own (tests/conftest.py)
+
+    def cache_files():
+        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file()}
+
+    before = cache_files()
+    dfedit("embed", "a snowman riding a rocket", "--model", run_dir)  # a caption training never embedded
+    assert cache_files() != before  # the new prompt was written to the caption cache
 
 
 def test_hybrid_of_one_prompt_equals_sample_on_emoji(run_dir, tmp_path):

@@ -134,7 +134,7 @@ def test_todays_format_is_written_unchanged_and_resumes_bit_exact(tmp_path, tiny
     assert r["step"] == 6 and latest(old).name == "step-00000006"
     assert_same_weights(latest(reference), latest(old))
     # the shipped model's config (written by main's export) passes the schema check unchanged
-    from dfedit_train.schema import check_config
+    from dfedit.emoji.schema import check_config
     check_config(json.loads((ckpt.BUILTIN["emoji"] / "config.json").read_text()), "shipped", "model")
 
 

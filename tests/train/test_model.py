@@ -9,7 +9,7 @@ from dfedit.errors import DfeditError
 from dfedit.schedule import NoiseSchedule
 from dfedit_train.config import DiffusionConfig, ModelConfig, preset
 from dfedit_train.diffusion import Diffusion
-from dfedit_train.unet import UNet
+from dfedit.emoji.unet import UNet
 
 
 def tiny_net(**kw):
@@ -141,7 +141,7 @@ def test_min_snr_weights_are_min_not_max():
 def test_cpu_bf16_attention_runs_in_fp32_and_matches(monkeypatch):
     """Under CPU bf16 autocast the attention math is done in fp32 (PyTorch's bf16 CPU kernels are
     slower), and the block agrees with an all-fp32 forward to bf16 precision."""
-    from dfedit_train.unet import Attention
+    from dfedit.emoji.unet import Attention
 
     torch.manual_seed(0)
     attn = Attention(64, 32, ctx_dim=48)

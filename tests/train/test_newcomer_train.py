@@ -188,7 +188,8 @@ def src(tmp_path):
 def no_weights(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("emoji weights loaded before the input was checked")
-    monkeypatch.setattr(checkpoint, "load_tensors", boom)
+    from dfedit.emoji import checkpoint as emoji_checkpoint
+    monkeypatch.setattr(emoji_checkpoint, "load_tensors", boom)
 
 
 def test_checkpoints_folder_names_the_run(run_dir, tmp_path, no_weights):

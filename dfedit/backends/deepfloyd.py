@@ -1,81 +1,42 @@
-"""Loading DeepFloyd IF from a Hub id or a local diffusers-layout directory.
+"""The DeepFloyd IF backend: Hub ids and local diffusers-layout directories.
+
+Stage I is the denoiser; T5-XXL sits behind the embedding cache (loaded only for prompts the cache
+lacks, freed before any UNet runs); stage II (IF-II) is the `Upscaler`: its own noise schedule for
+the low-res conditioning image, which it upsamples, noises and concatenates to x_t.
 
 Each component is loaded on its own (not through IFPipeline) so that T5 is only loaded when a prompt
 is missing from the embedding cache, and is freed before any UNet runs. Hub ids are first resolved to
 a local snapshot holding only the files this run needs (fp16 weights only when running in fp16),
-which also turns the Hub's failure modes (gated, unknown, offline) into one sentence each.
+which also turns the Hub's failure modes (gated, unknown, offline) into one sentence each. Each
+model string becomes one `Snapshot`, so its configs and its weights are each looked up once per
+command.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from .cache import EmbeddingCache, fingerprint
-from .denoiser import Cond
-from .errors import DfeditError
-from .schedule import NoiseSchedule
+from ..cache import EmbeddingCache, fingerprint
+from ..constants import BUILTIN_MODELS
+from ..denoiser import Cond
+from ..devices import free_memory
+from ..errors import DfeditError
+from ..schedule import NoiseSchedule
+from . import ModelInfo
 
-from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2  # noqa: F401  (re-exported)
 # diffusers' IF encode_prompt pads/truncates every prompt to 77 T5 tokens; parity depends on it.
 IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Every Hub failure points at the model that needs no Hub: the emoji model shipped in the package.
 OFFLINE_HINT = "; or use --model emoji, the built-in emoji model that runs offline on a CPU"
-# Models that ship inside the package, by the name --model takes (dfedit_train.checkpoint reads
-# this same dict; `./emoji` names a local directory of that name instead).
-BUILTIN_MODELS = {"emoji": Path(__file__).resolve().parent / "weights" / "emoji"}
 MODEL_KINDS = ("emoji (the built-in 32 px emoji model), a Hub id such as DeepFloyd/IF-I-XL-v1.0, a local "
                "diffusers IF directory, or a dfedit-train run or checkpoint directory")
-
-
-# ---- devices and dtypes ----------------------------------------------------------------------
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps") or (dev.index is not None and dev.type != "cuda"):
-        raise DfeditError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DfeditError(f"--device {device} was asked for but this torch build sees no CUDA GPU: "
-                              "use --device cpu")
-        n = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= n:
-            raise DfeditError(f"--device {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
-                              f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                  and torch.backends.mps.is_available()):
-        raise DfeditError("--device mps needs an Apple-silicon Mac with Metal; this machine has none: "
-                          "use --device cpu" + (" or cuda" if torch.cuda.is_available() else ""))
-    return dev
-
-
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        # Half precision where it is fast and IF was published for it; CPUs lack fast fp16 kernels.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise DfeditError(f"unknown --dtype {dtype!r}: use auto, float16, bfloat16 or float32")
-    return _DTYPES[dtype]
 
 
 def quiet_hf_logging() -> None:
@@ -86,16 +47,6 @@ def quiet_hf_logging() -> None:
     for lib in (df_logging, hf_logging):
         lib.set_verbosity_error()
         lib.disable_progress_bar()
-
-
-def free_memory() -> None:
-    """Return a freed model's GPU memory before the next model loads. Only on CUDA: there a
-    reference cycle could keep gigabytes alive, while on the CPU refcounting already freed the
-    weights and gc.collect() costs ~0.3 s per call with torch + diffusers imported (measured:
-    it was the whole gap in the end-to-end benchmark against IFPipeline)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 # ---- resolving a model argument to a local directory ------------------------------------------
@@ -113,8 +64,8 @@ def _weight_patterns(sub: str, fp16: bool) -> list[str]:
 
 
 def dfedit_train_layout(p: Path) -> str | None:
-    """What dfedit-train wrote at `p`, read from its JSON files only (the library never imports the
-    trainer for this): "checkpoint", "run", "checkpoints" (a run's checkpoints/ folder), or None."""
+    """What dfedit-train wrote at `p`, read from its JSON files only (no weights, no model code):
+    "checkpoint", "run", "checkpoints" (a run's checkpoints/ folder), or None."""
     try:
         if (p / "config.json").is_file():
             return "checkpoint" if json.loads((p / "config.json").read_text()).get("format", "").startswith(
@@ -151,9 +102,10 @@ def _not_a_model(model: str, p: Path, flag: str) -> str:
 
 
 def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True,
-            flag: str = "--model", hint: str = OFFLINE_HINT) -> Path:
+            flag: str = "--model", hint: str = OFFLINE_HINT, also: tuple[str, ...] = ()) -> Path:
     """A local directory holding `components` (subfolder names) of `model` (Hub id or directory).
-    flag names the option in messages; hint ends every Hub failure's message."""
+    flag names the option in messages; hint ends every Hub failure's message; `also`: components
+    fetched in the same Hub look-up that the directory need not have."""
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file() and not any((p / c / "config.json").is_file() for c in components):
@@ -161,7 +113,29 @@ def resolve(model: str, components: list[str], fp16: bool = False, weights: bool
         return p
     if p.exists() or not _HUB_ID.match(model):
         raise DfeditError(_not_a_model(model, p, flag))
-    return _hub_snapshot(model, components, fp16, weights, hint)
+    return _hub_snapshot(model, list(components) + [c for c in also if c not in components], fp16, weights, hint)
+
+
+class Snapshot:
+    """One model argument's local directories, each looked up once: what a command resolves its
+    --model / --stage2 into (dfedit.backends.deepfloyd), so that a Hub id costs one snapshot look-up
+    for its configs and one for its weights, however many layers ask. A look-up that fetched a
+    superset of what is asked (more components, weights) answers for it."""
+
+    def __init__(self, model: str, flag: str = "--model", hint: str = OFFLINE_HINT):
+        self.model, self.flag, self.hint = model, flag, hint
+        self._roots: dict[tuple, Path] = {}
+
+    def root(self, components: list[str], fp16: bool = False, weights: bool = True,
+             also: tuple[str, ...] = ()) -> Path:
+        want = set(components)
+        for (comps, fp, w), path in self._roots.items():
+            if want <= set(comps) and fp == fp16 and (w or not weights):
+                return path
+        path = resolve(self.model, list(components), fp16=fp16, weights=weights, flag=self.flag, hint=self.hint,
+                       also=also)
+        self._roots[(tuple(components) + tuple(c for c in also if c not in components), fp16, weights)] = path
+        return path
 
 
 def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, hint: str = OFFLINE_HINT) -> Path:
@@ -235,15 +209,16 @@ class T5PromptEncoder:
     """
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, cache_dir=None,
-                 offload: bool = False, quiet: bool = True):
+                 offload: bool = False, quiet: bool = True, snapshot: "Snapshot | None" = None):
         self.model, self.device, self.dtype, self.offload, self.quiet = model, device, dtype, offload, quiet
         self.cache_dir = cache_dir
+        self.snapshot = snapshot if snapshot is not None else Snapshot(model)
         self._root: Path | None = None
         self._cache: EmbeddingCache | None = None
 
     def _resolve(self) -> Path:
         if self._root is None:
-            self._root = resolve(self.model, ["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
+            self._root = self.snapshot.root(["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
             if not has_component(self._root, "text_encoder"):
                 raise DfeditError(f"{self.model} has no text_encoder: pass --model with the stage I checkpoint "
                                   "that provides T5 for it")
@@ -288,7 +263,7 @@ class T5PromptEncoder:
     def _run_t5(self, texts: list[str]) -> list[torch.Tensor]:
         from transformers import AutoTokenizer, T5EncoderModel
 
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         root = self._resolve()
         quiet_hf_logging()
@@ -324,10 +299,11 @@ class T5PromptEncoder:
 _TOKENIZERS: dict[str, object] = {}
 
 
-def count_t5_tokens(model: str, prompts: list[str]) -> list[int]:
+def count_t5_tokens(model: str, prompts: list[str], root: Path | None = None) -> list[int]:
     """T5 tokens of each prompt as IF encodes it (preprocessed, with </s>), from the tokenizer
-    alone: what --prompt is checked against before any weights load."""
-    root = resolve(model, ["text_encoder", "tokenizer"], weights=False)
+    alone: what --prompt is checked against before any weights load. `root`: the model's
+    directory when it has been resolved already."""
+    root = root if root is not None else resolve(model, ["text_encoder", "tokenizer"], weights=False)
     if not has_component(root, "tokenizer"):
         return [0] * len(prompts)  # no tokenizer here: the encoder's own check says what is missing
     key = str((root / "tokenizer").resolve())
@@ -394,16 +370,21 @@ SDPA_PROCESSORS = {"AttnProcessor2_0", "AttnAddedKVProcessor2_0"}
 
 
 def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encoder_model: str | None = None,
-            offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False) -> IFDenoiser:
+            offload: bool = False, cache_dir=None, quiet: bool = True, upscaler: bool = False,
+            snapshot: Snapshot | None = None, prompt_encoder: "T5PromptEncoder | None" = None) -> IFDenoiser:
     """Stage I (upscaler=False) or stage II from a Hub id or a local directory.
 
-    `text_encoder_model` names where T5 comes from (stage II gets stage I's, see below).
+    `text_encoder_model` names where T5 comes from (stage II gets stage I's, see below), or
+    `prompt_encoder` is that encoder itself; `snapshot`: the model's resolved directories.
     """
     from diffusers import UNet2DConditionModel
 
     fp16 = dtype == torch.float16
     comps = ["unet", "scheduler"] + (["image_noising_scheduler"] if upscaler else [])
-    root = resolve(model, comps, fp16=fp16, flag="--stage2" if upscaler else "--model")
+    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2" if upscaler else "--model")
+    own_t5 = prompt_encoder is None and text_encoder_model in (None, model)
+    # A model that is its own T5 source fetches T5 in the same look-up as its UNet.
+    root = snapshot.root(comps, fp16=fp16, also=("text_encoder", "tokenizer") if own_t5 else ())
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if upscaler != (unet_cfg.get("class_embed_type") == "timestep"):
         want = "a stage II (super-resolution)" if upscaler else "a stage I"
@@ -429,9 +410,11 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
         unet.to(device)
     # All IF stages use the same T5-XXL: prefer the one named by the caller (stage I's), so both
     # stages share cache entries and IF-II's copy of T5 is never downloaded or loaded.
-    te_model = text_encoder_model or model
-    encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet)
-    return IFDenoiser(unet, schedule, model, encoder, device, dtype, noising_schedule=noising)
+    if prompt_encoder is None:
+        te_model = text_encoder_model or model
+        prompt_encoder = T5PromptEncoder(te_model, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet,
+                                         snapshot=snapshot if te_model == model else None)
+    return IFDenoiser(unet, schedule, model, prompt_encoder, device, dtype, noising_schedule=noising)
 
 
 STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage; --stage2 takes an IF "
@@ -439,13 +422,14 @@ STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage;
                 "model goes in --model")
 
 
-def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT) -> None:
+def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT,
+                 snapshot: Snapshot | None = None) -> None:
     """Validate stage II from its configs alone, so a bad --stage2 / --noise-level / --stage2-steps
     is reported before stage I spends minutes on a GPU."""
     if model in BUILTIN_MODELS or dfedit_train_layout(Path(model).expanduser()) is not None:
         raise DfeditError(f"--stage2 {model}: {STAGE2_EMOJI}")
-    root = resolve(model, ["unet", "scheduler", "image_noising_scheduler"], weights=False, flag="--stage2",
-                   hint=hint)
+    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2", hint=hint)
+    root = snapshot.root(["unet", "scheduler", "image_noising_scheduler"], weights=False)
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if unet_cfg.get("class_embed_type") != "timestep":
         raise DfeditError(f"--stage2 {model} is not a stage II (super-resolution) IF checkpoint")
@@ -456,9 +440,101 @@ def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_H
     NoiseSchedule.from_config(noising).check_t(noise_level, "--noise-level")
 
 
-def load_configs(model: str) -> tuple[dict, NoiseSchedule]:
-    """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet."""
-    root = resolve(model, ["unet", "scheduler"], weights=False)
+def load_configs(model: str, snapshot: Snapshot | None = None) -> tuple[dict, NoiseSchedule]:
+    """UNet config and schedule only (a few KB, no weights): for commands that never run the UNet.
+    With a `snapshot`, the tokenizer's and T5's configs come in the same look-up."""
+    root = (snapshot.root(["unet", "scheduler"], weights=False, also=("text_encoder", "tokenizer"))
+            if snapshot is not None else resolve(model, ["unet", "scheduler"], weights=False))
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     sched = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
     return unet_cfg, NoiseSchedule.from_config(sched)
+
+
+# ---- the backend ---------------------------------------------------------------------------------
+
+IF_DEFAULT_PROMPT = "a high quality photo"  # the course's prompt for edits of photos
+IF_DEFAULT_CFG = 7.0  # IFPipeline's default and the course's scale
+
+
+class DeepFloyd:
+    name = "deepfloyd"
+    builtin = True
+
+    def probe(self, model: str) -> ModelInfo:
+        """Claims every model string (it is asked last): a Hub id or a diffusers directory, or one
+        sentence saying what the string is not."""
+        snapshot = Snapshot(model)
+        cfg, schedule = load_configs(model, snapshot)
+        problem = None
+        if cfg.get("class_embed_type") == "timestep":
+            problem = f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model"
+        s = cfg.get("sample_size")
+        return ModelInfo(name=model, backend=self, schedule=schedule, sample_size=int(s if isinstance(s, int) else s[0]),
+                         default_cfg=IF_DEFAULT_CFG, default_prompt=IF_DEFAULT_PROMPT, upscales=True,
+                         prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=snapshot,
+                         problem=problem)
+
+    def describe(self, den) -> ModelInfo:
+        """The ModelInfo of an IF stage I denoiser built in memory (benchmarks: random full-size
+        UNets), for a DFEdit handed that denoiser instead of a model to load."""
+        return ModelInfo(name=den.name, backend=self, schedule=den.schedule, sample_size=den.sample_size,
+                         default_cfg=IF_DEFAULT_CFG, default_prompt=IF_DEFAULT_PROMPT, upscales=True,
+                         prompt_limit=IF_MAX_TOKENS, text_encoder="IF's T5 text encoder", source=Snapshot(den.name))
+
+    def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
+        root = info.source.root(["unet", "scheduler"], weights=False, also=("text_encoder", "tokenizer"))
+        return count_t5_tokens(info.name, prompts, root=root)
+
+    def load(self, info, device, dtype, *, offload=False, cache_dir=None, quiet=True):
+        return load_if(info.name, device, dtype, offload=offload, cache_dir=cache_dir, quiet=quiet,
+                       snapshot=info.source)
+
+    def prompt_encoder(self, info, device, dtype, *, offload=False, cache_dir=None, quiet=True):
+        return T5PromptEncoder(info.name, device, dtype, cache_dir=cache_dir, offload=offload, quiet=quiet,
+                               snapshot=info.source)
+
+    def upscaler(self, info, model, device, dtype, *, offload=False, cache_dir=None, quiet=True):
+        # All IF stages use the same T5-XXL: stage II takes stage I's (its cache entries too).
+        return IFUpscaler(model, device, dtype, offload=offload, cache_dir=cache_dir, quiet=quiet,
+                          text_encoder_model=info.name)
+
+
+class IFUpscaler:
+    """IF stage II behind the `Upscaler` protocol: x_T at the upscaler's size, conditioned on the
+    upsampled, noised low-res image, in the draw order of IFSuperResolutionPipeline."""
+
+    def __init__(self, model: str, device, dtype, *, offload=False, cache_dir=None, quiet=True,
+                 text_encoder_model: str | None = None, hint: str = OFFLINE_HINT):
+        """`text_encoder_model`: the stage I model whose T5 it shares (None: its own T5)."""
+        self.model, self.device, self.dtype = model, device, dtype
+        self.offload, self.cache_dir, self.quiet, self.hint = offload, cache_dir, quiet, hint
+        self.text_encoder_model = text_encoder_model
+        self.snapshot = Snapshot(model, flag="--stage2", hint=hint)
+        self._checked: set[tuple[int, int]] = set()
+
+    def check(self, steps: int, noise_level: int) -> None:
+        if (steps, noise_level) not in self._checked:
+            check_stage2(self.model, steps, noise_level, hint=self.hint, snapshot=self.snapshot)
+            self._checked.add((steps, noise_level))
+
+    def load(self, prompt_encoder=None):
+        shared = prompt_encoder if self.text_encoder_model is not None else None
+        return load_if(self.model, self.device, self.dtype, text_encoder_model=self.text_encoder_model,
+                       offload=self.offload, cache_dir=self.cache_dir, quiet=self.quiet, upscaler=True,
+                       snapshot=self.snapshot, prompt_encoder=shared)
+
+    def timesteps(self, den, steps: int, sampler: str, eta: float) -> list[int]:
+        """`steps` model calls in diffusers' leading spacing (50 -> 980, 960, ..., 0)."""
+        from ..sampler import check_sampler
+        return den.schedule.leading_timesteps(check_sampler(sampler, eta).timesteps_for_calls(steps))
+
+    def condition(self, den, low_res: torch.Tensor, gen: torch.Generator, noise_level: int, conds, uncond):
+        from ..sampler import randn
+        n, size = low_res.shape[0], den.sample_size
+        noise_level = den.noising_schedule.check_t(noise_level, "--noise-level")
+        # Draw order as IFSuperResolutionPipeline: x_T first, then the conditioning-image noise.
+        x = randn((n, den.channels, size, size), gen, den.device, den.dtype)
+        up = F.interpolate(low_res.to(den.device, den.dtype), (size, size), mode="bilinear", align_corners=True)
+        levels = torch.tensor([noise_level] * n, device=up.device)
+        up = den.noising_schedule.add_noise(up, randn(up.shape, gen, up.device, up.dtype), levels)
+        return x, [c.with_image(up, levels) for c in conds], uncond.with_image(up, levels)

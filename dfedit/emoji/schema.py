@@ -1,4 +1,5 @@
-"""One schema check for every config dfedit-train reads or is given, run before any weights load.
+"""One schema check for every config dfedit-train writes, dfedit reads or a user gives, run before any
+weights load.
 
 The same rules check a checkpoint's `config.json`, an exported model's `config.json`, `latest.json`
 and the options a user types: a missing key, a wrong type or an impossible value becomes one
@@ -20,9 +21,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from dfedit.errors import DfeditError
-
-from .config import OBJECTIVE_ALIASES, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
+from ..errors import DfeditError
+from .config import PREDICTION_TYPES, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
 
 
 def _int(v) -> bool:
@@ -82,7 +82,7 @@ NON_EMPTY = (lambda v: bool(v.strip()), "a non-empty string")
 
 
 def _objectives() -> set[str]:
-    return set(OBJECTIVE_ALIASES.values())
+    return set(PREDICTION_TYPES)
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -1,0 +1,306 @@
+"""Reading a dfedit-train checkpoint: the run directory's layout, the completeness checks, and the
+checkpoint as a dfedit `Denoiser` (what `--model RUN_DIR`, `--model CKPT` and `--model emoji` load).
+
+A run directory (dfedit-train's `--out`) looks like
+    OUT/latest.json                       {"checkpoint": "checkpoints/step-00001234", "step": 1234}
+    OUT/checkpoints/step-00001234/        config.json, model.safetensors, ema.safetensors,
+                                          optimizer.safetensors
+and an exported model (dfedit/weights/emoji) is one such directory holding config.json,
+ema.safetensors and record.json. No pickle anywhere: tensors in safetensors, the rest in JSON.
+
+Reading never trusts a file: configs go through one schema check (schema.py) before any weights
+load, and a run directory whose latest.json is damaged is read from its newest complete
+checkpoint. Writing, resuming and repairing a run directory are the trainer's
+(dfedit_train/checkpoint.py), which imports this module; this one never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..cache import all_finite, notice, read_json_file
+from ..errors import DfeditError
+from ..constants import BUILTIN_MODELS
+
+FORMAT = "dfedit-train/emoji-unet"
+FORMAT_VERSION = 1
+WEIGHTS = ("model", "ema", "optimizer")
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of checkpoints/step-N, oldest first."""
+    if not ckpts.is_dir():
+        return []
+    out = []
+    for p in ckpts.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m[1]), p))
+    return sorted(out)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unusable, from its header and size alone (no data read)."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            return f"{path.name} is a directory"
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is empty or truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8 or n > 1 << 28:
+                return f"{path.name} has a damaged header"
+            hdr = json.loads(f.read(n))
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as e:
+        return f"{path.name} is unreadable ({e.__class__.__name__})"
+    try:
+        end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} has a damaged header"
+    if size != 8 + n + end:
+        return f"{path.name} is truncated ({size} of {8 + n + end} bytes)"
+    return None
+
+
+def read_config(ck: Path, purpose: str = "model") -> dict:
+    from .schema import check_config
+
+    path = ck / "config.json"
+    return check_config(read_json_file(path, "checkpoint config"), path, purpose)
+
+
+def _tensors_problem(name: str, tensors: dict[str, torch.Tensor], expect: dict, check_dtype: bool) -> str | None:
+    missing = sorted(set(expect) - set(tensors))
+    extra = sorted(set(tensors) - set(expect))
+    if missing or extra:
+        return (f"{name} does not hold the model config.json describes "
+                f"({'lacks ' + repr(missing[0]) if missing else 'has an unexpected ' + repr(extra[0])})")
+    for k, (shape, dtype) in expect.items():
+        t = tensors[k]
+        if tuple(t.shape) != shape:
+            return f"{name} does not hold the model config.json describes ({k!r} is {tuple(t.shape)}, not {shape})"
+        if check_dtype and t.dtype != dtype:
+            return f"{name}: {k!r} is {t.dtype}, not {dtype}"
+    bad = next((k for k, t in tensors.items() if not all_finite(t)), None)
+    if bad is not None:
+        return f"{name} holds NaN or infinite values (in {bad!r})"
+    return None
+
+
+def _problem(ck: Path, purpose: str) -> tuple[str | None, dict | None]:
+    """(why the checkpoint cannot be used, None), or (None, its validated config): one read."""
+    try:
+        cfg = read_config(ck, purpose)
+    except DfeditError as e:
+        return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", ""), None
+    for which in (WEIGHTS if purpose == "resume" else ("ema",)):
+        why = safetensors_problem(ck / f"{which}.safetensors")
+        if why:
+            return why, None
+    return None, cfg
+
+
+def checkpoint_problem(ck: Path, purpose: str = "resume") -> str | None:
+    """Cheap completeness check: valid config, every tensor file present and not truncated."""
+    return _problem(ck, purpose)[0]
+
+
+def _latest(run: Path) -> tuple[Path | None, str | None]:
+    """(checkpoint latest.json names, None) or (None, what is wrong with latest.json)."""
+    from .schema import latest_problem
+
+    path = run / "latest.json"
+    if not path.exists():
+        return None, "latest.json is missing"
+    try:
+        obj = read_json_file(path, "latest.json")
+    except DfeditError as e:
+        return None, str(e).replace(f" {path}", "")
+    why = latest_problem(obj)
+    if why:
+        return None, f"latest.json {why}"
+    ck = run / obj["checkpoint"]
+    if not ck.is_dir():
+        return None, f"latest.json names {obj['checkpoint']}, which does not exist"
+    return ck, None
+
+
+# ---- reading a model ---------------------------------------------------------------------------
+
+# `--model emoji`: the model that ships inside the dfedit package (dfedit-train's `export` writes one).
+BUILTIN = BUILTIN_MODELS
+
+
+_UNPARSED = object()
+
+
+def _own_config(p: Path, parsed: list | None = None) -> bool:
+    """A config.json that says it is ours, or a damaged one beside our weight files (so that its
+    damage is reported as such, not as "not a diffusers model"). `parsed` receives the parsed
+    file (or _UNPARSED), so that the caller need not read it again."""
+    cfg = p / "config.json"
+    obj = _UNPARSED
+    try:
+        obj = json.loads(cfg.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        pass
+    if parsed is not None:
+        parsed.append(obj)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return True
+    return cfg.exists() and not (p / "model_index.json").exists() and \
+        any((p / f"{w}.safetensors").exists() for w in ("ema", "model"))
+
+
+def _looks_like_run(p: Path) -> bool:
+    return (p / "latest.json").exists() or bool(step_dirs(p / "checkpoints"))
+
+
+def _resolve(path: str | Path) -> tuple[Path | None, dict | None]:
+    """`resolve`, with the validated config when it was read on the way (else None)."""
+    if str(path) in BUILTIN:
+        path = BUILTIN[str(path)]
+    p = Path(path).expanduser()
+    if (p / "config.json").exists():
+        parsed: list = []
+        if not _own_config(p, parsed):
+            return None, None
+        obj = parsed[0]
+        return p, (check_config_of(p, obj) if obj is not _UNPARSED else None)
+    if not _looks_like_run(p):
+        return None, None
+    named, why = _latest(p)
+    if named is not None:
+        problem, cfg = _problem(named, "model")
+        if problem is None:
+            return named, cfg
+    for _, ck in step_dirs(p / "checkpoints")[::-1]:
+        problem, cfg = _problem(ck, "model")
+        if problem is None:
+            notice(f"{why or f'latest.json names {named.name}, which is incomplete'}; using the newest complete "
+                   f"checkpoint of {p}, {ck.name}")
+            return ck, cfg
+    return None, None
+
+
+def check_config_of(ck: Path, obj) -> dict:
+    from .schema import check_config
+    return check_config(obj, ck / "config.json", "model")
+
+
+def resolve(path: str | Path) -> Path | None:
+    """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
+    newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
+    ./emoji for a local directory of that name). None when it is not a dfedit-train checkpoint."""
+    return _resolve(path)[0]
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """True for a dfedit-train checkpoint directory or a run directory (`--out`), also a damaged
+    one (loading it then says what is wrong instead of trying it as a diffusers model)."""
+    if str(path) in BUILTIN:
+        return True
+    p = Path(path).expanduser()
+    if (p / "config.json").exists():
+        return _own_config(p)
+    return _looks_like_run(p)
+
+
+def load(path: str | Path) -> tuple[Path, dict]:
+    """(checkpoint dir, validated config); one sentence naming the file and the key otherwise.
+    config.json is read once."""
+    ck, cfg = _resolve(path)
+    if ck is None:
+        p = Path(BUILTIN.get(str(path), path)).expanduser()
+        if _looks_like_run(p):
+            found = [s.name for _, s in step_dirs(p / "checkpoints")]
+            raise DfeditError(f"{path} has no complete checkpoint (step directories: {', '.join(found) or 'none'}; "
+                              f"{_latest(p)[1] or 'latest.json names an incomplete one'})")
+        if (p / "config.json").exists():
+            raise DfeditError(f"{p / 'config.json'} is not a dfedit-train config")
+        raise DfeditError(f"{path} is not a dfedit-train checkpoint (no config.json or latest.json)")
+    return ck, (cfg if cfg is not None else read_config(ck, "model"))
+
+
+def open_model(path: str | Path) -> tuple[Path, dict] | None:
+    """What `--model` gets for an emoji model: (checkpoint dir, validated config), reading its
+    config.json once; None when `path` is no dfedit-train checkpoint, run or built-in name (another
+    backend's model); one sentence when it is one but cannot be used."""
+    if str(path) not in BUILTIN:
+        p = Path(path).expanduser()
+        if not (p / "config.json").exists() and not _looks_like_run(p):
+            return None
+        if (p / "config.json").exists():
+            parsed: list = []
+            if not _own_config(p, parsed):
+                return None
+            obj = parsed[0]
+            return p, (check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model"))
+    return load(path)
+
+
+def describe(path: str | Path):
+    """(NoiseSchedule, image size) from the config alone: what dfedit checks before loading weights."""
+    from ..schedule import NoiseSchedule
+    from .config import DiffusionConfig, from_dict
+
+    _, cfg = load(path)
+    return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
+        int(cfg["model"]["image_size"])
+
+
+def prompt_tokens(path: str | Path, prompts: list[str]) -> tuple[int, list[int]]:
+    """(the model's caption token limit, tokens of each prompt), from the tokenizer alone."""
+    from .text import count_tokens
+
+    _, cfg = load(path)
+    te = cfg["text_encoder"]
+    return int(te["max_length"]), count_tokens(te["name"], prompts)
+
+
+def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
+    f = ck / f"{which}.safetensors"
+    why = safetensors_problem(f)
+    if why:
+        raise DfeditError(f"{f} cannot be used: {why.replace(f.name + ' ', '', 1)}; the checkpoint is damaged")
+    try:
+        return load_file(str(f))
+    except Exception as e:
+        raise DfeditError(f"could not read {f}: {str(e).splitlines()[0]}") from None
+
+
+def build_net(cfg: dict):
+    from .config import ModelConfig, from_dict
+    from .unet import UNet
+
+    return UNet(from_dict(ModelConfig, cfg["model"]))
+
+
+def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: str = "ema", cache_dir=None,
+                  opened: tuple[Path, dict] | None = None):
+    """A checkpoint as a dfedit `Denoiser` (EMA weights unless weights="model"); `cache_dir` is
+    where its prompt embeddings are cached (default: the user cache). `opened`: what `open_model`
+    returned for it, so that its config is not read again."""
+    from .denoiser import EmojiDenoiser
+
+    ck, cfg = opened if opened is not None else load(path)
+    tensors = load_tensors(ck, weights)
+    # The expected shapes come from the net that is built anyway: building it on the meta device
+    # instead imports torch._dynamo and sympy (meta randn), 0.8 s of a 2 s `dfedit sample --model emoji`.
+    net = build_net(cfg)
+    expect = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
+    why = _tensors_problem(f"{weights}.safetensors", tensors, expect, check_dtype=False)
+    if why:
+        raise DfeditError(f"{ck}: {why}; the checkpoint is damaged")
+    net.load_state_dict(tensors)
+    return EmojiDenoiser.from_config(net, cfg, name=str(ck), device=device, dtype=dtype, cache_dir=cache_dir)
