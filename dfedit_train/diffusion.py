@@ -167,10 +167,6 @@ class Diffusion(Preconditioning):
         self.objective = Objective.from_config(cfg)
         super().__init__(self.objective.schedule, mean, std, device)
 
-    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t for per-sample timesteps t (dfedit.schedule.noise_to, the one forward process)."""
-        return noise_to(x0, noise, self._ab(t))
-
     def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask) -> torch.Tensor:
         """Per-sample loss of the objective at timesteps t with this noise. Shape (B,)."""
         ab = self._ab(t)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schedule import NoiseSchedule
+from ..schedule import NoiseSchedule, noise_to
 
 
 class Preconditioning:
@@ -32,6 +32,10 @@ class Preconditioning:
 
     def _ab(self, t: torch.Tensor) -> torch.Tensor:
         return self.abar.to(t.device)[t].view(-1, 1, 1, 1)
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t for per-sample timesteps t (dfedit.schedule.noise_to, the one forward process)."""
+        return noise_to(x0, noise, self._ab(t))
 
     def net_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = self._ab(t)
