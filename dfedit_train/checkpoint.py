@@ -480,13 +480,15 @@ def _read_log(run_dir: Path) -> list[dict]:
     return [e for _, e in sorted(by_epoch.items(), key=lambda kv: str(kv[0]).zfill(12)) if e]
 
 
-def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None) -> Path:
+def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None,
+           guidance: float | None = None) -> Path:
     """Write DEST/config.json, DEST/ema.safetensors (fp16 by default) and DEST/record.json.
 
     The config keeps everything `load_denoiser` needs (model, schedule, text encoder, data stats)
     and drops the optimizer state; record.json is the training record: recipe, epochs, steps,
     wall time and images/s from the run's log.jsonl, and the eval numbers when `dfedit-train eval`
-    has been run on that checkpoint. All three files are written to a temporary directory first
+    has been run on that checkpoint. `guidance` sets the model's default guidance scale (dfedit's
+    --cfg when none is given; otherwise the run's validation-grid scale). All three files are written to a temporary directory first
     and then moved over DEST's, so a full disk leaves a previous export intact.
     """
     dest = Path(dest)
@@ -513,6 +515,12 @@ def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: d
         except (OSError, ValueError):
             pass
     out_cfg = {k: v for k, v in cfg.items() if k != "optimizer"}
+    if guidance is not None:
+        # dfedit's default --cfg for this model is train.guidance (what its validation grids used);
+        # an export may set it to the scale an evaluation chose, and the record says so.
+        out_cfg["train"] = {**out_cfg.get("train", {}), "guidance": float(guidance)}
+        record["default_guidance"] = {"value": float(guidance),
+                                      "trained_with": cfg.get("train", {}).get("guidance")}
     files = {"ema.safetensors": _tensor_bytes(ema), "config.json": _json_bytes(out_cfg),
              "record.json": _json_bytes(record)}
     needed = sum(len(b) for b in files.values())

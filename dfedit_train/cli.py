@@ -475,13 +475,19 @@ def export(
     dest: Path = typer.Argument(..., help="output directory (config.json, ema.safetensors, record.json)"),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="store the EMA weights in half precision"),
     device: str = typer.Option("", help="what it was trained on, for the record (e.g. '2-core CPU')"),
+    guidance: Optional[float] = typer.Option(None, help="the model's default guidance scale (dfedit's --cfg when "
+                                                        "none is given); default: the run's validation-grid scale"),
 ):
     """Export a run's EMA weights as a small inference-only model directory (dfedit --model DEST)."""
+    import math
+
     from .checkpoint import check_export_dest
     from .checkpoint import export as export_run
 
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise DfeditError(f"--guidance must be a finite number >= 0, got {guidance}")
     check_export_dest(dest)  # before reading any weights
-    d = export_run(run, dest, fp16=fp16, extra_record={"device": device} if device else None)
+    d = export_run(run, dest, fp16=fp16, extra_record={"device": device} if device else None, guidance=guidance)
     size = sum(f.stat().st_size for f in d.iterdir()) / 2**20
     typer.echo(f"wrote {d} ({size:.1f} MiB)", err=True)
 

@@ -1,6 +1,7 @@
 """Every dfedit command runs on a dfedit-train checkpoint through the same loop (issue 3.4, 4.7)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -137,7 +138,7 @@ def test_export_and_the_builtin_alias(run_dir, tmp_path, monkeypatch):
     from dfedit_train import checkpoint
 
     dest = tmp_path / "shipped"
-    r = runner.invoke(train_app, ["export", str(run_dir), str(dest), "--device", "test CPU"])
+    r = runner.invoke(train_app, ["export", str(run_dir), str(dest), "--device", "test CPU", "--guidance", "4.5"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "ema.safetensors", "record.json"]
     assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16"
@@ -145,8 +146,14 @@ def test_export_and_the_builtin_alias(run_dir, tmp_path, monkeypatch):
     cfg, rec = json.loads((dest / "config.json").read_text()), json.loads((dest / "record.json").read_text())
     assert "optimizer" not in cfg and rec["device"] == "test CPU" and rec["epochs_logged"] >= 1
     assert rec["recipe"]["train"]["epochs"] == 1 and rec["train_wall_s"] > 0
+    # --guidance: the exported model's default guidance scale, which dfedit uses when --cfg is not given
+    assert cfg["train"]["guidance"] == 4.5 and rec["default_guidance"] == {"value": 4.5, "trained_with": 3.0}
     monkeypatch.setitem(checkpoint.BUILTIN, "emoji", dest)
     dfedit("sample", "grinning face", "--model", "emoji", "--seed", "3", "--stride", "50", "-o", tmp_path / "e.png")
+    assert read_metadata(tmp_path / "e.png")["cfg"] == 4.5
+    dfedit("sample", "grinning face", "--model", "emoji", "--seed", "3", "--stride", "50", "--cfg", "3",
+           "-o", tmp_path / "e3.png")
+    os.replace(tmp_path / "e3.png", tmp_path / "e.png")  # compared below at the run's own scale
     dfedit("sample", "grinning face", "--model", run_dir, "--seed", "3", "--stride", "50", "-o", tmp_path / "r.png")
     # fp16 storage of the same EMA weights: the images agree to within a few levels
     assert np.abs(px(tmp_path / "e.png") - px(tmp_path / "r.png")).max() <= 8
@@ -165,7 +172,8 @@ def test_the_shipped_emoji_model_samples_offline(tmp_path):
     d = checkpoint.BUILTIN["emoji"]
     assert (d / "ema.safetensors").stat().st_size < 40 * 2**20
     rec = json.loads((d / "record.json").read_text())
-    assert rec["dtype"] == "float16" and rec["epochs_logged"] == rec["recipe"]["train"]["epochs"]
+    # every epoch trained is in the record (a constant-rate run's recipe.epochs is its target, not its length)
+    assert rec["dtype"] == "float16" and rec["epochs_logged"] == rec["state"]["epoch"]
     assert set(rec["eval"]["val_loss"]) == {"0-100", "100-300", "300-600", "600-1000"}
     dfedit("sample", "grinning face", "--model", "emoji", "--seed", "0", "--stride", "90", "-o", tmp_path / "g.png")
     a = px(tmp_path / "g.png")
