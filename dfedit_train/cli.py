@@ -417,16 +417,19 @@ def eval_cmd(
         _recognise(checkpoint, weights, 200, 200, stride, None, seed, out, dev, quiet)
 
 
-def _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, device, quiet):
+def _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, device, quiet,
+               sampler=None, steps=None):
     from rich.console import Console
     from rich.table import Table
 
     from .evaluate import recognise as run
 
     r = run(checkpoint, device=device, weights=weights, n_train=n_train, n_heldout=n_heldout, stride=stride,
-            guidance=guidance, seed=seed, out=out, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+            guidance=guidance, seed=seed, out=out, progress=not quiet, log=lambda m: typer.echo(m, err=True),
+            sampler=sampler, steps=steps)
+    how = f"{r['steps']} steps" if r["steps"] else f"stride {r['stride']}"
     tab = Table(title=f"recognisability: {r['checkpoint']} ({r['weights']}, {r['images_seen'] or '?'} images seen; "
-                      f"stride {r['stride']}, guidance {r['guidance']:g}, {r['resolution']} px)")
+                      f"{r['sampler']} {how}, guidance {r['guidance']:g}, {r['resolution']} px)")
     for col in ("captions", "n", "top-1", "top-5", "real 1", "real 5", "ratio 1", "ratio 5", "recall"):
         tab.add_column(col)
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -449,6 +452,8 @@ def recognise_cmd(
     n_heldout: int = typer.Option(200, help="held-out captions (stratified; all of them if fewer)"),
     stride: int = typer.Option(30, help="DDPM stride for samples (30: dfedit sample's default, 34 steps)"),
     guidance: Optional[float] = typer.Option(None, help="default: the model's own"),
+    sampler: str = typer.Option("ddpm", help="any of dfedit's --sampler names (ddpm, ddim, dpmpp-2m, euler, heun)"),
+    steps: Optional[int] = typer.Option(None, help="model calls per sample instead of --stride"),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval (the cache for the built-in model)"),
     device: Optional[str] = typer.Option(None, help="default: cuda if available"),
@@ -456,6 +461,12 @@ def recognise_cmd(
 ):
     """Recognisability: a Twitter-trained classifier judges samples for a fixed, stratified caption set."""
     import torch
+
+    from dfedit.sampler import get_sampler
+
+    get_sampler(sampler)  # an unknown name is one sentence, before anything loads
+    if steps is not None and steps < 1:
+        raise DfeditError(f"--steps must be at least 1, got {steps}")
 
     if weights not in ("ema", "model"):
         raise DfeditError(f"--weights must be ema or model, got {weights!r}")
@@ -465,7 +476,7 @@ def recognise_cmd(
     if stride < 1 or stride > 1000:
         raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet)
+    _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet, sampler, steps)
 
 
 @app.command()

@@ -130,7 +130,7 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
 
 def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int = 200, n_heldout: int = 200,
               stride: int = 20, guidance: float | None = None, seed: int = 0, out: Path | None = None,
-              progress: bool = True, log=print) -> dict:
+              progress: bool = True, log=print, sampler: str | None = None, steps: int | None = None) -> dict:
     """The recognisability metric (dfedit_train/recognise.py) of a checkpoint, run or the built-in
     model: a table in `eval.json`'s "recognise" entry and a labelled grid of the samples."""
     from dfedit.images import grid, save_png, to_pil
@@ -144,7 +144,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
     path_, layout = datamod.resolve_source(dac.source, dac.vendor)
     cats = categories(path_) if layout == "npm" and path_.is_file() else {}
     r = recognisability(den, d, train_mask, cats, n_train=n_train, n_heldout=n_heldout, seed=seed, stride=stride,
-                        guidance=guidance, progress=progress, log=log)
+                        guidance=guidance, progress=progress, log=log, sampler=sampler, steps=steps)
     xs, prompts = r.pop("_images"), r.pop("_prompts")
     r.update({"checkpoint": str(ck), "weights": weights, "step": cfg.get("state", {}).get("step"),
               "images_seen": cfg.get("state", {}).get("images_seen")})
@@ -165,7 +165,8 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
         labels.append([f"{split}: Google" for _ in sel])
     sheet = grid(rows, labels)
     r["grid"] = str(save_png(sheet, out / "recognise.png", {
-        "checkpoint": str(ck), "weights": weights, "seed": seed, "stride": stride, "guidance": r["guidance"],
+        "checkpoint": str(ck), "weights": weights, "seed": seed, "sampler": r["sampler"], "stride": r["stride"],
+        "steps": steps, "guidance": r["guidance"],
         "rows": "samples (+ top-5 hit, - miss) over the real Google image, per split"}))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     prev["recognise"] = r

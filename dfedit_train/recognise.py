@@ -322,7 +322,7 @@ def recognisability(den, d: datamod.EmojiData, train_mask: np.ndarray, cats: dic
                     n_heldout: int = 200, seed: int = 0, stride: int = 20, guidance: float | None = None,
                     batch: int = 64, progress: bool = True, log=print,
                     classifier: tuple[Classifier, list[str]] | None = None, sample_fn=None,
-                    paraphrases=PARAPHRASES) -> dict:
+                    paraphrases=PARAPHRASES, sampler: str | None = None, steps: int | None = None) -> dict:
     """Sample every prompt of the fixed set once (seeded per batch), classify at the model's
     resolution, and report top-1/top-5, the ratio to real Google images, and Gu et al.'s recall.
     Emoji the judge has no class for (absent from the other vendor) are left out and counted."""
@@ -334,7 +334,8 @@ def recognisability(den, d: datamod.EmojiData, train_mask: np.ndarray, cats: dic
     every = prompt_set(d, train_mask, cats, n_train, n_heldout, seed, paraphrases)
     prompts = [p for p in every if p.group in cls_index]
     guidance = guidance if guidance is not None else float(getattr(den, "default_cfg", 3.0))
-    sample_fn = sample_fn or (lambda dn, caps, sd: sample(dn, caps, seed=sd, stride=stride, guidance=guidance))
+    sample_fn = sample_fn or (lambda dn, caps, sd: sample(dn, caps, seed=sd, stride=stride, guidance=guidance,
+                                                          sampler=sampler, steps=steps))
     xs = []
     from dfedit.progress import progress_bar
     with progress_bar(len(prompts), "sampling the recognisability prompts", enabled=progress) as bar:
@@ -350,7 +351,8 @@ def recognisability(den, d: datamod.EmojiData, train_mask: np.ndarray, cats: dic
     train_rows = np.flatnonzero(train_mask)
     bank = images_to_tensor(d.images[train_rows], size)
     pos = {r: i for i, r in enumerate(train_rows)}
-    result = {"resolution": size, "stride": stride, "guidance": guidance, "seed": seed, "rows": {},
+    result = {"resolution": size, "sampler": sampler or "ddpm", "stride": None if steps else stride, "steps": steps,
+              "guidance": guidance, "seed": seed, "rows": {},
               "left_out_no_class": len(every) - len(prompts)}
     for split in ("train", "held-out", "paraphrase"):
         sel = [i for i, p in enumerate(prompts) if p.split == split]

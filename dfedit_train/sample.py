@@ -17,22 +17,25 @@ from dfedit.emoji.denoiser import EmojiDenoiser  # noqa: F401 (re-exported: the 
 from dfedit.images import save_png
 from dfedit.progress import progress_bar
 from dfedit.sampler import cfg as cfg_guidance
-from dfedit.sampler import denoise_loop, randn
+from dfedit.sampler import DEFAULT_SAMPLER, denoise_loop, plan_timesteps, randn
 
 
 
 def sample(denoiser, prompts: list[str], seed: int = 0, stride: int = 20, guidance: float = 3.0,
-           progress: bool = False, cond: Cond | None = None) -> torch.Tensor:
-    """Strided DDPM with CFG from seeded noise; images in [-1, 1], (B, 3, S, S) float32 on CPU."""
+           progress: bool = False, cond: Cond | None = None, sampler: str | None = None,
+           steps: int | None = None) -> torch.Tensor:
+    """CFG from seeded noise with any of dfedit's samplers (default strided DDPM; `steps` = model
+    calls instead of a stride); images in [-1, 1], (B, 3, S, S) float32 on CPU."""
     cond = cond if cond is not None else denoiser.prompt_encoder.encode(prompts)
     uncond = denoiser.prompt_encoder.encode([""] * len(prompts))
     gen = torch.Generator("cpu").manual_seed(seed)
     s = denoiser.sample_size
     x = randn((len(prompts), 3, s, s), gen, denoiser.device, torch.float32)
-    timesteps = denoiser.schedule.strided_timesteps(stride)
+    sampler = sampler or DEFAULT_SAMPLER
+    timesteps = plan_timesteps(denoiser.schedule, sampler, stride=None if steps else stride, steps=steps)
     eps_fn = cfg_guidance(denoiser, cond, uncond, guidance)
     with progress_bar(len(timesteps), "sampling", enabled=progress) as bar:
-        x = denoise_loop(eps_fn, x, timesteps, denoiser.schedule, gen, progress=bar)
+        x = denoise_loop(eps_fn, x, timesteps, denoiser.schedule, gen, progress=bar, sampler=sampler)
     return x.float().cpu().clamp(-1, 1)
 
 

@@ -51,6 +51,14 @@ def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch)
     assert ev["recognise"]["rows"]["train"]["n"] == 3 and "val_loss" in ev  # the loss bands are kept
     assert (out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "recognise.png").is_file()
     one_line_error(invoke("recognise", out, "--stride", "0"), "--stride must be")
+    # any of dfedit's samplers, by model calls; recorded with the numbers
+    r = invoke("recognise", out, "--quiet", "--n-train", "3", "--n-heldout", "0", "--sampler", "dpmpp-2m",
+               "--steps", "4")
+    assert r.exit_code == 0, r.output
+    ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
+    assert (ev["recognise"]["sampler"], ev["recognise"]["steps"], ev["recognise"]["stride"]) == ("dpmpp-2m", 4, None)
+    assert "dpmpp-2m 4 steps" in r.stdout
+    one_line_error(invoke("recognise", out, "--sampler", "dpm"), "unknown --sampler")
 
 
 @pytest.mark.parametrize("case", ["missing", "no-name", "corrupt"])
