@@ -24,7 +24,7 @@ import typer  # noqa: E402
 from dfedit.cli_errors import OneLineErrors, error_handler  # noqa: E402
 from dfedit.errors import DfeditError  # noqa: E402
 
-from .config import PRESETS, DiffusionConfig, TrainConfig  # noqa: E402
+from .config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig  # noqa: E402
 from .signals import Terminated, install_raising_handlers  # noqa: E402
 
 
@@ -85,9 +85,13 @@ def _ints(s: str, what: str) -> tuple[int, ...]:
         raise DfeditError(f"{what} must be comma-separated integers, got {s!r}") from None
 
 
+def _on_off(v) -> str:
+    return "on" if v else "off"
+
+
 def _presets(section: str, field: str, fmt=str) -> str:
     """'default: the preset's: tiny 2, cpu 40, gpu 500': what --help shows for preset-set options."""
-    base = {"train": TrainConfig, "diffusion": DiffusionConfig}[section]()
+    base = {"train": TrainConfig, "diffusion": DiffusionConfig, "model": ModelConfig}[section]()
     vals = []
     for name, p in PRESETS.items():
         v = p.get(section, {}).get(field, getattr(base, field))
@@ -188,11 +192,12 @@ def emoji(
     num_res_blocks: Optional[str] = typer.Option(None, help="ResNet blocks per level: one number, or one per "
                                                  "level, e.g. 1,2,2 (default: the preset's)"),
     pooled_text: Optional[bool] = typer.Option(None, "--pooled-text/--no-pooled-text",
-                                               help="add the pooled caption to the time embedding (default: off)"),
-    patch: Optional[int] = typer.Option(None, help="pixel-unshuffle factor before the first level (default: 1 = "
-                                        "off)"),
+                                               help="add the pooled caption to the time embedding (" +
+                                               _presets("model", "pooled_text", _on_off) + ")"),
+    patch: Optional[int] = typer.Option(None, help="pixel-unshuffle factor before the first level, 1 = off (" +
+                                        _presets("model", "patch") + ")"),
     lr_schedule: Optional[str] = typer.Option(None, help="cosine (decay to the last epoch) or constant "
-                                              "(after warm-up; extendable) (default: cosine)"),
+                                              "(after warm-up; extendable) (" + _presets("train", "lr_schedule") + ")"),
     subset: Optional[int] = typer.Option(None, help="train on this many base emoji only, for ablations "
                                          "(default: 0 = all)"),
     self_attn: Optional[str] = typer.Option(None, help="0/1 per level, e.g. 0,0,1,1 (default: the preset's)"),
