@@ -175,6 +175,20 @@ def test_the_shipped_emoji_model_samples_offline(tmp_path):
     # every epoch trained is in the record (a constant-rate run's recipe.epochs is its target, not its length)
     assert rec["dtype"] == "float16" and rec["epochs_logged"] == rec["state"]["epoch"]
     assert set(rec["eval"]["val_loss"]) == {"0-100", "100-300", "300-600", "600-1000"}
+    # the recognisability it was shipped on (issue 10's target: top-5 ratio >= 0.6 on training captions)
+    rows = rec["eval"]["recognise"]["rows"]
+    assert rows["train"]["n"] >= 200 and rows["train"]["ratio_top5"] >= 0.6
+    assert {"held-out", "paraphrase"} <= set(rows)
+    # `dfedit-train emoji --base-only --epochs N` retrains it: the cpu preset is its recipe
+    import dataclasses
+
+    from dfedit_train.config import preset
+
+    mc, dc, tc = (json.loads(json.dumps(dataclasses.asdict(c))) for c in preset("cpu"))
+    assert rec["recipe"]["model"] == mc and rec["recipe"]["diffusion"] == dc
+    bookkeeping = {"epochs", "save_every", "sample_every", "keep_checkpoints"}
+    assert {k: v for k, v in rec["recipe"]["train"].items() if k not in bookkeeping} == \
+        {k: v for k, v in tc.items() if k not in bookkeeping}
     dfedit("sample", "grinning face", "--model", "emoji", "--seed", "0", "--stride", "90", "-o", tmp_path / "g.png")
     a = px(tmp_path / "g.png")
     assert a.shape == (32, 32, 3)
