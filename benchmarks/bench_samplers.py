@@ -2,8 +2,10 @@
 
   (f) every sampler against DDPM at the default stride (30: 34 model calls) on `--model emoji`:
       `DFEdit.sample` with the model loaded and the prompt cached, same prompt, seed and guidance;
-      alternated rounds in this process, medians. The recognisability column is the lead's
-      emoji-quality metric (dfedit_train), not measured here.
+      alternated rounds in this process, medians. The recognisability column is dfedit-train's
+      metric (top-5 ratio, training captions) as the shipped model's record.json holds it: measured
+      for the sampler the model was evaluated with, not here (`dfedit-train recognise emoji
+      --sampler S --steps N` measures any other).
   (g) process time, start to PNG, of `dfedit sample --model emoji` (prompt cached; the first,
       untimed run fills the cache) at 20 DPM-Solver++ steps and at the DDPM default, and of
       `dfedit --help`, each alternated with a reference process: `python -c "import torch"` (the
@@ -49,14 +51,29 @@ def sampler_rows(device: str, rounds: int, quick: bool = False) -> tuple[str, st
            for label, sampler, stride, steps in runs}
     m = alternate(fns, rounds, torch.device(device))
     ref = m[runs[0][0]]
+    rec = recorded_recognisability()
     lines = ["| sampler (`dfedit sample \"grinning face\" --model emoji`) | model calls | time (s) | "
-             "time / DDPM default | recognisability: measured by the lead |", "|---|---|---|---|---|"]
+             "time / DDPM default | top-5 ratio, training captions (record.json) |", "|---|---|---|---|---|"]
     for label, sampler, stride, steps in runs:
         calls = SAMPLERS[sampler].model_calls(plan_timesteps(den.schedule, sampler, stride, steps))
-        lines.append(f"| {label} | {calls} | {m[label]:.3f} | **{m[label] / ref:.2f}** | (pending) |")
+        r = rec.get((sampler, stride or (30 if sampler in ("ddpm", "ddim") else None), steps), "not in the record")
+        lines.append(f"| {label} | {calls} | {m[label]:.3f} | **{m[label] / ref:.2f}** | {r} |")
     desc = (f"the shipped emoji model ({den.sample_size} px, cfg {den.default_cfg:g}, one image), model loaded and "
             f"prompt cached; {rounds} alternated rounds after a warm-up, medians.")
     return desc, "\n".join(lines)
+
+
+def recorded_recognisability() -> dict:
+    """{(sampler, stride, steps): 'ratio'} from the shipped model's record.json (dfedit-train eval)."""
+    import json
+
+    from dfedit.constants import BUILTIN_MODELS
+
+    try:
+        r = json.loads((BUILTIN_MODELS["emoji"] / "record.json").read_text())["eval"]["recognise"]
+        return {(r["sampler"], r["stride"], r["steps"]): f"{r['rows']['train']['ratio_top5']:.3f}"}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def _time_process(cmd: list[str], env: dict) -> float:

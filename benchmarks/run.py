@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                                                rounds, a.peak_tflops if gpu else None,
                                                log=lambda m: log("  " + m)))
         r0 = results[0]
-        desc = (f"`{preset}` preset ({r0['image_size']} px), batch {batch}, {rounds} alternated rounds of "
+        layout = ("'s layout without the pixel-unshuffle stem and pooled caption, which diffusers lacks (the "
+                  "4.9 M 32/64/128 net it had before issue 10)" if bench_train.COMPARABLE.get(preset) else "")
+        desc = (f"`{preset}` preset{layout} ({r0['image_size']} px), batch {batch}, {rounds} alternated rounds of "
                 f"{steps} optimizer steps after 2 warm-up steps (which include compiling), medians"
                 + (f"; MFU = our img/s x train FLOP/img / {a.peak_tflops:g} TFLOP/s" if gpu else "") + ".")
         table = train_table(results, gpu)

@@ -5,10 +5,13 @@ documented command runs end to end and writes the tables it promises, and that i
 overwrites docs/benchmarks.md with them.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from dfedit.constants import BUILTIN_MODELS
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -38,7 +41,12 @@ def test_quick_run_writes_every_cpu_section(runner, tmp_path):
     assert "| fp32, eager |" in text and "| bf16 autocast, eager |" in text
     assert "AttnAddedKVProcessor2_0" in text
     assert "| dpmpp-2m, --steps 20 | 20 |" in text and "| ddpm, stride 30 (default) | 34 |" in text
-    assert "recognisability: measured by the lead" in text and "| `dfedit --help` |" in text
+    assert "top-5 ratio, training captions (record.json)" in text and "| `dfedit --help` |" in text
+    # the default sampler's row carries the shipped model's recorded recognisability, the others say they lack one
+    rec = json.loads((BUILTIN_MODELS["emoji"] / "record.json").read_text())["eval"]["recognise"]
+    ddpm = next(line for line in text.splitlines() if line.startswith("| ddpm, stride 30 (default) | 34 |"))
+    assert ddpm.endswith(f"| {rec['rows']['train']['ratio_top5']:.3f} |")
+    assert "| dpmpp-2m, --steps 20 | 20 |" in text and "| not in the record |" in text
 
 
 def test_quick_run_refuses_the_real_doc(runner):
