@@ -427,8 +427,8 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
             view_seed: Annotated[int, typer.Option("--view-seed", help="Seed of the permutation views.")] = 0,
             opts: GenOptions = None):
     """Visual anagram: one image that shows PROMPT_A, and PROMPT_B under --view (N-way with more)."""
-    from .pipeline import check_seed, check_views
-    from .views import VIEWS, make_view
+    from .pipeline import check_seed
+    from .views import VIEWS, check_views, make_view
     views = ["identity"] + list(view)
     check_views(views, offered=[v for v in VIEWS if v != "identity"])
     if len(prompts) != len(views):
@@ -480,7 +480,7 @@ def _gif_path(trajectory: Optional[Path], inputs=()) -> Optional[Path]:
     if trajectory is None:
         return None
     from .images import check_output
-    return check_output(trajectory, ".gif", "--trajectory")
+    return check_output(trajectory, ".gif", "trajectory")
 
 
 def _write_gif(frames, path: Path, meta: dict, quiet: bool) -> None:
@@ -560,7 +560,7 @@ def denoise(image: InputImage,
     check_sampler(sampler, eta)
     info = resolve(model)
     schedule, size = info.schedule, info.sample_size
-    check_blur(blur_kernel, blur_sigma, size, "--blur-kernel", "--blur-sigma")  # before anything loads
+    check_blur(blur_kernel, blur_sigma, size, "blur_kernel", "blur_sigma")  # before anything loads
     prompt = info.default_prompt if prompt is None else prompt
     grid_ts = plan_timesteps(schedule, sampler, stride, steps)
     if i_start is not None:
@@ -608,9 +608,9 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
     from .backends import resolve
-    from .images import load_image, to_pil
+    from .images import load_image
     from .backends.deepfloyd import check_stage2
-    from .pipeline import check_finite, check_seed, make_generator
+    from .pipeline import check_finite, check_seed
     from .sampler import check_sampler
     check_seed(seed)
     check_finite(stage2_cfg, "stage2_cfg")
@@ -623,19 +623,17 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     info = resolve(model)
     hint = info.stage2_hint  # a stage I model without a stage II of its own says so
     check_stage2(stage2, stage2_steps, noise_level, **({"hint": hint.replace(
-        "leave out --upscale", "dfedit upscale is for IF images")} if hint else {}))
+        "leave out {upscale}", "dfedit upscale is for IF images")} if hint else {}))
     x = load_image(image, info.sample_size)
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)
         df.check_prompts([prompt])
-    frames: list = []
-    y = df.upscale(x, prompt, generator=make_generator(seed), steps=stage2_steps, cfg=stage2_cfg,
-                   noise_level=noise_level, frames=frames if gif else None, sampler=sampler, eta=eta)
-    meta = {"command": "upscale", "input": str(image), "prompt": prompt, "seed": seed, "stage2": stage2,
-            "sampler": sampler, **({"eta": eta} if sampler == "ddim" else {}), "stage2_steps": stage2_steps, "stage2_cfg": stage2_cfg, "noise_level": noise_level, "model": model}
-    _save(to_pil(y)[0], path, meta, quiet)
+    r = df.upscale(x, prompt, seed=seed, steps=stage2_steps, cfg=stage2_cfg, noise_level=noise_level,
+                   record_every=3 if gif else 0, sampler=sampler, eta=eta)
+    meta = {**r.meta, "input": str(image), "model": model}
+    _save(r.pil()[0], path, meta, quiet)
     if gif is not None:
-        _write_gif(frames, gif, meta, quiet)
+        _write_gif(r.frames, gif, meta, quiet)
 
 
 def main():  # console-script entry point

@@ -6,7 +6,7 @@ import gc
 
 import torch
 
-from .errors import DfeditError
+from .errors import ParamError
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -21,19 +21,19 @@ def pick_device(device: str = "auto") -> torch.device:
     except (RuntimeError, ValueError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps") or (dev.index is not None and dev.type != "cuda"):
-        raise DfeditError(f"unknown --device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise ParamError("device", f"{device!r} is unknown: use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DfeditError(f"--device {device} was asked for but this torch build sees no CUDA GPU: "
-                              "use --device cpu")
+            raise ParamError("device", f"{device} was asked for but this torch build sees no CUDA GPU: "
+                             "use {device} cpu")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise DfeditError(f"--device {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
+            raise ParamError("device", f"{device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
                               f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
                                   and torch.backends.mps.is_available()):
-        raise DfeditError("--device mps needs an Apple-silicon Mac with Metal; this machine has none: "
-                          "use --device cpu" + (" or cuda" if torch.cuda.is_available() else ""))
+        raise ParamError("device", "mps needs an Apple-silicon Mac with Metal; this machine has none: "
+                         "use {device} cpu" + (" or cuda" if torch.cuda.is_available() else ""))
     return dev
 
 
@@ -47,7 +47,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         # Half precision where it is fast and IF was published for it; CPUs lack fast fp16 kernels.
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
-        raise DfeditError(f"unknown --dtype {dtype!r}: use auto, float16, bfloat16 or float32")
+        raise ParamError("dtype", f"{dtype!r} is unknown: use auto, float16, bfloat16 or float32")
     return _DTYPES[dtype]
 
 

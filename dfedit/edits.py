@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Cond, Denoiser, EpsFn
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 from .filters import gaussian_blur
 from .sampler import StepHook, randn
 from .schedule import NoiseSchedule
@@ -23,10 +23,11 @@ from .views import View
 
 
 def check_i_start(i_start: int, timesteps: list[int], stride: int | None = None, steps: int | None = None) -> int:
-    """--i-start must index the run's timesteps (named with the stride or steps when known)."""
+    """i_start must index the run's timesteps (named with the stride or steps when known)."""
     if not 0 <= i_start < len(timesteps):
-        which = f" for --steps {steps}" if steps is not None else (f" for stride {stride}" if stride else "")
-        raise DfeditError(f"--i-start must be between 0 and {len(timesteps) - 1}{which}, got {i_start}")
+        which = f" for {{steps}} {steps}" if steps is not None else (f" for stride {stride}" if stride else "")
+        raise ParamError("i_start", f"must be between 0 and {len(timesteps) - 1}{which}, got {i_start}",
+                         also=("steps",))
     return i_start
 
 
@@ -63,8 +64,9 @@ def repaint_timesteps(timesteps: list[int], jump_length: int = 1, jump_n_sample:
     clean end) jump back up `jump_length` strides and denoise that stretch again, `jump_n_sample - 1`
     extra times. The upward pairs are forward jumps x_t -> x_{t+k} in the loop (one fresh draw).
     jump_n_sample 1 gives the list unchanged (plain per-step replacement)."""
-    if jump_length < 1 or jump_n_sample < 1:
-        raise DfeditError("--jump-length and --jump-n-sample must be at least 1")
+    for name, value in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if value < 1:
+            raise ParamError(name, f"must be at least 1, got {value}")
     n = len(timesteps)
     if jump_n_sample == 1 or jump_length >= n:
         return list(timesteps)
@@ -154,20 +156,20 @@ def check_hybrid_kernel(kernel: int | None, sigma: float | None, size: int, n_pr
     model's size (an even or 1-tap kernel would be silently changed or blur nothing)."""
     from .filters import check_blur
     if kernel is not None:
-        check_blur(kernel, 2.0 if sigma is None else sigma, 64, "--kernel", "--sigma",
+        check_blur(kernel, 2.0 if sigma is None else sigma, 64, "kernel", "sigma",
                    "the 64 px scale it is given at")
     if sigma is not None:
-        check_blur(33, sigma, 64, "--kernel", "--sigma")
+        check_blur(33, sigma, 64, "kernel", "sigma")
     f = size / 64
     k = None if kernel is None else max(1, round(kernel * f)) | 1
     s = None if sigma is None else sigma * f
     k1, s1 = hybrid_kernel(size, k, s)
-    what = f" (--kernel {kernel} at 64 px is {k1} at the model's {size} px)" if kernel is not None else ""
+    what = f" ({{kernel}} {kernel} at 64 px is {k1} at the model's {size} px)" if kernel is not None else ""
     if k1 < 3:
-        raise DfeditError(f"--kernel {kernel} scales to a {k1}-tap blur at the model's {size} px, which blurs nothing: "
-                          "use a larger --kernel")
+        raise ParamError("kernel", f"{kernel} scales to a {k1}-tap blur at the model's {size} px, which blurs "
+                         "nothing: use a larger {kernel}", also=("kernel",))
     if k1 // 2 >= size or (n_prompts == 3 and hybrid_kernel(size, None if k is None else 2 * k + 1)[0] // 2 >= size):
-        raise DfeditError(f"--kernel {kernel} is too large for the model's {size} px images{what}")
+        raise ParamError("kernel", f"{kernel} is too large for the model's {size} px images{what}", also=("kernel",))
 
 
 def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = None,
@@ -181,14 +183,14 @@ def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = N
     """
     if kind == "color":
         if n_prompts != 2:
-            raise DfeditError("--split color takes exactly two prompts (grayscale, colour)")
+            raise ParamError("split", "color takes exactly two prompts (grayscale, colour)")
 
         def gray(e):
             return e.mean(dim=1, keepdim=True).expand_as(e)
 
         return lambda es: gray(es[0]) + (es[1] - gray(es[1]))
     if kind != "gaussian":
-        raise DfeditError(f"unknown --split {kind!r}: use gaussian or color")
+        raise ParamError("split", f"{kind!r} is unknown: use gaussian or color")
     k, s = hybrid_kernel(size, kernel, sigma)
     if n_prompts == 2:
         def low(e):

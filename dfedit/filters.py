@@ -7,20 +7,21 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 
-def check_blur(kernel_size: int, sigma: float, size: int, kernel_flag: str = "blur kernel size",
-               sigma_flag: str = "blur sigma", where: str | None = None) -> None:
+def check_blur(kernel_size: int, sigma: float, size: int, kernel_param: str = "blur_kernel",
+               sigma_param: str = "blur_sigma", where: str | None = None) -> None:
     """A Gaussian blur's parameters for a size x size image: an odd kernel of 3 or more taps (1 tap
-    would blur nothing) whose half-width fits inside the image, a finite positive sigma."""
+    would blur nothing) whose half-width fits inside the image, a finite positive sigma. The
+    parameters' names are the caller's (a CLI shows them as its flags)."""
     if kernel_size < 3 or kernel_size % 2 == 0:
-        raise DfeditError(f"{kernel_flag} must be an odd number of at least 3, got {kernel_size}")
+        raise ParamError(kernel_param, f"must be an odd number of at least 3, got {kernel_size}")
     if not math.isfinite(sigma) or sigma <= 0:
-        raise DfeditError(f"{sigma_flag} must be a positive number, got {sigma}")
+        raise ParamError(sigma_param, f"must be a positive number, got {sigma}")
     if kernel_size // 2 >= size:
         where = where or f"the model's {size} px images"
-        raise DfeditError(f"{kernel_flag} {kernel_size} is too large for {where} (at most {2 * size - 1})")
+        raise ParamError(kernel_param, f"{kernel_size} is too large for {where} (at most {2 * size - 1})")
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:

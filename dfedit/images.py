@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .cache import atomic_write, write_error
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -143,13 +143,13 @@ def grid_meta(rows: list[list[Image.Image]], min_tile: int = GRID_TILE) -> dict:
     return display_meta(native, enlarge_factor(native, min_tile))
 
 
-def check_output(path: str | os.PathLike, suffix: str = ".png", flag: str = "--out") -> Path:
+def check_output(path: str | os.PathLike, suffix: str = ".png", param: str = "out") -> Path:
     """Fail before any work is done if the output cannot be written."""
     p = Path(path).expanduser()
     if p.suffix.lower() != suffix:
-        raise DfeditError(f"{flag} {path} must end in {suffix}")
+        raise ParamError(param, f"{path} must end in {suffix}")
     if p.is_dir():
-        raise DfeditError(f"{flag} {path} is a directory")
+        raise ParamError(param, f"{path} is a directory")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DfeditError(f"cannot write {path}: directory {parent} does not exist")

@@ -38,7 +38,7 @@ from .devices import free_memory, pick_device, pick_dtype
 from .progress import progress_bar
 from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
                       check_sampler, denoise_loop, plan_timesteps, randn)
-from .views import VIEWS, make_view
+from .views import check_views, make_view
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -135,8 +135,8 @@ class DFEdit:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         if offload and self.device.type == "cpu":
-            raise DfeditError("--offload streams weights from CPU RAM to a GPU, and this run is on the CPU "
-                              "(no GPU, or --device cpu): leave out --offload")
+            raise ParamError("offload", "streams weights from CPU RAM to a GPU, and this run is on the CPU "
+                             "(no GPU, or {device} cpu): leave out {offload}", also=("device",))
         self.offload, self.cache_dir, self.quiet, self.keep_loaded = offload, cache_dir, quiet, keep_loaded
         self._s1: Denoiser | None = None
         self._s2: Denoiser | None = None
@@ -221,7 +221,7 @@ class DFEdit:
         check_sampler(sampler, eta)
         plan_timesteps(info.schedule, sampler, stride, steps)
         if self.offload and info.no_offload:
-            raise DfeditError(info.no_offload)
+            raise ParamError("offload", info.no_offload)
         if upscale is None:
             upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
@@ -347,14 +347,20 @@ class DFEdit:
         """Text -> image. Keywords as `generate` (seed, cfg, stride, num_samples, upscale, ...)."""
         return self.generate(Edit("sample", [prompt]), **kw)
 
-    def upscale(self, low_res: torch.Tensor, prompt: str, *, generator: torch.Generator, steps: int = 50,
-                cfg: float = 4.0, noise_level: int = 250, negative_prompt: str = "",
-                frames: list | None = None, record_every: int = 3, sampler: str = DEFAULT_SAMPLER,
-                eta: float = 0.0) -> torch.Tensor:
-        """Stage II alone; x0 estimates go into `frames` (every `record_every` steps) when given."""
-        cb = _recorder(frames, record_every, None) if frames is not None else None
-        return self._stage2(Edit("upscale", [prompt]), low_res, generator, steps, cfg, noise_level,
-                            negative_prompt, cb, sampler=sampler, eta=eta)
+    def upscale(self, low_res: torch.Tensor, prompt: str, *, seed: int = 0, steps: int = 50, cfg: float = 4.0,
+                noise_level: int = 250, negative_prompt: str = "", record_every: int = 0,
+                sampler: str = DEFAULT_SAMPLER, eta: float = 0.0, generator: torch.Generator | None = None) -> Result:
+        """Stage II alone, on stage-I-sized images `low_res` in [-1, 1]: a Result whose `stage1` is
+        the input and whose `frames` hold the x0 estimates every `record_every` steps (0: none)."""
+        check_options(seed=seed, stage2_cfg=cfg, eta=eta)
+        frames: list[torch.Tensor] = []
+        gen = generator or make_generator(seed)
+        up = self._stage2(Edit("upscale", [prompt]), low_res, gen, steps, cfg, noise_level, negative_prompt,
+                          _recorder(frames, record_every, None), sampler=sampler, eta=eta)
+        meta = {"command": "upscale", "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed,
+                "stage2": self.stage2_model, "sampler": sampler, **({"eta": eta} if SAMPLERS[sampler].uses_eta else {}),
+                "stage2_steps": steps, "stage2_cfg": cfg, "noise_level": noise_level, "model": self.model}
+        return Result(up, low_res, meta, frames)
 
     def sdedit(self, image, prompt: str | None = None, *, i_start: int = 5, repeat: int = 1,
                **kw) -> Result:
@@ -540,19 +546,12 @@ def check_options(*, seed: int = 0, cfg: float | None = None, stage2_cfg: float 
     check_finite(eta, "eta")
 
 
-def check_views(views: list[str], offered=None) -> None:
-    """Every view name must be known (`offered`: the names to suggest; default all)."""
-    bad = [v for v in views if v not in VIEWS]
-    if bad:
-        raise DfeditError(f"unknown view {bad[0]!r}: choose from {', '.join(offered or VIEWS)}")
-
-
 def check_mask(m: torch.Tensor, invert: bool = False) -> None:
     """A mask must mark something to regenerate, at the size the model sees it."""
     if not bool((m > 0.5).any()):
-        colour = "white (keep everything, with --invert-mask)" if invert else "black (keep everything)"
-        raise DfeditError(f"the mask is all {colour} at the model's {m.shape[-1]} px, so there is nothing to "
-                          "inpaint: white marks the part to regenerate")
+        colour = "white (keep everything, with {invert_mask})" if invert else "black (keep everything)"
+        raise ParamError("mask", f"is all {colour} at the model's {m.shape[-1]} px, so there is nothing to "
+                                 "inpaint: white marks the part to regenerate", also=("invert_mask",))
 
 
 def _recorder(frames: list, every: int, callback: StepCallback | None) -> StepCallback | None:

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Cond, Denoiser, EpsFn
-from .errors import DfeditError
+from .errors import ParamError
 from .progress import Progress
 from .schedule import NoiseSchedule, StepCoefficients
 
@@ -43,8 +43,9 @@ StepCallback = Callable[[int, int, int, torch.Tensor, "torch.Tensor | None"], No
 
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_STRIDE = 30
-RESAMPLING_NEEDS_NOISE = ("RePaint resampling (--jump-n-sample > 1) needs a sampler that draws fresh noise "
-                          "every step: use --sampler ddpm, or ddim with --eta > 0")
+# Read by CLI users and library users alike: it names parameters ({name}), see ParamError.
+RESAMPLING_NEEDS_NOISE = ("> 1 (RePaint resampling) needs a sampler that draws fresh noise every step: use {sampler} "
+                          "ddpm, or ddim with {eta} > 0")
 
 
 def randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
@@ -131,19 +132,19 @@ def register(name: str, summary: str, *, ode: bool, uses_eta: bool = False, call
 
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
-        raise DfeditError(f"unknown --sampler {name!r}: use {', '.join(SAMPLERS)}")
+        raise ParamError("sampler", f"{name!r} is unknown: use {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
 def check_sampler(name: str, eta: float = 0.0, resampling: bool = False) -> Sampler:
-    """Validate --sampler/--eta (and RePaint resampling) before any model loads."""
+    """Validate sampler/eta (and RePaint resampling) before any model loads."""
     spec = get_sampler(name)
     if eta < 0:
-        raise DfeditError(f"--eta must be >= 0, got {eta}")
+        raise ParamError("eta", f"must be >= 0, got {eta}")
     if eta > 0 and not spec.uses_eta:
-        raise DfeditError(f"--eta applies to --sampler ddim only (got --sampler {name})")
+        raise ParamError("eta", f"applies to {{sampler}} ddim only (got {{sampler}} {name})", also=("sampler",))
     if resampling and not spec.stochastic(eta):
-        raise DfeditError(RESAMPLING_NEEDS_NOISE)
+        raise ParamError("jump_n_sample", RESAMPLING_NEEDS_NOISE, also=("sampler", "eta"))
     return spec
 
 
@@ -152,10 +153,10 @@ def plan_timesteps(schedule: NoiseSchedule, sampler: str = DEFAULT_SAMPLER, stri
     """The timestep list of a run: `--steps N` (N model calls, diffusers' linspace spacing) or
     `--stride K` (990, 990 - K, ..., 0; the default, K = 30)."""
     if stride is not None and steps is not None:
-        raise DfeditError("give either --stride or --steps, not both")
+        raise ParamError("stride", "and {steps} cannot both be given: give one of them", also=("steps",))
     if steps is not None:
         if steps < 1:
-            raise DfeditError(f"--steps must be at least 1, got {steps}")
+            raise ParamError("steps", f"must be at least 1, got {steps}")
         return schedule.spaced_timesteps(get_sampler(sampler).timesteps_for_calls(steps))
     return schedule.strided_timesteps(DEFAULT_STRIDE if stride is None else stride)
 
@@ -269,7 +270,7 @@ def denoise_loop(
     spec = check_sampler(name, eta)
     pairs = step_pairs(timesteps)
     if any(tp > t for t, tp in pairs) and not spec.stochastic(eta):
-        raise DfeditError(RESAMPLING_NEEDS_NOISE)
+        raise ParamError("jump_n_sample", RESAMPLING_NEEDS_NOISE, also=("sampler", "eta"))
     ctx = SamplerContext(eps_fn, schedule, generator, eta)
     for t, tp in pairs:  # coefficients precomputed, so the hot loop is tensor ops only
         if tp < t:

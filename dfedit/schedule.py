@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 VARIANCE_TYPES = ("learned_range", "fixed_small", "fixed_small_log", "fixed_large")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
@@ -154,7 +154,7 @@ class NoiseSchedule:
         """
         T = self.num_train_timesteps
         if not 1 <= stride < T:
-            raise DfeditError(f"--stride must be between 1 and {T - 1}, got {stride}")
+            raise ParamError("stride", f"must be between 1 and {T - 1}, got {stride}")
         if start is None:
             start = ((T - 1) // stride) * stride
         if not 0 <= start < T:
@@ -176,13 +176,13 @@ class NoiseSchedule:
         goes from 50 straight to the clean end (t' = -1), so every model call moves the image."""
         T = self.num_train_timesteps
         if not 1 <= num_steps <= T:
-            raise DfeditError(f"--steps must be between 1 and {T}, got {num_steps}")
+            raise ParamError("steps", f"must be between 1 and {T}, got {num_steps}")
         return [int(t) for t in np.linspace(0, T - 1, num_steps + 1).round()[::-1][:-1]]
 
-    def check_t(self, t: int, what: str = "--t") -> int:
+    def check_t(self, t: int, param: str = "t") -> int:
         T = self.num_train_timesteps
         if not 0 <= int(t) < T:
-            raise DfeditError(f"{what} must be between 0 and {T - 1}, got {t}")
+            raise ParamError(param, f"must be between 0 and {T - 1}, got {t}")
         return int(t)
 
     # ---- forward process -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .images import GRID_TILE, check_output, display_meta, enlarge_factor, grid,
 def save_trajectory(frames: list[torch.Tensor], path: str | Path, meta: dict, duration_ms: int = 120) -> Path:
     if not frames:
         raise DfeditError("no trajectory frames were recorded")
-    p = check_output(path, ".gif", "--trajectory")
+    p = check_output(path, ".gif", "trajectory")
     native = max(f.shape[-1] for f in frames)
     size = native * enlarge_factor(native, GRID_TILE)  # the tile size of the PNG grids
     images = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 
 class View:
@@ -132,9 +132,15 @@ VIEWS = {
 }
 
 
+def check_views(views: list[str], offered=None) -> None:
+    """Every view name must be known (`offered`: the names to suggest; default all)."""
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise ParamError("view", f"{bad[0]!r} is unknown: choose from {', '.join(offered or VIEWS)}")
+
+
 def make_view(name: str, size: int, seed: int = 0) -> View:
-    if name not in VIEWS:
-        raise DfeditError(f"unknown view {name!r}: choose from {', '.join(VIEWS)}")
+    check_views([name])
     view = VIEWS[name](size, seed)
     check_view(view, size)
     return view

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import dfedit
-from dfedit import DFEdit, make_generator
+from dfedit import DFEdit
 from dfedit.images import load_image, read_metadata, to_pil
 
 FAST = ["--device", "cpu", "--quiet"]
@@ -240,9 +240,12 @@ def test_upscale_command(cli, models, tmp_path, photo):
     assert meta["command"] == "upscale" and meta["prompt"] == "a photo" and meta["stage2"] == str(s2)
     assert meta["stage2_steps"] == 4
     # the input is centre-cropped to stage I's size first, exactly as the Python API is fed
-    y = DFEdit(model=str(s1), stage2=str(s2), device="cpu", quiet=True).upscale(
-        load_image(photo, _size(s1)), "a photo", generator=make_generator(0), steps=4)
-    assert np.array_equal(np.asarray(to_pil(y)[0]), px)
+    r = DFEdit(model=str(s1), stage2=str(s2), device="cpu", quiet=True).upscale(
+        load_image(photo, _size(s1)), "a photo", seed=0, steps=4)
+    assert np.array_equal(np.asarray(r.pil()[0]), px)
+    # a Result like every generating method's: the input as its stage I, the CLI's metadata but the input path
+    assert r.stage1.shape[-1] == _size(s1) and r.meta == {k: v for k, v in meta.items() if k in r.meta}
+    assert set(meta) - set(r.meta) == {"input", "command_line", "dfedit_version"}
 
 
 # ---- output naming --------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ BAD = [
      "--offload"),
     ("device-mps", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "mps"], "--device mps"),
     ("device-cuda-7", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "cuda:7"], "cuda"),
-    ("device-meta", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "meta"], "unknown --device"),
+    ("device-meta", lambda s1, s2, ph, tp: ["sample", "a", "--model", s1, "--device", "meta"], "--device 'meta' is unknown"),
     ("embed-cache-dir-under-file", lambda s1, s2, ph, tp: ["embed", "a", "--model", s1, "--cache-dir", ph / "c"],
      "not a directory"),
     ("embed-cache-dir-is-file", lambda s1, s2, ph, tp: ["embed", "a", "--model", s1, "--cache-dir", ph],

@@ -78,19 +78,19 @@ def test_ddim_records_eta_and_denoise_takes_a_sampler(cli, tiny_models, tmp_path
 
 
 BAD = [
-    (["sample", "a dog", "--sampler", "plms"], "unknown --sampler 'plms': use ddpm, ddim, dpmpp-2m, euler, heun"),
-    (["sample", "a dog", "--stride", "30", "--steps", "20"], "give either --stride or --steps, not both"),
+    (["sample", "a dog", "--sampler", "plms"], "--sampler 'plms' is unknown: use ddpm, ddim, dpmpp-2m, euler, heun"),
+    (["sample", "a dog", "--stride", "30", "--steps", "20"], "--stride and --steps cannot both be given: give one of them"),
     (["sample", "a dog", "--steps", "0"], "--steps must be at least 1"),
     (["sample", "a dog", "--steps", "1001"], "--steps must be between 1 and 1000"),
     (["sample", "a dog", "--sampler", "dpmpp-2m", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
-    (["anagram", "a dog", "a cat", "--sampler", "nope"], "unknown --sampler 'nope'"),
+    (["anagram", "a dog", "a cat", "--sampler", "nope"], "--sampler 'nope' is unknown"),
     (["inpaint", "PHOTO", "--mask", "MASK", "--sampler", "dpmpp-2m", "--jump-n-sample", "2"],
-     "RePaint resampling (--jump-n-sample > 1) needs a sampler that draws fresh noise every step"),
+     "--jump-n-sample > 1 (RePaint resampling) needs a sampler that draws fresh noise every step"),
     (["inpaint", "PHOTO", "--mask", "MASK", "--sampler", "ddim", "--jump-n-sample", "3"], "RePaint resampling"),
     (["sdedit", "PHOTO", "--steps", "10", "--i-start", "10"], "--i-start must be between 0 and 9 for --steps 10"),
-    (["denoise", "PHOTO", "--sampler", "nope"], "unknown --sampler 'nope'"),
+    (["denoise", "PHOTO", "--sampler", "nope"], "--sampler 'nope' is unknown"),
     (["denoise", "PHOTO", "--i-start", "12", "--steps", "12"], "--i-start must be between 0 and 11 for --steps 12"),
-    (["upscale", "PHOTO", "--sampler", "nope"], "unknown --sampler 'nope'"),
+    (["upscale", "PHOTO", "--sampler", "nope"], "--sampler 'nope' is unknown"),
 ]
 
 

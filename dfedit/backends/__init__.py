@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..denoiser import Cond, Denoiser, PromptEncoder
-from ..errors import DfeditError
+from ..errors import ParamError
 from ..schedule import NoiseSchedule
 
 
@@ -43,8 +43,8 @@ class ModelInfo:
     prompt_limit: int | None = None  # tokens the text encoder reads (None: no limit)
     text_encoder: str = "the text encoder"  # how messages name it
     stage2_hint: str | None = None  # appended to a stage II failure's message
-    no_offload: str | None = None  # why --offload does not apply to it (None: it does)
-    problem: str | None = None  # why it cannot run as a stage I model (`resolve` raises it)
+    no_offload: str | None = None  # why offload does not apply to it (None: it does), after the word "offload"
+    problem: str | None = None  # why it cannot run as a stage I model, after the model's name (`resolve` raises it)
     source: Any = field(default=None, repr=False)  # the backend's own: resolved paths, parsed configs
 
 
@@ -124,6 +124,6 @@ def resolve(model: str, strict: bool = True) -> ModelInfo:
         info = backend.probe(model)
         if info is not None:
             if strict and info.problem:
-                raise DfeditError(info.problem)
+                raise ParamError("model", info.problem, also=("stage2", "upscale"))
             return info
-    raise DfeditError(f"--model {model}: no backend knows this model")  # pragma: no cover - DeepFloyd claims all
+    raise ParamError("model", f"{model}: no backend knows this model")  # pragma: no cover - DeepFloyd claims all

@@ -26,7 +26,7 @@ from ..cache import EmbeddingCache, fingerprint
 from ..constants import BUILTIN_MODELS
 from ..denoiser import Cond
 from ..devices import free_memory
-from ..errors import DfeditError
+from ..errors import DfeditError, ParamError
 from ..schedule import NoiseSchedule
 from . import ModelInfo
 
@@ -34,9 +34,17 @@ from . import ModelInfo
 IF_MAX_TOKENS = 77
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Every Hub failure points at the model that needs no Hub: the emoji model shipped in the package.
-OFFLINE_HINT = "; or use --model emoji, the built-in emoji model that runs offline on a CPU"
+OFFLINE_HINT = "; or use {model} emoji, the built-in emoji model that runs offline on a CPU"
 MODEL_KINDS = ("emoji (the built-in 32 px emoji model), a Hub id such as DeepFloyd/IF-I-XL-v1.0, a local "
                "diffusers IF directory, or a dfedit-train run or checkpoint directory")
+# The parameters a model-resolution message may name ({name} placeholders, see ParamError).
+_NAMES = ("model", "stage2", "upscale")
+
+
+def model_error(param: str, problem: str) -> ParamError:
+    """A sentence about the model given as `param` ("model" or "stage2"): `model emoji2 does not
+    exist` from the library, `--model emoji2 does not exist` on a command line."""
+    return ParamError(param, problem, also=_NAMES)
 
 
 def quiet_hf_logging() -> None:
@@ -79,41 +87,44 @@ def dfedit_train_layout(p: Path) -> str | None:
     return None
 
 
-def _not_a_model(model: str, p: Path, flag: str) -> str:
-    """The sentence for a --model/--stage2 argument that names no usable model."""
+def _not_a_model(model: str, p: Path, param: str) -> ParamError:
+    """The sentence for a model/stage2 argument that names no usable model."""
+    flag = "{" + param + "}"  # placeholder: the parameter's name, or its option on a command line
     import difflib
 
     if not p.exists():
         close = difflib.get_close_matches(model.strip("/"), list(BUILTIN_MODELS), n=1, cutoff=0.6)
         if close:
-            return f"{flag} {model} does not exist: did you mean {flag} {close[0]}, the built-in model?"
-        return f"{flag} {model} does not exist: {flag} takes {MODEL_KINDS}"
+            return model_error(param, f"{model} does not exist: did you mean {flag} {close[0]}, the built-in model?")
+        return model_error(param, f"{model} does not exist: {flag} takes {MODEL_KINDS}")
     kind = dfedit_train_layout(p)
     if kind == "checkpoints":
         steps = sorted(q.name for q in p.glob("step-*") if (q / "config.json").is_file())
-        return (f"{flag} {model} is dfedit-train's checkpoints folder: pass the run directory {p.parent} (its "
-                f"latest checkpoint) or one checkpoint such as {p / steps[-1]}")
+        return model_error(param, f"{model} is dfedit-train's checkpoints folder: pass the run directory "
+                                  f"{p.parent} (its latest checkpoint) or one checkpoint such as {p / steps[-1]}")
     if kind == "run":
-        return f"{flag} {model} is a dfedit-train run directory with no checkpoint yet (no latest.json): train it first"
+        return model_error(param, f"{model} is a dfedit-train run directory with no checkpoint yet (no latest.json): "
+                                  "train it first")
     if p.is_file():
-        return f"{flag} {model} is a file; {flag} takes {MODEL_KINDS}"
-    return (f"{flag} {model} is not a diffusers model directory (no model_index.json), nor a dfedit-train run or "
-            f"checkpoint (no latest.json or config.json); {flag} takes {MODEL_KINDS}")
+        return model_error(param, f"{model} is a file; {flag} takes {MODEL_KINDS}")
+    return model_error(param, f"{model} is not a diffusers model directory (no model_index.json), nor a dfedit-train "
+                              f"run or checkpoint (no latest.json or config.json); {flag} takes {MODEL_KINDS}")
 
 
 def resolve(model: str, components: list[str], fp16: bool = False, weights: bool = True,
-            flag: str = "--model", hint: str = OFFLINE_HINT, also: tuple[str, ...] = ()) -> Path:
+            param: str = "model", hint: str = OFFLINE_HINT, also: tuple[str, ...] = ()) -> Path:
     """A local directory holding `components` (subfolder names) of `model` (Hub id or directory).
-    flag names the option in messages; hint ends every Hub failure's message; `also`: components
+    param names the argument in messages; hint ends every Hub failure's message; `also`: components
     fetched in the same Hub look-up that the directory need not have."""
     p = Path(model).expanduser()
     if p.is_dir():
         if not (p / "model_index.json").is_file() and not any((p / c / "config.json").is_file() for c in components):
-            raise DfeditError(_not_a_model(model, p, flag))
+            raise _not_a_model(model, p, param)
         return p
     if p.exists() or not _HUB_ID.match(model):
-        raise DfeditError(_not_a_model(model, p, flag))
-    return _hub_snapshot(model, list(components) + [c for c in also if c not in components], fp16, weights, hint)
+        raise _not_a_model(model, p, param)
+    return _hub_snapshot(model, list(components) + [c for c in also if c not in components], fp16, weights, hint,
+                        param)
 
 
 class Snapshot:
@@ -122,8 +133,8 @@ class Snapshot:
     for its configs and one for its weights, however many layers ask. A look-up that fetched a
     superset of what is asked (more components, weights) answers for it."""
 
-    def __init__(self, model: str, flag: str = "--model", hint: str = OFFLINE_HINT):
-        self.model, self.flag, self.hint = model, flag, hint
+    def __init__(self, model: str, param: str = "model", hint: str = OFFLINE_HINT):
+        self.model, self.param, self.hint = model, param, hint
         self._roots: dict[tuple, Path] = {}
 
     def root(self, components: list[str], fp16: bool = False, weights: bool = True,
@@ -132,13 +143,14 @@ class Snapshot:
         for (comps, fp, w), path in self._roots.items():
             if want <= set(comps) and fp == fp16 and (w or not weights):
                 return path
-        path = resolve(self.model, list(components), fp16=fp16, weights=weights, flag=self.flag, hint=self.hint,
+        path = resolve(self.model, list(components), fp16=fp16, weights=weights, param=self.param, hint=self.hint,
                        also=also)
         self._roots[(tuple(components) + tuple(c for c in also if c not in components), fp16, weights)] = path
         return path
 
 
-def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, hint: str = OFFLINE_HINT) -> Path:
+def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, hint: str = OFFLINE_HINT,
+                  param: str = "model") -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hfe
 
@@ -153,21 +165,21 @@ def _hub_snapshot(repo: str, components: list[str], fp16: bool, weights: bool, h
         path = Path(snapshot_download(repo, allow_patterns=patterns, ignore_patterns=ignore,
                                       local_files_only=_offline()))
     except hfe.GatedRepoError:
-        raise DfeditError(
-            f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "
+        raise model_error(
+            param, f"{repo} is gated: accept its licence at https://huggingface.co/{repo} while logged in, "
             f"then run `hf auth login` (or set HF_TOKEN) on this machine{hint}") from None
     except hfe.RepositoryNotFoundError:
-        raise DfeditError(f"{repo} is not a model on the Hub (or it is private and you are not logged in): "
+        raise model_error(param, f"{repo} is not a model on the Hub (or it is private and you are not logged in): "
                           f"check the id or pass a local directory{hint}") from None
     except (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled):
-        raise DfeditError(f"{repo} is not in the local Hub cache and the Hub cannot be reached "
+        raise model_error(param, f"{repo} is not in the local Hub cache and the Hub cannot be reached "
                           "(HF_HUB_OFFLINE is set or there is no network): download it once online, "
                           f"or pass a local directory{hint}") from None
     except (OSError, ValueError) as e:  # connection errors and other HTTP failures
-        raise DfeditError(f"could not fetch {repo} from the Hub ({type(e).__name__}): check your network "
+        raise model_error(param, f"{repo} could not be fetched from the Hub ({type(e).__name__}): check your network "
                           f"or pass a local directory{hint}") from None
     if weights and fp16 and "unet" in components and not list(path.glob("unet/*fp16*.safetensors")):
-        return _hub_snapshot(repo, components, False, weights, hint)  # repo without an fp16 variant
+        return _hub_snapshot(repo, components, False, weights, hint, param)  # repo without an fp16 variant
     return path
 
 
@@ -220,7 +232,7 @@ class T5PromptEncoder:
         if self._root is None:
             self._root = self.snapshot.root(["text_encoder", "tokenizer"], fp16=self.dtype == torch.float16)
             if not has_component(self._root, "text_encoder"):
-                raise DfeditError(f"{self.model} has no text_encoder: pass --model with the stage I checkpoint "
+                raise model_error("model", f"{self.model} has no text_encoder: pass {{model}} with the stage I checkpoint "
                                   "that provides T5 for it")
         return self._root
 
@@ -381,7 +393,7 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
 
     fp16 = dtype == torch.float16
     comps = ["unet", "scheduler"] + (["image_noising_scheduler"] if upscaler else [])
-    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2" if upscaler else "--model")
+    snapshot = snapshot if snapshot is not None else Snapshot(model, param="stage2" if upscaler else "model")
     own_t5 = prompt_encoder is None and text_encoder_model in (None, model)
     # A model that is its own T5 source fetches T5 in the same look-up as its UNet.
     root = snapshot.root(comps, fp16=fp16, also=("text_encoder", "tokenizer") if own_t5 else ())
@@ -417,9 +429,9 @@ def load_if(model: str, device: torch.device, dtype: torch.dtype, *, text_encode
     return IFDenoiser(unet, schedule, model, prompt_encoder, device, dtype, noising_schedule=noising)
 
 
-STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage; --stage2 takes an IF "
+STAGE2_EMOJI = ("emoji models are stage I models with no super-resolution stage; {stage2} takes an IF "
                 "stage II model (a Hub id such as DeepFloyd/IF-II-L-v1.0 or a diffusers directory), and an emoji "
-                "model goes in --model")
+                "model goes in {model}")
 
 
 def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_HINT,
@@ -427,17 +439,17 @@ def check_stage2(model: str, steps: int, noise_level: int, hint: str = OFFLINE_H
     """Validate stage II from its configs alone, so a bad --stage2 / --noise-level / --stage2-steps
     is reported before stage I spends minutes on a GPU."""
     if model in BUILTIN_MODELS or dfedit_train_layout(Path(model).expanduser()) is not None:
-        raise DfeditError(f"--stage2 {model}: {STAGE2_EMOJI}")
-    snapshot = snapshot if snapshot is not None else Snapshot(model, flag="--stage2", hint=hint)
+        raise model_error("stage2", f"{model}: {STAGE2_EMOJI}")
+    snapshot = snapshot if snapshot is not None else Snapshot(model, param="stage2", hint=hint)
     root = snapshot.root(["unet", "scheduler", "image_noising_scheduler"], weights=False)
     unet_cfg = read_json(root / "unet" / "config.json", "unet/config.json")
     if unet_cfg.get("class_embed_type") != "timestep":
-        raise DfeditError(f"--stage2 {model} is not a stage II (super-resolution) IF checkpoint")
+        raise model_error("stage2", f"{model} is not a stage II (super-resolution) IF checkpoint")
     sched = read_json(root / "scheduler" / "scheduler_config.json", "scheduler/scheduler_config.json")
     NoiseSchedule.from_config(sched).leading_timesteps(steps)
     noising = read_json(root / "image_noising_scheduler" / "scheduler_config.json",
                         "image_noising_scheduler/scheduler_config.json")
-    NoiseSchedule.from_config(noising).check_t(noise_level, "--noise-level")
+    NoiseSchedule.from_config(noising).check_t(noise_level, "noise_level")
 
 
 def load_configs(model: str, snapshot: Snapshot | None = None) -> tuple[dict, NoiseSchedule]:
@@ -467,7 +479,7 @@ class DeepFloyd:
         cfg, schedule = load_configs(model, snapshot)
         problem = None
         if cfg.get("class_embed_type") == "timestep":
-            problem = f"--model {model} is a stage II (super-resolution) checkpoint: pass a stage I model"
+            problem = f"{model} is a stage II (super-resolution) checkpoint: pass a stage I model"
         s = cfg.get("sample_size")
         return ModelInfo(name=model, backend=self, schedule=schedule, sample_size=int(s if isinstance(s, int) else s[0]),
                          default_cfg=IF_DEFAULT_CFG, default_prompt=IF_DEFAULT_PROMPT, upscales=True,
@@ -509,7 +521,7 @@ class IFUpscaler:
         self.model, self.device, self.dtype = model, device, dtype
         self.offload, self.cache_dir, self.quiet, self.hint = offload, cache_dir, quiet, hint
         self.text_encoder_model = text_encoder_model
-        self.snapshot = Snapshot(model, flag="--stage2", hint=hint)
+        self.snapshot = Snapshot(model, param="stage2", hint=hint)
         self._checked: set[tuple[int, int]] = set()
 
     def check(self, steps: int, noise_level: int) -> None:
@@ -531,7 +543,7 @@ class IFUpscaler:
     def condition(self, den, low_res: torch.Tensor, gen: torch.Generator, noise_level: int, conds, uncond):
         from ..sampler import randn
         n, size = low_res.shape[0], den.sample_size
-        noise_level = den.noising_schedule.check_t(noise_level, "--noise-level")
+        noise_level = den.noising_schedule.check_t(noise_level, "noise_level")
         # Draw order as IFSuperResolutionPipeline: x_T first, then the conditioning-image noise.
         x = randn((n, den.channels, size, size), gen, den.device, den.dtype)
         up = F.interpolate(low_res.to(den.device, den.dtype), (size, size), mode="bilinear", align_corners=True)

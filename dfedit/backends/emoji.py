@@ -7,11 +7,11 @@ from . import ModelInfo
 
 # What --upscale / `dfedit upscale` say when an emoji model's stage II cannot be found.
 EMOJI_STAGE2_HINT = ("; stage II is DeepFloyd's IF-II, which upscales IF stage I images, and emoji models have "
-                     "no stage II of their own: leave out --upscale")
+                     "no stage II of their own: leave out {upscale}")
 
 
-NO_OFFLOAD = ("--offload is for IF models on a GPU with too little memory; an emoji model is small enough to "
-              "load whole: leave out --offload")
+NO_OFFLOAD = ("is for IF models on a GPU with too little memory; an emoji model is small enough to "
+              "load whole: leave out {offload}")  # about the parameter offload (see ParamError)
 
 
 class Emoji:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..errors import DfeditError
+from ..errors import DfeditError, ParamError
 
 # What a network can be trained to predict (the scheduler config's prediction_type).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
@@ -70,8 +70,8 @@ class DiffusionConfig:
         or for the flow objective a flow-matching one (its noise levels follow from flow times)."""
         flow = self.prediction_type == "flow_prediction"
         if flow != (self.beta_schedule == "flow"):
-            raise DfeditError("the flow objective has its own noise schedule (flow times), and only it: "
-                              "use --objective flow without --schedule")
+            raise ParamError("objective", "flow has its own noise schedule (flow times), and only it: "
+                                          "give {objective} flow without {schedule}", also=("schedule",))
         if flow:
             return {
                 "_class_name": "FlowMatching",

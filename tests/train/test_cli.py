@@ -58,7 +58,7 @@ def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch)
     ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
     assert (ev["recognise"]["sampler"], ev["recognise"]["steps"], ev["recognise"]["stride"]) == ("dpmpp-2m", 4, None)
     assert "dpmpp-2m 4 steps" in r.stdout
-    one_line_error(invoke("recognise", out, "--sampler", "dpm"), "unknown --sampler")
+    one_line_error(invoke("recognise", out, "--sampler", "dpm"), "--sampler 'dpm' is unknown")
 
 
 @pytest.mark.parametrize("case", ["missing", "no-name", "corrupt"])
