@@ -546,7 +546,7 @@ def denoise(image: InputImage,
     from .filters import check_blur
     from .images import load_image, to_pil
     from .pipeline import check_finite, check_seed
-    from .sampler import check_sampler, plan_timesteps
+    from .sampler import check_sampler, plan_timesteps, sampler_meta
     if t and i_start is not None:
         raise DfeditError("give either --t or --i-start, not both")
     check_seed(seed)
@@ -575,8 +575,7 @@ def denoise(image: InputImage,
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
     meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
-            "stride": (stride or 30) if steps is None else None, "steps": steps, "sampler": sampler,
-            **({"eta": eta} if sampler == "ddim" else {}),
+            "stride": (stride or 30) if steps is None else None, "steps": steps, **sampler_meta(sampler, eta),
             "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _sheet(path, tiles, labels, meta, quiet)
     if gif is not None:

@@ -167,9 +167,9 @@ def check_hybrid_kernel(kernel: int | None, sigma: float | None, size: int, n_pr
     what = f" ({{kernel}} {kernel} at 64 px is {k1} at the model's {size} px)" if kernel is not None else ""
     if k1 < 3:
         raise ParamError("kernel", f"{kernel} scales to a {k1}-tap blur at the model's {size} px, which blurs "
-                         "nothing: use a larger {kernel}", also=("kernel",))
+                         "nothing: use a larger {kernel}")
     if k1 // 2 >= size or (n_prompts == 3 and hybrid_kernel(size, None if k is None else 2 * k + 1)[0] // 2 >= size):
-        raise ParamError("kernel", f"{kernel} is too large for the model's {size} px images{what}", also=("kernel",))
+        raise ParamError("kernel", f"{kernel} is too large for the model's {size} px images{what}")
 
 
 def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = None,

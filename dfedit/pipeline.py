@@ -37,7 +37,7 @@ from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2
 from .devices import free_memory, pick_device, pick_dtype
 from .progress import progress_bar
 from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
-                      check_sampler, denoise_loop, plan_timesteps, randn)
+                      check_sampler, denoise_loop, plan_timesteps, randn, sampler_meta)
 from .views import check_views, make_view
 
 
@@ -309,8 +309,7 @@ class DFEdit:
                 "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg,
                 "stride": (stride or DEFAULT_STRIDE) if steps is None else None,
                 "steps": spec.model_calls(ts), "timesteps": len(ts),
-                "model": s1.name, "num_samples": num_samples, "sampler": sampler,
-                **({"eta": eta} if spec.uses_eta else {}), **edit.meta}
+                "model": s1.name, "num_samples": num_samples, **sampler_meta(sampler, eta), **edit.meta}
         self._done_with("_s1")
         pending = None if not upscale else dict(
             edit=edit, gen=gen, steps=stage2_steps, cfg=stage2_cfg, noise_level=noise_level, negative=negative_prompt,
@@ -321,9 +320,11 @@ class DFEdit:
         p = pending
         up = self._stage2(p["edit"], res.stage1, p["gen"], p["steps"], p["cfg"], p["noise_level"], p["negative"],
                           p["callback"], sampler=p["sampler"], eta=p["eta"])
-        res.meta.update({"stage2": self.stage2_model, "stage2_steps": p["steps"], "stage2_cfg": p["cfg"],
-                         "noise_level": p["noise_level"]})
+        res.meta.update(self._stage2_meta(p["steps"], p["cfg"], p["noise_level"]))
         return Result(up, res.stage1, res.meta, res.frames)
+
+    def _stage2_meta(self, steps: int, cfg: float, noise_level: int) -> dict:
+        return {"stage2": self.stage2_model, "stage2_steps": steps, "stage2_cfg": cfg, "noise_level": noise_level}
 
     def _stage2(self, edit: Edit, low_res: torch.Tensor, gen: torch.Generator, steps: int, cfg: float,
                 noise_level: int, negative: str, callback=None, sampler: str = DEFAULT_SAMPLER,
@@ -358,8 +359,7 @@ class DFEdit:
         up = self._stage2(Edit("upscale", [prompt]), low_res, gen, steps, cfg, noise_level, negative_prompt,
                           _recorder(frames, record_every, None), sampler=sampler, eta=eta)
         meta = {"command": "upscale", "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed,
-                "stage2": self.stage2_model, "sampler": sampler, **({"eta": eta} if SAMPLERS[sampler].uses_eta else {}),
-                "stage2_steps": steps, "stage2_cfg": cfg, "noise_level": noise_level, "model": self.model}
+                **sampler_meta(sampler, eta), **self._stage2_meta(steps, cfg, noise_level), "model": self.model}
         return Result(up, low_res, meta, frames)
 
     def sdedit(self, image, prompt: str | None = None, *, i_start: int = 5, repeat: int = 1,

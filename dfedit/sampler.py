@@ -43,9 +43,12 @@ StepCallback = Callable[[int, int, int, torch.Tensor, "torch.Tensor | None"], No
 
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_STRIDE = 30
-# Read by CLI users and library users alike: it names parameters ({name}), see ParamError.
-RESAMPLING_NEEDS_NOISE = ("> 1 (RePaint resampling) needs a sampler that draws fresh noise every step: use {sampler} "
-                          "ddpm, or ddim with {eta} > 0")
+
+
+def resampling_needs_noise() -> ParamError:
+    """RePaint resampling with a deterministic sampler; named as parameters (see ParamError)."""
+    return ParamError("jump_n_sample", "> 1 (RePaint resampling) needs a sampler that draws fresh noise every step: "
+                      "use {sampler} ddpm, or ddim with {eta} > 0", also=("sampler", "eta"))
 
 
 def randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
@@ -130,6 +133,11 @@ def register(name: str, summary: str, *, ode: bool, uses_eta: bool = False, call
     return deco
 
 
+def sampler_meta(sampler: str, eta: float) -> dict:
+    """How an output names its sampler: eta only where the sampler reads it."""
+    return {"sampler": sampler, **({"eta": eta} if get_sampler(sampler).uses_eta else {})}
+
+
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
         raise ParamError("sampler", f"{name!r} is unknown: use {', '.join(SAMPLERS)}")
@@ -144,7 +152,7 @@ def check_sampler(name: str, eta: float = 0.0, resampling: bool = False) -> Samp
     if eta > 0 and not spec.uses_eta:
         raise ParamError("eta", f"applies to {{sampler}} ddim only (got {{sampler}} {name})", also=("sampler",))
     if resampling and not spec.stochastic(eta):
-        raise ParamError("jump_n_sample", RESAMPLING_NEEDS_NOISE, also=("sampler", "eta"))
+        raise resampling_needs_noise()
     return spec
 
 
@@ -270,7 +278,7 @@ def denoise_loop(
     spec = check_sampler(name, eta)
     pairs = step_pairs(timesteps)
     if any(tp > t for t, tp in pairs) and not spec.stochastic(eta):
-        raise ParamError("jump_n_sample", RESAMPLING_NEEDS_NOISE, also=("sampler", "eta"))
+        raise resampling_needs_noise()
     ctx = SamplerContext(eps_fn, schedule, generator, eta)
     for t, tp in pairs:  # coefficients precomputed, so the hot loop is tensor ops only
         if tp < t:

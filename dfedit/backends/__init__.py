@@ -115,6 +115,13 @@ def _builtin() -> None:
         BACKENDS.extend([Emoji(), DeepFloyd()])  # DeepFloyd last: it claims every other string
 
 
+def model_error(param: str, problem: str) -> ParamError:
+    """A sentence about the model given as `param` ("model" or "stage2"), which may name the model
+    parameters as {model}, {stage2}, {upscale}: `model emoj does not exist` from the library,
+    `--model emoj does not exist` on a command line."""
+    return ParamError(param, problem, also=("model", "stage2", "upscale"))
+
+
 def resolve(model: str, strict: bool = True) -> ModelInfo:
     """The ModelInfo of a stage I model string: the first registered backend that claims it.
     strict=False: also a model that cannot run as stage I (its `problem` says why), for loading
@@ -124,6 +131,6 @@ def resolve(model: str, strict: bool = True) -> ModelInfo:
         info = backend.probe(model)
         if info is not None:
             if strict and info.problem:
-                raise ParamError("model", info.problem, also=("stage2", "upscale"))
+                raise model_error("model", info.problem)
             return info
-    raise ParamError("model", f"{model}: no backend knows this model")  # pragma: no cover - DeepFloyd claims all
+    raise model_error("model", f"{model}: no backend knows this model")  # pragma: no cover - DeepFloyd claims all

@@ -28,7 +28,7 @@ from ..denoiser import Cond
 from ..devices import free_memory
 from ..errors import DfeditError, ParamError
 from ..schedule import NoiseSchedule
-from . import ModelInfo
+from . import ModelInfo, model_error
 
 # diffusers' IF encode_prompt pads/truncates every prompt to 77 T5 tokens; parity depends on it.
 IF_MAX_TOKENS = 77
@@ -37,14 +37,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 OFFLINE_HINT = "; or use {model} emoji, the built-in emoji model that runs offline on a CPU"
 MODEL_KINDS = ("emoji (the built-in 32 px emoji model), a Hub id such as DeepFloyd/IF-I-XL-v1.0, a local "
                "diffusers IF directory, or a dfedit-train run or checkpoint directory")
-# The parameters a model-resolution message may name ({name} placeholders, see ParamError).
-_NAMES = ("model", "stage2", "upscale")
-
-
-def model_error(param: str, problem: str) -> ParamError:
-    """A sentence about the model given as `param` ("model" or "stage2"): `model emoji2 does not
-    exist` from the library, `--model emoji2 does not exist` on a command line."""
-    return ParamError(param, problem, also=_NAMES)
 
 
 def quiet_hf_logging() -> None:
