@@ -73,3 +73,28 @@ def cli():
         return r.exit_code, r.stdout, r.stderr
 
     return run
+
+
+def machine_line() -> str:
+    """Which CPU and which torch kernels ran: float results differ in the last bits between them."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        cpu = platform.processor() or cpu
+    return (f"cpu: {cpu}, {os.cpu_count()} logical cores; torch {torch.__version__}, kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s)")
+
+
+def pytest_report_header(config):
+    return machine_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    # also under -q (CI's command), which hides the header
+    terminalreporter.write_line(machine_line())
