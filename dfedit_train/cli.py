@@ -162,6 +162,25 @@ def emoji(
                                        "folder of PNGs + captions CSV (default: fetch the npm package)"),
     vendor: Optional[str] = typer.Option(None, help="google, twitter, apple or facebook (default: google)"),
     base_only: Optional[bool] = typer.Option(None, "--base-only", help="drop skin-tone variants"),
+    sets: Optional[str] = typer.Option(None, help="several drawing sets of the same emoji, e.g. "
+                                       "google,twitter,fluent (fetched with npm; replaces --data/--vendor)"),
+    styles: Optional[bool] = typer.Option(None, "--styles/--no-styles", help="with --sets: the drawing set as "
+                                          "the model's own style input (dfedit --style) (default: on with --sets)"),
+    style_dropout: Optional[float] = typer.Option(None, help="probability of training with 'any style' "
+                                                  "(default: 0.3 with --styles)"),
+    caption_variants: Optional[bool] = typer.Option(None, "--caption-variants/--names-only",
+                                                    help="with --sets: each step draws one of the emoji's "
+                                                    "captions (name, 'X emoji', short names, keywords) "
+                                                    "(default: on with --sets)"),
+    pair_holdout: Optional[float] = typer.Option(None, help="with --sets: fraction of (emoji, skin tone) and "
+                                                 "(emoji, set) pairs held out for evaluation (default: 0.1)"),
+    tone_share: Optional[float] = typer.Option(None, help="with --sets: sampling weight of an emoji's skin-tone "
+                                               "variants together, against 1 for its base image (default: 1)"),
+    init_from: Optional[str] = typer.Option(None, help="start a new run from this model's weights (a run, an "
+                                            "exported model, or emoji) where names and shapes match"),
+    dropout: Optional[float] = typer.Option(None, help="dropout in the ResNet blocks (default: 0)"),
+    val_fraction: Optional[float] = typer.Option(None, help="fraction of base emoji held out entirely "
+                                                 "(default: 0.1; 0 trains on every emoji)"),
     out: Path = typer.Option(Path("runs/emoji"), help="run directory; rerun on it to resume"),
     preset: Optional[str] = typer.Option(None, help="tiny (tests), cpu (32 px), gpu (64 px) (default: gpu when "
                                          "a CUDA GPU is present, else cpu)"),
@@ -238,6 +257,29 @@ def emoji(
     put("data.base_only", base_only)
     put("data.text_encoder", text_encoder)
     put("data.max_length", max_length)
+    put("data.val_fraction", val_fraction)
+    if sets is not None:
+        from .sets import SETS
+        names = tuple(x.strip() for x in sets.split(",") if x.strip())
+        bad = [x for x in names if x not in SETS]
+        if not names or bad:
+            raise DfeditError(f"--sets takes drawing sets from {', '.join(SETS)}, got {sets!r}")
+        if data is not None or vendor is not None:
+            raise DfeditError("--sets fetches its own drawing sets: leave out --data and --vendor")
+        put("data.sets", names)
+        put("data.caption_variants", True if caption_variants is None else caption_variants, "--caption-variants")
+        put("data.pair_holdout", 0.1 if pair_holdout is None else pair_holdout, "--pair-holdout")
+        if styles is None or styles:
+            put("model.styles", names, "--styles")
+            put("diffusion.style_dropout", 0.3 if style_dropout is None else style_dropout, "--style-dropout")
+    else:
+        for flag, v in (("--styles", styles), ("--caption-variants", caption_variants), ("--pair-holdout", pair_holdout),
+                        ("--tone-share", tone_share), ("--style-dropout", style_dropout)):
+            if v is not None:
+                raise DfeditError(f"{flag} applies to --sets only")
+    put("data.tone_share", tone_share)
+    put("train.init_from", init_from)
+    put("model.dropout", dropout)
     for f, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                      warmup_steps=warmup_steps, mixed_precision=mixed_precision, ema_decay=ema_decay,
                      flip_prob=flip_prob, save_every=save_every, sample_every=sample_every,

@@ -167,8 +167,9 @@ class Diffusion(Preconditioning):
         self.objective = Objective.from_config(cfg)
         super().__init__(self.objective.schedule, mean, std, device)
 
-    def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask) -> torch.Tensor:
+    def loss(self, net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, text, mask,
+             style=None) -> torch.Tensor:
         """Per-sample loss of the objective at timesteps t with this noise. Shape (B,)."""
         ab = self._ab(t)
-        out = self.predict(net, noise_to(x0, noise, ab), t, text, mask).float()
+        out = self.predict(net, noise_to(x0, noise, ab), t, text, mask, style=style).float()
         return self.objective.loss(out, x0, noise, ab)

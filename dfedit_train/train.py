@@ -128,8 +128,10 @@ def _check_preset(out: Path, name: str, preset_cfgs: tuple, sections: dict, give
                                   f"a new --out")
 
 
-def prepare_data(dac: DataConfig, size: int, device, progress: bool):
+def prepare_data(dac: DataConfig, size: int, device, progress: bool, styles: tuple[str, ...] = ()):
     """Train/val tensors on the device at training resolution, caption embeddings, stats."""
+    if dac.sets:
+        return _prepare_sets(dac, size, device, styles)
     d = datamod.load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
     if dac.vendor in datamod.LICENCE_WARNINGS:
         import sys
@@ -160,6 +162,70 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool):
     }
 
 
+def _prepare_sets(dac: DataConfig, size: int, device, styles: tuple[str, ...]):
+    """prepare_data for several drawing sets (dfedit_train/sets.py): as above, plus every caption
+    variant embedded once ("vtext"; "vidx"/"vcount" say which rows each training row may draw), the
+    style index of each row (1-based into `styles`; absent when the model has no styles) and the
+    sampling weight of each row (tone variants share their base's weight)."""
+    from . import sets as setsmod
+
+    ms = setsmod.load_sets(tuple(dac.sets), dac.base_only)
+    split = setsmod.assign_splits(ms, dac.val_fraction, dac.pair_holdout)
+    keep = np.ones(len(ms), bool)
+    if dac.subset:  # a few hundred base emoji for an ablation: every set and tone of them, and the held-out rows
+        groups = sorted({g for g, s in zip(ms.groups, split) if not s}, key=lambda g: setsmod._bucket("subset:" + g))
+        chosen = set(groups[:dac.subset])
+        keep = np.array([bool(s) or g in chosen for g, s in zip(ms.groups, split)])
+    tr = [i for i in range(len(ms)) if keep[i] and not split[i]]
+    va = [i for i in range(len(ms)) if keep[i] and split[i]]
+    if not tr:
+        raise DfeditError("the training split is empty: add images or lower --val-fraction")
+    rows = tr + va
+    per_row = [ms.variants[i] if dac.caption_variants else [ms.captions[i]] for i in rows]
+    unique = sorted({v for vs in per_row for v in vs})
+    where = {v: j for j, v in enumerate(unique)}
+    enc = TextEncoder(dac.text_encoder, dac.max_length, device="cpu")
+    states, mask = enc.embed(unique)  # fp16: the step draws a few rows and casts them
+    K = max(len(vs) for vs in per_row)
+    vidx = torch.tensor([[where[v] for v in vs] + [where[vs[0]]] * (K - len(vs)) for vs in per_row])
+    vcount = torch.tensor([len(vs) for vs in per_row])
+    prim = vidx[:, 0]
+
+    def to_device(idx):
+        return datamod.images_to_tensor(ms.images[idx], size).contiguous().to(device)
+
+    ntr = len(tr)
+    x_train = to_device(tr)
+    D = {
+        "x": x_train, "text": states[prim[:ntr]].float().to(device), "mask": mask[prim[:ntr]].to(device),
+        "flip_ok": torch.from_numpy(datamod.flippable([ms.captions[i] for i in tr])).to(device),
+        "captions": [ms.captions[i] for i in tr],
+        "val_x": to_device(va), "val_text": states[prim[ntr:]].float().to(device), "val_mask": mask[prim[ntr:]].to(device),
+        "val_captions": [ms.captions[i] for i in va],
+        "mean": x_train.mean(dim=(0, 2, 3)).tolist(), "std": x_train.std(dim=(0, 2, 3)).tolist(),
+        "source": ms.source, "text_identity": enc.identity, "text_dim": int(states.shape[-1]),
+        "weights": torch.from_numpy(setsmod.row_weights(ms, tr, dac.tone_share)).double(),
+        "split_counts": {k: sum(1 for i in va if split[i] == k) for k in setsmod.SPLITS if k},
+    }
+    if dac.caption_variants:
+        D.update(vtext=states.to(device), vmask=mask.to(device), vidx=vidx[:ntr].to(device),
+                 vcount=vcount[:ntr].to(device), name_share=dac.caption_name_share, n_captions=len(unique))
+    if styles:
+        unknown = sorted({ms.styles[i] for i in rows} - set(styles))
+        if unknown:
+            raise DfeditError(f"the model's styles ({', '.join(styles)}) do not name the drawing sets {', '.join(unknown)}")
+        D["style"] = torch.tensor([styles.index(ms.styles[i]) + 1 for i in tr], device=device)
+    return D
+
+
+def epoch_order(D: dict, n: int, seed: int, epoch: int, device) -> torch.Tensor:
+    """The rows of one epoch: a permutation, or n weighted draws when rows carry sampling weights."""
+    g = torch.Generator().manual_seed(mix(seed, 1, epoch))
+    if "weights" in D:
+        return torch.multinomial(D["weights"], n, replacement=True, generator=g).to(device)
+    return torch.randperm(n, generator=g).to(device)
+
+
 def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, objective: Objective, cfg_dropout: float,
                flip_prob: float):
     """One training batch from the device-resident data: indexing and on-device draws only, no host
@@ -174,6 +240,29 @@ def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, objective: Object
     x0 = torch.where(flip[:, None, None, None], D["x"][idx].flip(-1), D["x"][idx])
     mask = D["mask"][idx] & ~drop[:, None]  # an empty mask is the null prompt
     return x0, t, noise, D["text"][idx], mask
+
+
+def draw_conditioning(D: dict, idx: torch.Tensor, g: torch.Generator, text, mask, style_dropout: float):
+    """The caption variant and drawing-set index of each sample, for data that has them; drawn from
+    g after draw_batch's draws, so runs without them keep their random stream. Which variant: the
+    CLDR name with probability name_share, else one of the others uniformly. The null prompt (CFG
+    dropout, an empty mask) stays null. Style index 0 ("any style") with probability style_dropout."""
+    b, device = idx.shape[0], idx.device
+    style = None
+    if "vidx" in D:
+        u = torch.rand((b,), generator=g, device=device)
+        r = torch.rand((b,), generator=g, device=device)
+        cnt = D["vcount"][idx]
+        alt = 1 + torch.minimum((r * (cnt - 1).clamp(min=1)).long(), (cnt - 2).clamp(min=0))
+        col = torch.where((u < D["name_share"]) | (cnt < 2), torch.zeros_like(alt), alt)
+        vi = D["vidx"][idx, col]
+        keep = mask.any(dim=1)  # not dropped to the null prompt
+        text = D["vtext"][vi].to(text.dtype)
+        mask = D["vmask"][vi] & keep[:, None]
+    if "style" in D:
+        drop = torch.rand((b,), generator=g, device=device) < style_dropout
+        style = torch.where(drop, torch.zeros_like(D["style"][idx]), D["style"][idx])
+    return text, mask, style
 
 
 def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int], list[int]]:
@@ -211,9 +300,10 @@ def train_step(acc, net, fwd, opt, diff: Diffusion, D: dict, micro: list[torch.T
     total = torch.zeros((), device=acc.device)
     for j, idx in enumerate(micro):
         x0, t, noise, text, mask = draw_batch(D, idx, g, diff.objective, dc.cfg_dropout, tc.flip_prob)
+        text, mask, style = draw_conditioning(D, idx, g, text, mask, dc.style_dropout)
         sync = acc.no_sync(net) if j < n - 1 else contextlib.nullcontext()
         with sync, acc.autocast():
-            loss = diff.loss(fwd, x0, t, noise, text, mask).mean() / n
+            loss = diff.loss(fwd, x0, t, noise, text, mask, style=style).mean() / n
         acc.backward(loss)
         total += loss.detach()
     gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
@@ -261,7 +351,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     if acc.is_main_process:
         ckpt.clean_temps(out, log)
     with acc.main_process_first():  # rank 0 fetches/caches data and captions; the others then read them
-        D = prepare_data(dac, mc.image_size, device, progress)
+        D = prepare_data(dac, mc.image_size, device, progress, styles=tuple(mc.styles))
     mc = replace(mc, text_dim=D["text_dim"])
     n = D["x"].shape[0]
     per_step = tc.batch_size * tc.grad_accum * world  # images per optimizer step, all processes
@@ -274,6 +364,8 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
 
     torch.manual_seed(tc.seed)  # model init only; the loop re-seeds per step
     net = UNet(mc).to(device)
+    if saved is None and tc.init_from:
+        warm_start(net, tc.init_from, log if acc.is_main_process else (lambda *_: None))
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     step, skipped, scaler_state, cpu_before = 0, 0, None, 0.0
@@ -369,7 +461,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     try:
         with bar, stop:
             for epoch in range(start_epoch, tc.epochs):
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix(tc.seed, 1, epoch))).to(device)
+                perm = epoch_order(D, n, tc.seed, epoch, device)
                 ep_losses, ep_t0, ep_imgs = [], time.perf_counter(), 0
                 for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
                     if _stop_requested(stop, acc):
@@ -453,6 +545,23 @@ def _plot_loss(out: Path, log) -> None:
         loss_curve(out)
     except Exception as e:  # noqa: BLE001 - a figure is not worth a run
         log(f"warning: could not draw {out / 'loss.png'}: {type(e).__name__}: {e}")
+
+
+def warm_start(net: torch.nn.Module, source: str, log=print) -> None:
+    """Copy another model's EMA weights into `net` wherever name and shape match (TrainConfig.init_from)."""
+    from dfedit.emoji import checkpoint as eck
+
+    ck, _ = eck.load(source)
+    src = eck.load_tensors(ck, "ema")
+    own = net.state_dict()
+    same = {k: v for k, v in src.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(same) < len(own) // 2:
+        raise DfeditError(f"{source} shares only {len(same)} of {len(own)} weights with this model: "
+                          "it cannot start this run")
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in same.items()}})
+    left = sorted(set(own) - set(same))
+    log(f"starting from the weights of {ck} ({len(same)} of {len(own)} tensors"
+        + (f"; new: {', '.join(left[:4])}{'...' if len(left) > 4 else ''})" if left else ")"))
 
 
 def _load_state(ck: Path, saved: dict, net, ema, opt) -> None:

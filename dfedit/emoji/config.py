@@ -37,6 +37,10 @@ class ModelConfig:
     # Pixels folded into channels before the first level (pixel-unshuffle) and unfolded after the
     # last: patch 2 runs a 32 px model's top level at 16 px, where a conv costs a quarter as much.
     patch: int = 1
+    # Drawing sets the model knows by name (dfedit --style): each gets a learned vector added to the
+    # time embedding beside the pooled caption; index 0 is "any style", what the model is given when
+    # no style is asked for (training drops the style to it, DiffusionConfig.style_dropout).
+    styles: tuple[str, ...] = ()
 
     def res_blocks(self) -> tuple[int, ...]:
         """ResNet blocks per encoder level."""
@@ -64,6 +68,7 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"  # "v_prediction", "sample" (x0) and "flow_prediction" (flow matching) too
     min_snr_gamma: float = 0.0  # 0: plain MSE on the target; >0: min-SNR-gamma weighting
     cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
+    style_dropout: float = 0.0  # probability of training a sample with "any style" (models with styles)
 
     def scheduler_config(self) -> dict:
         """What `dfedit.schedule.NoiseSchedule.from_config` reads: a diffusers DDPMScheduler config,
@@ -128,6 +133,10 @@ class TrainConfig:
     sample_stride: int = 20  # DDPM stride of the validation grid (1000 / 20 = 50 steps)
     guidance: float = 3.0
     compile: bool = False
+    # A fresh run may start from another model's EMA weights (a run, an exported model or "emoji"):
+    # every tensor whose name and shape match is copied, the rest (e.g. a new style embedding) keep
+    # their initialisation. Resuming ignores it: the checkpoint has the weights.
+    init_from: str = ""
 
 
 @dataclass
@@ -139,6 +148,13 @@ class DataConfig:
     text_encoder: str = "minilm"  # "minilm" = the pinned offline MiniLM; else any HF id or path
     subset: int = 0  # >0: train on this many base emoji of the training split only (for short ablations)
     max_length: int = 24
+    # Several drawing sets of the same emoji (dfedit_train/sets.py), e.g. ("google", "twitter",
+    # "fluent"); empty: the one `vendor` set read by `source`, as before.
+    sets: tuple[str, ...] = ()
+    pair_holdout: float = 0.0  # held-out (emoji, skin tone) and (emoji, set) pairs, by hash (sets only)
+    caption_variants: bool = False  # each step draws one of the emoji's captions (name, keywords, ...)
+    caption_name_share: float = 0.5  # how often that draw is the CLDR name itself
+    tone_share: float = 1.0  # weight of an emoji's tone variants together, against its base image's 1
 
 
 def from_dict(cls, d: dict):

@@ -42,9 +42,12 @@ class Preconditioning:
         mean, var = self.mean.to(x_t.device), self.var.to(x_t.device)
         return ((x_t - ab.sqrt() * mean) / (ab * var + 1 - ab).sqrt()).to(x_t.dtype)
 
-    def predict(self, net, x_t: torch.Tensor, t: torch.Tensor, text, mask) -> torch.Tensor:
-        """The network's raw output (eps, v, x0 or velocity, as its schedule's prediction_type says)."""
-        return net(self.net_input(x_t, t), t, text, mask)
+    def predict(self, net, x_t: torch.Tensor, t: torch.Tensor, text, mask, style=None) -> torch.Tensor:
+        """The network's raw output (eps, v, x0 or velocity, as its schedule's prediction_type says).
+        style: the drawing-set index per sample, for models with styles (None: any style)."""
+        if style is None:
+            return net(self.net_input(x_t, t), t, text, mask)
+        return net(self.net_input(x_t, t), t, text, mask, style=style)
 
     def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The output as a noise estimate, per-sample t (the loop's version takes an int)."""

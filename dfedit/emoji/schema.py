@@ -40,7 +40,8 @@ def _list(of: Callable[[Any], bool]) -> Callable[[Any], bool]:
 _KIND_CHECK = {"int": _int, "number": _num, "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
                "list of integers": _list(_int), "list of true/false flags": _list(lambda v: isinstance(v, bool)),
                "list of numbers": _list(_num), "object": lambda v: isinstance(v, dict),
-               "integer or list of integers": lambda v: _int(v) or _list(_int)(v)}
+               "integer or list of integers": lambda v: _int(v) or _list(_int)(v),
+               "list of strings": _list(lambda v: isinstance(v, str))}
 _KIND_NAME = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
               "object": "a JSON object", "integer or list of integers": "an integer or a list of integers"}
 
@@ -128,9 +129,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.text_encoder": NON_EMPTY,
     "data.max_length": AT_LEAST_1,
     "data.subset": AT_LEAST_0,
+    "data.pair_holdout": BELOW_1,
+    "data.caption_name_share": PROBABILITY,
+    "data.tone_share": NON_NEGATIVE,
+    "diffusion.style_dropout": PROBABILITY,
+    "model.styles": (lambda v: len(set(v)) == len(v) and all(s.strip() for s in v), "distinct non-empty names"),
 }
 # Fields whose type is wider than their default's.
-KINDS = {"model.num_res_blocks": "integer or list of integers"}
+KINDS = {"model.num_res_blocks": "integer or list of integers", "model.styles": "list of strings",
+         "data.sets": "list of strings"}
 
 SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "data": DataConfig}
 

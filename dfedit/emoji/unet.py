@@ -124,6 +124,11 @@ class UNet(nn.Module):
             # "caption -> this exact drawing" lookup far easier to learn (GLIDE, Imagen).
             self.pool_mlp = nn.Sequential(nn.Linear(cfg.text_dim, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
             self.null_pooled = nn.Parameter(torch.zeros(tdim))  # the null prompt's pooled vector
+        if cfg.styles:
+            # Drawing set -> time embedding (row 0: "any style"). Starts at zero: a new model, or one
+            # warm-started from a model without styles, begins by ignoring the style.
+            self.style_emb = nn.Embedding(len(cfg.styles) + 1, tdim)
+            nn.init.zeros_(self.style_emb.weight)
         self.patch = cfg.patch
         self.stem = nn.Conv2d(3 * cfg.patch ** 2, c0, 3, padding=1)
 
@@ -171,10 +176,16 @@ class UNet(nn.Module):
         null = ~mask.bool().any(dim=1)
         return torch.where(null[:, None], self.null_pooled.to(p.dtype).expand_as(p), p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                style: torch.Tensor | None = None) -> torch.Tensor:
+        """style: (B,) indices into ModelConfig.styles, 1-based; 0 or None = any style."""
         temb = self.time_mlp(timestep_features(t, self.tfeat).to(x.dtype))
         if self.cfg.pooled_text:
             temb = temb + self.pooled(text, mask).to(temb.dtype)
+        if self.cfg.styles:
+            if style is None:
+                style = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            temb = temb + self.style_emb(style.to(x.device).expand(x.shape[0])).to(temb.dtype)
         ctx, mask = self.context(text, mask)
         h = self.stem(F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x)
         skips = [h]
