@@ -90,6 +90,7 @@ class GenOptions:
     cache_dir: Optional[Path]
     quiet: bool
     display: Optional[bool] = None
+    style: Optional[str] = None
     _info: object = None
 
     @property
@@ -102,7 +103,7 @@ class GenOptions:
 
     def api(self):
         return _api(self.model, self.stage2, self.device, self.dtype, self.offload, self.cache_dir, self.quiet,
-                    info=self.info)
+                    info=self.info, style=self.style)
 
     def run_kwargs(self) -> dict:
         return dict(seed=self.seed, cfg=self.cfg, stride=self.stride, steps=self.steps, num_samples=self.num_samples,
@@ -128,6 +129,9 @@ GEN_OPTIONS = [
     _opt("upscale", Optional[bool], None, "--upscale/--no-upscale",
          help="Run stage II (default: on for IF models, off for emoji models)."),
     inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=Seed),
+    _opt("style", Optional[str], None, "--style",
+         help="Drawing set, for models trained on several (the built-in emoji model: google, twitter or fluent); "
+              "default: none, so seeds vary across sets."),
     inspect.Parameter("cfg", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Cfg),
     inspect.Parameter("stride", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Stride),
     inspect.Parameter("steps", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Steps),
@@ -247,13 +251,14 @@ def _protect_inputs(out: Path, gif: Optional[Path], inputs, display: bool = True
 
 
 def _api(model, stage2=DEFAULT_STAGE2, device="auto", dtype="auto", offload=False, cache_dir=None, quiet=False,
-         info=None):
+         info=None, style=None):
     import torch
 
     from .pipeline import DFEdit
     # One-shot CLI runs free each model as soon as the command is done with its stage.
     df = DFEdit(model=model, stage2=stage2, device=device, dtype=dtype, offload=offload,
-                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False, info=info)
+                cache_dir=str(cache_dir) if cache_dir else None, quiet=quiet, keep_loaded=False, info=info,
+                style=style)
     if df.device.type == "cpu" and df.dtype == torch.float16:
         typer.echo("note: float16 is many times slower than float32 on a CPU (it has no fast float16 kernels); "
                    "--dtype float32 (the CPU default) or bfloat16 is faster", err=True)

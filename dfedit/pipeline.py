@@ -124,8 +124,10 @@ class DFEdit:
 
     def __init__(self, model: str = DEFAULT_STAGE1, stage2: str = DEFAULT_STAGE2, device: str = "auto",
                  dtype: str = "auto", offload: bool = False, cache_dir: str | None = None,
-                 quiet: bool = False, keep_loaded: bool = True, info: ModelInfo | None = None):
+                 quiet: bool = False, keep_loaded: bool = True, info: ModelInfo | None = None,
+                 style: str | None = None):
         self.model, self.stage2_model = model, stage2
+        self.style = style or None  # a drawing set of a model that has styles (ModelInfo.styles)
         self._info = info
         self._upscaler: Upscaler | None = None
         self._encoder = None  # stage I's prompt encoder, shared with stage II
@@ -164,6 +166,10 @@ class DFEdit:
                                          cache_dir=self.cache_dir, quiet=self.quiet)
             if self._encoder is None:
                 self._encoder = self._s1.prompt_encoder
+            if self.style is not None or hasattr(self._s1, "set_style"):
+                if not hasattr(self._s1, "set_style"):
+                    raise ParamError("style", f"asks for a drawing set, and {self.model} has none: leave out {{style}}")
+                self._s1.set_style(self.style)
         return self._s1
 
     def stage2(self) -> Denoiser:
@@ -218,6 +224,9 @@ class DFEdit:
 
     def _check(self, stride, steps, sampler, eta, upscale, stage2_steps, noise_level) -> bool:
         info = self.info
+        if self.style is not None:
+            from .emoji.denoiser import check_style
+            check_style(info.styles, self.style, info.name)
         check_sampler(sampler, eta)
         plan_timesteps(info.schedule, sampler, stride, steps)
         if self.offload and info.no_offload:
@@ -309,7 +318,8 @@ class DFEdit:
                 "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg,
                 "stride": (stride or DEFAULT_STRIDE) if steps is None else None,
                 "steps": spec.model_calls(ts), "timesteps": len(ts),
-                "model": s1.name, "num_samples": num_samples, **sampler_meta(sampler, eta), **edit.meta}
+                "model": s1.name, "num_samples": num_samples, **sampler_meta(sampler, eta), **edit.meta,
+                **({"style": self.style} if self.style is not None else {})}
         self._done_with("_s1")
         pending = None if not upscale else dict(
             edit=edit, gen=gen, steps=stage2_steps, cfg=stage2_cfg, noise_level=noise_level, negative=negative_prompt,

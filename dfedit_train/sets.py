@@ -416,6 +416,14 @@ def assign_splits(ms: MultiSet, unseen_fraction: float, pair_fraction: float) ->
                 continue
             if _bucket(f"tone:{ms.groups[i]}:{ms.tones[i]}") < pair_fraction:
                 out[i] = "tone-pair"
+        # a tone held out on every emoji that has it would be a tone never seen: give back one pair
+        trained_tones = {t for t, o in zip(ms.tones, out) if t and not o}
+        for tone in sorted({t for t, o in zip(ms.tones, out) if o == "tone-pair"} - trained_tones):
+            g = min((ms.groups[i] for i in range(n) if out[i] == "tone-pair" and ms.tones[i] == tone),
+                    key=lambda g: _bucket(f"tone:{g}:{tone}"))
+            for i in range(n):
+                if out[i] == "tone-pair" and ms.groups[i] == g and ms.tones[i] == tone:
+                    out[i] = ""
         styles_of: dict[str, list[str]] = {}
         for g, s, o in zip(ms.groups, ms.styles, out):
             if o != "unseen":

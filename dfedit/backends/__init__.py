@@ -45,6 +45,7 @@ class ModelInfo:
     stage2_hint: str | None = None  # appended to a stage II failure's message
     no_offload: str | None = None  # why offload does not apply to it (None: it does), after the word "offload"
     problem: str | None = None  # why it cannot run as a stage I model, after the model's name (`resolve` raises it)
+    styles: tuple[str, ...] = ()  # drawing sets it can be asked for (style); empty: it has none
     source: Any = field(default=None, repr=False)  # the backend's own: resolved paths, parsed configs
 
 

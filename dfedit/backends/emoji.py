@@ -35,7 +35,7 @@ class Emoji:
             # the unconditional branch: the model never saw IF's photo caption
             default_prompt="", upscales=False, prompt_limit=int(cfg["text_encoder"]["max_length"]),
             text_encoder="the emoji model's MiniLM text encoder", stage2_hint=EMOJI_STAGE2_HINT,
-            no_offload=NO_OFFLOAD, source=opened)
+            no_offload=NO_OFFLOAD, styles=tuple(cfg["model"].get("styles") or ()), source=opened)
 
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
         from ..emoji.text import count_tokens

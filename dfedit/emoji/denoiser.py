@@ -15,6 +15,20 @@ from .precondition import Preconditioning
 from .text import CaptionEncoder
 
 
+def check_style(styles: tuple[str, ...], style: str | None, model: str) -> int:
+    """The 1-based index of `style` among a model's drawing sets (0 for None); one sentence otherwise."""
+    from ..errors import ParamError
+
+    if style is None:
+        return 0
+    if not styles:
+        raise ParamError("style", f"asks for a drawing set, and the model {model} was trained without styles: "
+                                  "leave out {style}")
+    if style not in styles:
+        raise ParamError("style", f"must be one of the model's drawing sets ({', '.join(styles)}), got {style!r}")
+    return styles.index(style) + 1
+
+
 class EmojiDenoiser:
     """Implements dfedit.denoiser.Denoiser: (x_t, t, cond) -> (eps, None); fixed variance."""
 
@@ -28,6 +42,12 @@ class EmojiDenoiser:
         self.schedule = diffusion.schedule
         self.prompt_encoder = prompt_encoder
         self.sample_size, self.name = sample_size, name
+        self.styles: tuple[str, ...] = tuple(getattr(getattr(net, "cfg", None), "styles", ()) or ())
+        self.style = 0  # index into styles, 1-based; 0: any style
+
+    def set_style(self, style: str | None) -> None:
+        """Draw in one of the model's drawing sets from now on (None: any style, seeds vary across them)."""
+        self.style = check_style(self.styles, style, self.name)
 
     @classmethod
     def from_config(cls, net, cfg: dict, name: str, device="cpu", dtype=torch.float32,
@@ -47,7 +67,8 @@ class EmojiDenoiser:
         b = x.shape[0]
         tt = torch.full((b,), int(t), device=self.device, dtype=torch.long)
         mask = cond.text_mask if cond.text_mask is not None else torch.ones(cond.text.shape[:2], dtype=torch.bool)
+        style = torch.full((b,), self.style, device=self.device, dtype=torch.long) if self.styles else None
         out = self.diffusion.predict(self.net, x.to(self.device, self.dtype), tt,
-                                     cond.text.to(self.device, self.dtype), mask.to(self.device))
+                                     cond.text.to(self.device, self.dtype), mask.to(self.device), style=style)
         eps = self.schedule.model_output_to_eps(out.float(), x.float(), int(t))
         return eps.to(x.dtype), None
