@@ -501,7 +501,9 @@ def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: d
     record = {
         "source_checkpoint": ck.name, "weights": "ema", "dtype": "float16" if fp16 else "float32",
         "recipe": {k: cfg[k] for k in ("model", "diffusion", "train") if k in cfg},
-        "data": {k: cfg["data"].get(k) for k in ("source_desc", "vendor", "n_train", "n_val", "image_size")},
+        "data": {k: cfg["data"].get(k) for k in ("source_desc", "vendor", "n_train", "n_val", "image_size", "sets",
+                                                 "base_only", "val_fraction", "pair_holdout", "caption_variants",
+                                                 "tone_share") if k in cfg["data"]},
         "text_encoder": cfg.get("text_encoder"),
         "state": {k: v for k, v in cfg.get("state", {}).items() if k != "scaler"},
         "epochs_logged": len(log), "train_wall_s": round(sum(e.get("epoch_s", 0) for e in log), 1),
