@@ -447,6 +447,18 @@ def assign_splits(ms: MultiSet, unseen_fraction: float, pair_fraction: float) ->
     return out
 
 
+def run_split(ms: MultiSet, dac) -> list[str]:
+    """A run's split of the table from its DataConfig: assign_splits, and with `subset` the training
+    rows of all but `subset` base emoji (chosen by hash) marked "excluded" (neither trained nor held
+    out: a short ablation sees many epochs of a few hundred emoji)."""
+    split = assign_splits(ms, dac.val_fraction, dac.pair_holdout)
+    if dac.subset:
+        groups = sorted({g for g, s in zip(ms.groups, split) if not s}, key=lambda g: _bucket("subset:" + g))
+        chosen = set(groups[:dac.subset])
+        split = [s if s or g in chosen else "excluded" for g, s in zip(ms.groups, split)]
+    return split
+
+
 def row_weights(ms: MultiSet, rows, tone_share: float) -> np.ndarray:
     """Sampling weight per row: 1 for a base emoji; its tone variants in one set share `tone_share`
     between them, so the 323 people emoji with 5-25 tones each do not fill an epoch."""

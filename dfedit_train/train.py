@@ -170,14 +170,9 @@ def _prepare_sets(dac: DataConfig, size: int, device, styles: tuple[str, ...]):
     from . import sets as setsmod
 
     ms = setsmod.load_sets(tuple(dac.sets), dac.base_only)
-    split = setsmod.assign_splits(ms, dac.val_fraction, dac.pair_holdout)
-    keep = np.ones(len(ms), bool)
-    if dac.subset:  # a few hundred base emoji for an ablation: every set and tone of them, and the held-out rows
-        groups = sorted({g for g, s in zip(ms.groups, split) if not s}, key=lambda g: setsmod._bucket("subset:" + g))
-        chosen = set(groups[:dac.subset])
-        keep = np.array([bool(s) or g in chosen for g, s in zip(ms.groups, split)])
-    tr = [i for i in range(len(ms)) if keep[i] and not split[i]]
-    va = [i for i in range(len(ms)) if keep[i] and split[i]]
+    split = setsmod.run_split(ms, dac)
+    tr = [i for i, s in enumerate(split) if not s]
+    va = [i for i, s in enumerate(split) if s and s != "excluded"]
     if not tr:
         raise DfeditError("the training split is empty: add images or lower --val-fraction")
     rows = tr + va

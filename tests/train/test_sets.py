@@ -3,6 +3,7 @@ packages in each set's own layout, built here (no download)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -41,7 +42,7 @@ def datasource(path: Path, vendor: str) -> Path:
 
 def _body(key: str) -> str:
     """A distinct SVG drawing per key, asymmetric so that a mirror image differs from it."""
-    h = abs(hash(key)) % 200
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:6], 16) % 200
     return (f'<rect x="2" y="2" width="10" height="20" fill="rgb({h},{255 - h},90)"/>'
             f'<circle cx="20" cy="16" r="{4 + h % 6}" fill="rgb(20,{h},200)"/>')
 
