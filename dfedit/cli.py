@@ -296,7 +296,7 @@ def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:
     return path
 
 
-def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False) -> None:
+def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False, outlined=()) -> None:
     """One result at the model's native size (what the next command reads), plus its display copy
     when asked for or by default (images under 128 px; `always` for inpaint): the image enlarged
     to at least 256 px, or the labelled `panels` [(tile, label), ...] that put it in context."""
@@ -306,17 +306,17 @@ def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False
     if want:
         if panels:
             rows, labels = [[t for t, _ in panels]], [[lab for _, lab in panels]]
-            display = grid(rows, labels), {**grid_meta(rows), "panels": labels[0]}
+            display = grid(rows, labels, outlined=outlined), {**grid_meta(rows), "panels": labels[0]}
         else:
             k = enlarge_factor(img.width, DISPLAY_SIZE)
             display = enlarge(img, k), display_meta(img.width, k)
     _save(img, opts.out, meta, opts.quiet, display)
 
 
-def _sheet(path: Path, rows, labels, meta: dict, quiet: bool) -> None:
+def _sheet(path: Path, rows, labels, meta: dict, quiet: bool, outlined=()) -> None:
     """A labelled grid (tiles enlarged to at least 128 px), recording its enlargement."""
     from .images import grid, grid_meta
-    _save(grid(rows, labels), path, {**meta, "display": grid_meta(rows)}, quiet)
+    _save(grid(rows, labels, outlined=outlined), path, {**meta, "display": grid_meta(rows)}, quiet)
 
 
 def _numbered_labels(base: str, n: int) -> list[str]:
@@ -411,10 +411,10 @@ def inpaint(image: InputImage,
     tiles = res.pil()
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta, panels=[(shown, "original"), (mask_tile, mask_label), (tiles[0], "result")],
-                always=True)
+                always=True, outlined={(0, 1)})  # framed: its white (regenerate) would vanish into the page
     else:
         _sheet(opts.out, *wrap([shown, mask_tile] + tiles, ["original", mask_label] +
-                               _numbered_labels("result", len(tiles))), res.meta, opts.quiet)
+                               _numbered_labels("result", len(tiles))), res.meta, opts.quiet, outlined={(0, 1)})
     _trajectory(opts, [res])
 
 
