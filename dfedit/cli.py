@@ -574,7 +574,8 @@ def denoise(image: InputImage,
     cols = ["noisy", "blur", "one_step", "iterative"]
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
-    meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
+    meta = {"command": "denoise", "input": str(image), "t": ts, **df.prompt_meta([prompt]), "seed": seed,
+            "cfg": rows[0]["cfg"],
             "stride": (stride or 30) if steps is None else None, "steps": steps, **sampler_meta(sampler, eta),
             "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _sheet(path, tiles, labels, meta, quiet)

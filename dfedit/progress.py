@@ -7,6 +7,16 @@ import sys
 from contextlib import contextmanager
 
 
+_noted: set[str] = set()
+
+
+def note(msg: str) -> None:
+    """One `note:` line on stderr, once per process for the same message: how dfedit read an input."""
+    if msg not in _noted:
+        _noted.add(msg)
+        print(f"note: {msg}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """A bar with `advance()`; a disabled one costs nothing per step."""
 

@@ -21,6 +21,7 @@ class Emoji:
     def probe(self, model: str) -> ModelInfo | None:
         from ..emoji import checkpoint
         from ..emoji.config import DiffusionConfig, from_dict
+        from ..emoji.names import for_encoder
         from ..schedule import NoiseSchedule
 
         opened = checkpoint.open_model(model)
@@ -35,6 +36,7 @@ class Emoji:
             # the unconditional branch: the model never saw IF's photo caption
             default_prompt="", upscales=False, prompt_limit=int(cfg["text_encoder"]["max_length"]),
             text_encoder="the emoji model's MiniLM text encoder", stage2_hint=EMOJI_STAGE2_HINT,
+            prompt_text=for_encoder,  # emoji typed in a prompt become their CLDR names (dfedit/emoji/names.py)
             no_offload=NO_OFFLOAD, source=opened)
 
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
