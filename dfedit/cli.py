@@ -53,6 +53,9 @@ Offload = Annotated[bool, typer.Option("--offload", help="Keep weights in CPU RA
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default "
                                                   "$DFEDIT_CACHE or ~/.cache/dfedit).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: 1 on a machine "
+                                                "with 2 CPUs or fewer, where more thrash against other jobs; "
+                                                "else up to 4; OMP_NUM_THREADS when set).")]
 Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler (IF only): Hub id or local diffusers "
                                      "directory.")]
 Stage2Steps = Annotated[int, typer.Option("--stage2-steps", help="Stage II steps (diffusers spacing).")]
@@ -89,6 +92,7 @@ class GenOptions:
     offload: bool
     cache_dir: Optional[Path]
     quiet: bool
+    threads: Optional[int] = None
     display: Optional[bool] = None
     _info: object = None
 
@@ -151,6 +155,7 @@ GEN_OPTIONS = [
     inspect.Parameter("offload", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Offload),
     inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CacheDir),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+    inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Threads),
 ]
 
 
@@ -167,6 +172,7 @@ def generating(fn):
     @functools.wraps(fn)
     def wrapper(**kw):
         opts = GenOptions(**{k: kw.pop(k) for k in names})
+        _threads(opts.threads)
         _check_gen_options(opts)
         inputs = [kw[k] for k in ("image", "mask") if kw.get(k) is not None]
         opts.out = _out_path(opts.out, fn.__name__, inputs)
@@ -179,6 +185,12 @@ def generating(fn):
     wrapper.__annotations__.pop("opts", None)
     del wrapper.__wrapped__  # Typer must see the new signature, not the original's
     return handle_errors(wrapper)
+
+
+def _threads(threads: Optional[int]) -> None:
+    """--threads (or the machine's default) for torch, before any work: see dfedit.devices.default_threads."""
+    from .devices import set_threads
+    set_threads(threads)
 
 
 def _check_gen_options(opts: GenOptions) -> None:
@@ -502,11 +514,12 @@ def _trajectory(opts: GenOptions, results) -> None:
 def noise(image: InputImage,
           t: Annotated[list[int], typer.Option("--t", help="Timestep(s) to noise to (repeatable).")] = [250, 500, 750],
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
-          quiet: Quiet = False):
+          quiet: Quiet = False, threads: Threads = None):
     """Forward process: the image noised to each --t, side by side with the original."""
     from .backends import resolve
     from .images import load_image, to_pil
     from .pipeline import check_seed
+    _threads(threads)
     check_seed(seed)
     path = _out_path(out, "noise", [image])
     gif = _gif_path(trajectory, [image])
@@ -539,8 +552,9 @@ def denoise(image: InputImage,
             model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = None,
             steps: Steps = None, sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
-            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
+    _threads(threads)
     from .backends import resolve
     from .edits import check_i_start
     from .filters import check_blur
@@ -587,8 +601,9 @@ def denoise(image: InputImage,
 @handle_errors
 def embed(prompts: Annotated[list[str], typer.Argument(help="Prompts to embed into the cache.")],
           model: Model = DEFAULT_STAGE1, device: Device = "auto", dtype: Dtype = "auto",
-          offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+          offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Compute prompt embeddings into the on-disk cache (T5 loads only for new prompts)."""
+    _threads(threads)
     _check_cache_dir(cache_dir, must_write=True)  # filling it is the whole job
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
     df.check(upscale=False, prompts=list(prompts))
@@ -605,8 +620,9 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             stage2_steps: Stage2Steps = 50, stage2_cfg: Stage2Cfg = 4.0, noise_level: NoiseLevel = 250,
             sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
-            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
+    _threads(threads)
     from .backends import resolve
     from .images import load_image
     from .backends.deepfloyd import check_stage2
