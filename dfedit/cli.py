@@ -21,7 +21,7 @@ import typer
 from . import cli_errors
 from .cli_errors import OneLineErrors, error_handler
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
 
@@ -44,7 +44,8 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Model calls inste
 SamplerOpt = Annotated[str, typer.Option("--sampler", help=f"{' | '.join(SAMPLER_NAMES)} (README: when to "
                                          "use which). Both stages.")]
 Eta = Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise: 0 = deterministic, 1 = DDPM-like.")]
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
+# --out and --trajectory are read as text: a Path would turn --out "" into "." before we see it
+Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
                                              "never overwriting an existing default file).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32.")]
@@ -65,7 +66,7 @@ Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
 EditPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (default: 'a high quality "
                                                    "photo' for IF; the empty prompt, the model's unconditional "
                                                    "branch, for emoji models).")]
-Trajectory = Annotated[Optional[Path], typer.Option("--trajectory", help="Also write a GIF of the process.")]
+Trajectory = Annotated[Optional[str], typer.Option("--trajectory", help="Also write a GIF of the process.")]
 InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
 
 
@@ -85,8 +86,8 @@ class GenOptions:
     noise_level: int
     sampler: str
     eta: float
-    out: Optional[Path]
-    trajectory: Optional[Path]
+    out: Optional[str]
+    trajectory: Optional[str]
     device: str
     dtype: str
     offload: bool
@@ -148,7 +149,7 @@ GEN_OPTIONS = [
          help="Also write OUT.display.png for a person to look at: the image enlarged (nearest-neighbour, at "
               "least 256 px), beside the input for sdedit and the input and mask for inpaint. Default: on "
               "for images under 128 px and for inpaint."),
-    _opt("trajectory", Optional[Path], None, "--trajectory",
+    _opt("trajectory", Optional[str], None, "--trajectory",
          help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),
     inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Device),
     inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Dtype),
@@ -411,7 +412,7 @@ def inpaint(image: InputImage,
     from .sampler import check_sampler
     check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
     prompt = opts.info.default_prompt if prompt is None else prompt
-    img, m = open_image(image), open_image(mask)  # both must decode before any model loads
+    img, m = open_image(image), open_image(mask, "mask")  # both must decode before any model loads
     df, _ = _start(opts, [prompt])
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
                      **opts.run_kwargs())
@@ -637,9 +638,16 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
     info = resolve(model)
-    hint = info.stage2_hint  # a stage I model without a stage II of its own says so
-    check_stage2(stage2, stage2_steps, noise_level, **({"hint": hint.replace(
-        "leave out {upscale}", "dfedit upscale is for IF images")} if hint else {}))
+    if info.upscales:
+        check_stage2(stage2, stage2_steps, noise_level)
+    else:  # no stage II of its own (an emoji model): that is the cause, whatever else is wrong
+        try:
+            check_stage2(stage2, stage2_steps, noise_level, hint="")
+        except DfeditError as e:
+            why = e.cli_message() if isinstance(e, ParamError) else str(e)
+            raise DfeditError(f"--model {model} has no stage II of its own: dfedit upscale runs DeepFloyd's IF "
+                              f"stage II (--stage2), which upscales IF stage I images, for IF models; for this "
+                              f"one it cannot run ({why})") from None
     x = load_image(image, info.sample_size)
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)

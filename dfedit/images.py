@@ -36,13 +36,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB."""
+def open_image(path: str | os.PathLike, what: str = "input image") -> Image.Image:
+    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB.
+    `what` names the file in messages ("input image", "mask")."""
     p = Path(path)
     if not p.exists():
-        raise DfeditError(f"input image {path} does not exist")
+        raise DfeditError(f"{what} {path} does not exist")
     if p.is_dir():
-        raise DfeditError(f"input image {path} is a directory, not an image file")
+        raise DfeditError(f"{what} {path} is a directory, not an image file")
     try:
         with Image.open(p) as img:
             img.load()
@@ -152,6 +153,8 @@ def grid_meta(rows: list[list[Image.Image]], min_tile: int = GRID_TILE) -> dict:
 
 def check_output(path: str | os.PathLike, suffix: str = ".png", param: str = "out") -> Path:
     """Fail before any work is done if the output cannot be written."""
+    if not str(path).strip():
+        raise ParamError(param, f"is empty: give a file name ending in {suffix}")
     p = Path(path).expanduser()
     if p.suffix.lower() != suffix:
         raise ParamError(param, f"{path} must end in {suffix}")
