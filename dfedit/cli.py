@@ -660,6 +660,39 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
         _write_gif(r.frames, gif, meta, quiet)
 
 
+@app.command()
+@handle_errors
+def prompts(model: Annotated[str, typer.Option("--model", help="An emoji model: emoji (built in) or an "
+                                               "exported dfedit-train model.")] = "emoji",
+            search: Annotated[Optional[str], typer.Option("--search", "-s", help="Only captions containing this "
+                                                          "text (any case).")] = None,
+            held_out: Annotated[bool, typer.Option("--held-out", help="List the held-out captions instead: the "
+                                                   "model never trained on them and draws most as smudges.")] = False,
+            threads: Threads = None):
+    """List the prompts an emoji model knows: the captions it was trained on, one a line (CLDR emoji
+    names such as "grinning face" or "flag: Japan"; typed emoji are read as these names)."""
+    from .backends.emoji import Emoji, known_captions
+    _threads(threads)
+    info = Emoji().probe(model)  # no Hub look-up for a model that is not an emoji model
+    if info is None:
+        raise DfeditError(f"--model {model} is not an emoji model (an IF model reads any English prompt); dfedit prompts "
+                          "lists the captions an emoji model was trained on (try --model emoji)")
+    lists = known_captions(info)
+    which = "held_out" if held_out else "train"
+    found = [c for c in lists[which] if search is None or search.casefold() in c.casefold()]
+    for c in found:
+        typer.echo(c)
+    what = "held-out captions (never trained on)" if held_out else "training captions"
+    typer.echo(f"{len(found)} of the {len(lists[which])} {what} of {model}"
+               + (f" contain {search!r}" if search is not None else ""), err=True)
+    if search is not None and not found:
+        other = [c for c in lists["train" if held_out else "held_out"] if search.casefold() in c.casefold()]
+        if other and not held_out:
+            typer.echo(f"{len(other)} held-out caption(s) contain it (dfedit prompts --held-out --search "
+                       f"{shlex.quote(search)}): the model never trained on them and draws most as smudges", err=True)
+        raise typer.Exit(1)
+
+
 def main():  # console-script entry point
     app()
 
