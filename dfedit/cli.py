@@ -65,7 +65,10 @@ NoiseLevel = Annotated[int, typer.Option("--noise-level", help="Noise added to t
 Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
 EditPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (default: 'a high quality "
                                                    "photo' for IF; the empty prompt, the model's unconditional "
-                                                   "branch, for emoji models).")]
+                                                   "branch, for emoji models, which on the built-in model gives "
+                                                   "smudges rather than a clean emoji once much is regenerated, "
+                                                   "as docs/gallery.md shows: give the caption the result should "
+                                                   "have, e.g. --prompt 'grinning face').")]
 Trajectory = Annotated[Optional[str], typer.Option("--trajectory", help="Also write a GIF of the process.")]
 InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
 
@@ -332,6 +335,12 @@ def _sheet(path: Path, rows, labels, meta: dict, quiet: bool, outlined=()) -> No
     _save(grid(rows, labels, outlined=outlined), path, {**meta, "display": grid_meta(rows)}, quiet)
 
 
+def _as_read(res, prompts: list[str]) -> list[str]:
+    """Prompts as the model read them (emoji as their names), for tile captions: the grid's font
+    has no emoji."""
+    return res.meta.get("encoded_prompts", prompts)
+
+
 def _numbered_labels(base: str, n: int) -> list[str]:
     return [base] if n == 1 else [f"{base} #{k + 1}" for k in range(n)]
 
@@ -349,7 +358,8 @@ def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: Ge
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta)
     else:
-        _sheet(opts.out, *wrap(tiles, _numbered_labels(prompt, len(tiles))), res.meta, opts.quiet)
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(_as_read(res, [prompt])[0], len(tiles))), res.meta,
+               opts.quiet)
     _trajectory(opts, [res])
 
 
@@ -455,7 +465,7 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
     vs = [make_view(v, size, view_seed) for v in views]
     from .images import to_pil
     rows = [[to_pil(v.apply(res.images[j:j + 1]))[0] for v in vs] for j in range(res.images.shape[0])]
-    labels = [[f"{v}: {p}"[:40] for v, p in zip(views, prompts)] for _ in rows]
+    labels = [[f"{v}: {p}"[:40] for v, p in zip(views, _as_read(res, prompts))] for _ in rows]
     _sheet(opts.out, rows, labels, res.meta, opts.quiet)
     _trajectory(opts, [res])
 
@@ -484,7 +494,8 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three promp
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta)
     else:
-        _sheet(opts.out, *wrap(tiles, _numbered_labels(" + ".join(prompts), len(tiles))), res.meta, opts.quiet)
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(" + ".join(_as_read(res, prompts)), len(tiles))), res.meta,
+               opts.quiet)
     _trajectory(opts, [res])
 
 

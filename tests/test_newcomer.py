@@ -416,3 +416,12 @@ def test_inpaint_display_frames_the_mask_tile(cli, m, tmp_path, photo, n):
         assert (np.abs(side - white).sum(-1) > 60).all()  # visibly not white, all the way round
     assert np.array_equal(d[y0:y0 + tile, x0:x0 + tile], np.full((tile, tile, 3), 255))  # the tile itself
     assert (d[y0 - 1, pad:pad + tile] == 255).all()  # the original's tile has no frame
+
+
+def test_edit_help_says_what_no_prompt_gives_on_the_emoji_model(cli):
+    """Issue 23: without --prompt the emoji model's unconditional branch gives smudges at high noise."""
+    import re
+    for command in ("sdedit", "inpaint"):
+        code, out, _ = cli(command, "--help")
+        flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+        assert code == 0 and "smudges rather than a clean emoji" in flat and "--prompt 'grinning face'" in flat
