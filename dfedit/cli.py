@@ -656,9 +656,9 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             check_stage2(stage2, stage2_steps, noise_level, hint="")
         except DfeditError as e:
             why = e.cli_message() if isinstance(e, ParamError) else str(e)
-            raise DfeditError(f"--model {model} has no stage II of its own: dfedit upscale runs DeepFloyd's IF "
-                              f"stage II (--stage2), which upscales IF stage I images, for IF models; for this "
-                              f"one it cannot run ({why})") from None
+            raise DfeditError(f"--model {model} has no stage II: emoji models have no stage II of their own, and "
+                              "dfedit upscale runs DeepFloyd's IF stage II (--stage2), which upscales IF stage I "
+                              f"images; here it cannot run either ({why})") from None
     x = load_image(image, info.sample_size)
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)

@@ -38,7 +38,7 @@ def refused(cli, tmp_path, monkeypatch):
 def test_upscale_on_the_emoji_model_leads_with_its_missing_stage2(refused, photo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     msg = refused("upscale", photo, "--model", "emoji")
-    assert msg.startswith("--model emoji has no stage II of its own"), msg
+    assert msg.startswith("--model emoji has no stage II: emoji models have no stage II of their own"), msg
     assert msg.index("no stage II") < msg.find("Hub cache")  # the Hub is mentioned after, if at all
 
 
