@@ -19,7 +19,8 @@ import tarfile
 from pathlib import Path
 
 OUT = Path(__file__).with_name("names.json")
-SOURCE = "emojibase-data@16.0.3 (MIT), en/data.json: Unicode CLDR short names (Unicode License v3)"
+SOURCE = ("emojibase-data@16.0.3 (MIT), en/data.json: Unicode CLDR short names (Unicode License v3); "
+          "both notices in names.LICENSE.txt")
 
 
 def build(tgz: Path) -> dict:
