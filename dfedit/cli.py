@@ -349,7 +349,10 @@ def _numbered_labels(base: str, n: int) -> list[str]:
 
 @app.command()
 @generating
-def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: GenOptions = None):
+def sample(prompt: Annotated[str, typer.Argument(help="Text prompt. On an emoji model: one of its captions "
+                                                "(dfedit prompts --model emoji lists them; typed emoji are read as "
+                                                "their names); the empty prompt \"\" draws smudges, not an emoji.")],
+           opts: GenOptions = None):
     """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
     from .images import wrap
     df, _ = _start(opts, [prompt])

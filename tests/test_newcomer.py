@@ -425,3 +425,6 @@ def test_edit_help_says_what_no_prompt_gives_on_the_emoji_model(cli):
         code, out, _ = cli(command, "--help")
         flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
         assert code == 0 and "smudges rather than a clean emoji" in flat and "--prompt 'grinning face'" in flat
+    code, out, _ = cli("sample", "--help")
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+    assert code == 0 and "dfedit prompts --model emoji" in flat and 'the empty prompt "" draws smudges' in flat
