@@ -21,7 +21,7 @@ import typer
 from . import cli_errors
 from .cli_errors import OneLineErrors, error_handler
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
-from .errors import DfeditError
+from .errors import DfeditError, ParamError
 
 MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
 
@@ -44,7 +44,8 @@ Steps = Annotated[Optional[int], typer.Option("--steps", help="Model calls inste
 SamplerOpt = Annotated[str, typer.Option("--sampler", help=f"{' | '.join(SAMPLER_NAMES)} (README: when to "
                                          "use which). Both stages.")]
 Eta = Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise: 0 = deterministic, 1 = DDPM-like.")]
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
+# --out and --trajectory are read as text: a Path would turn --out "" into "." before we see it
+Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Output PNG (default: dfedit-<command>.png, "
                                              "never overwriting an existing default file).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32.")]
@@ -53,6 +54,9 @@ Offload = Annotated[bool, typer.Option("--offload", help="Keep weights in CPU RA
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default "
                                                   "$DFEDIT_CACHE or ~/.cache/dfedit).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: 1 on a machine "
+                                                "with 2 CPUs or fewer, where more thrash against other jobs; "
+                                                "else up to 4; OMP_NUM_THREADS when set).")]
 Stage2 = Annotated[str, typer.Option("--stage2", help="Stage II upscaler (IF only): Hub id or local diffusers "
                                      "directory.")]
 Stage2Steps = Annotated[int, typer.Option("--stage2-steps", help="Stage II steps (diffusers spacing).")]
@@ -61,8 +65,11 @@ NoiseLevel = Annotated[int, typer.Option("--noise-level", help="Noise added to t
 Prompt = Annotated[str, typer.Option("--prompt", "-p", help="Text prompt.")]
 EditPrompt = Annotated[Optional[str], typer.Option("--prompt", "-p", help="Text prompt (default: 'a high quality "
                                                    "photo' for IF; the empty prompt, the model's unconditional "
-                                                   "branch, for emoji models).")]
-Trajectory = Annotated[Optional[Path], typer.Option("--trajectory", help="Also write a GIF of the process.")]
+                                                   "branch, for emoji models, which on the built-in model gives "
+                                                   "smudges rather than a clean emoji once much is regenerated, "
+                                                   "as docs/gallery.md shows: give the caption the result should "
+                                                   "have, e.g. --prompt 'grinning face').")]
+Trajectory = Annotated[Optional[str], typer.Option("--trajectory", help="Also write a GIF of the process.")]
 InputImage = Annotated[Path, typer.Argument(help="Input image (any size/mode; centre-cropped to the model size).")]
 
 
@@ -82,13 +89,14 @@ class GenOptions:
     noise_level: int
     sampler: str
     eta: float
-    out: Optional[Path]
-    trajectory: Optional[Path]
+    out: Optional[str]
+    trajectory: Optional[str]
     device: str
     dtype: str
     offload: bool
     cache_dir: Optional[Path]
     quiet: bool
+    threads: Optional[int] = None
     display: Optional[bool] = None
     style: Optional[str] = None
     _info: object = None
@@ -148,13 +156,14 @@ GEN_OPTIONS = [
          help="Also write OUT.display.png for a person to look at: the image enlarged (nearest-neighbour, at "
               "least 256 px), beside the input for sdedit and the input and mask for inpaint. Default: on "
               "for images under 128 px and for inpaint."),
-    _opt("trajectory", Optional[Path], None, "--trajectory",
+    _opt("trajectory", Optional[str], None, "--trajectory",
          help="Also write a GIF of the x0 estimates every 3 steps (both stages)."),
     inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Device),
     inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=Dtype),
     inspect.Parameter("offload", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Offload),
     inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CacheDir),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+    inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Threads),
 ]
 
 
@@ -171,6 +180,7 @@ def generating(fn):
     @functools.wraps(fn)
     def wrapper(**kw):
         opts = GenOptions(**{k: kw.pop(k) for k in names})
+        _threads(opts.threads)
         _check_gen_options(opts)
         inputs = [kw[k] for k in ("image", "mask") if kw.get(k) is not None]
         opts.out = _out_path(opts.out, fn.__name__, inputs)
@@ -183,6 +193,12 @@ def generating(fn):
     wrapper.__annotations__.pop("opts", None)
     del wrapper.__wrapped__  # Typer must see the new signature, not the original's
     return handle_errors(wrapper)
+
+
+def _threads(threads: Optional[int]) -> None:
+    """--threads (or the machine's default) for torch, before any work: see dfedit.devices.default_threads."""
+    from .devices import set_threads
+    set_threads(threads)
 
 
 def _check_gen_options(opts: GenOptions) -> None:
@@ -301,7 +317,7 @@ def _save(img, path: Path, meta: dict, quiet: bool, display=None) -> Path:
     return path
 
 
-def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False) -> None:
+def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False, outlined=()) -> None:
     """One result at the model's native size (what the next command reads), plus its display copy
     when asked for or by default (images under 128 px; `always` for inpaint): the image enlarged
     to at least 256 px, or the labelled `panels` [(tile, label), ...] that put it in context."""
@@ -311,17 +327,23 @@ def _single(opts: GenOptions, img, meta: dict, panels=None, always: bool = False
     if want:
         if panels:
             rows, labels = [[t for t, _ in panels]], [[lab for _, lab in panels]]
-            display = grid(rows, labels), {**grid_meta(rows), "panels": labels[0]}
+            display = grid(rows, labels, outlined=outlined), {**grid_meta(rows), "panels": labels[0]}
         else:
             k = enlarge_factor(img.width, DISPLAY_SIZE)
             display = enlarge(img, k), display_meta(img.width, k)
     _save(img, opts.out, meta, opts.quiet, display)
 
 
-def _sheet(path: Path, rows, labels, meta: dict, quiet: bool) -> None:
+def _sheet(path: Path, rows, labels, meta: dict, quiet: bool, outlined=()) -> None:
     """A labelled grid (tiles enlarged to at least 128 px), recording its enlargement."""
     from .images import grid, grid_meta
-    _save(grid(rows, labels), path, {**meta, "display": grid_meta(rows)}, quiet)
+    _save(grid(rows, labels, outlined=outlined), path, {**meta, "display": grid_meta(rows)}, quiet)
+
+
+def _as_read(res, prompts: list[str]) -> list[str]:
+    """Prompts as the model read them (emoji as their names), for tile captions: the grid's font
+    has no emoji."""
+    return res.meta.get("encoded_prompts", prompts)
 
 
 def _numbered_labels(base: str, n: int) -> list[str]:
@@ -332,7 +354,10 @@ def _numbered_labels(base: str, n: int) -> list[str]:
 
 @app.command()
 @generating
-def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: GenOptions = None):
+def sample(prompt: Annotated[str, typer.Argument(help="Text prompt. On an emoji model: one of its captions "
+                                                "(dfedit prompts --model emoji lists them; typed emoji are read as "
+                                                "their names); the empty prompt \"\" draws smudges, not an emoji.")],
+           opts: GenOptions = None):
     """Generate images from a prompt with the hand-written strided sampler (+ stage II)."""
     from .images import wrap
     df, _ = _start(opts, [prompt])
@@ -341,7 +366,8 @@ def sample(prompt: Annotated[str, typer.Argument(help="Text prompt.")], opts: Ge
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta)
     else:
-        _sheet(opts.out, *wrap(tiles, _numbered_labels(prompt, len(tiles))), res.meta, opts.quiet)
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(_as_read(res, [prompt])[0], len(tiles))), res.meta,
+               opts.quiet)
     _trajectory(opts, [res])
 
 
@@ -404,7 +430,7 @@ def inpaint(image: InputImage,
     from .sampler import check_sampler
     check_sampler(opts.sampler, opts.eta, resampling=jump_n_sample > 1)
     prompt = opts.info.default_prompt if prompt is None else prompt
-    img, m = open_image(image), open_image(mask)  # both must decode before any model loads
+    img, m = open_image(image), open_image(mask, "mask")  # both must decode before any model loads
     df, _ = _start(opts, [prompt])
     res = df.inpaint(img, m, prompt, invert_mask=invert_mask, jump_length=jump_length, jump_n_sample=jump_n_sample,
                      **opts.run_kwargs())
@@ -416,10 +442,10 @@ def inpaint(image: InputImage,
     tiles = res.pil()
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta, panels=[(shown, "original"), (mask_tile, mask_label), (tiles[0], "result")],
-                always=True)
+                always=True, outlined={(0, 1)})  # framed: its white (regenerate) would vanish into the page
     else:
         _sheet(opts.out, *wrap([shown, mask_tile] + tiles, ["original", mask_label] +
-                               _numbered_labels("result", len(tiles))), res.meta, opts.quiet)
+                               _numbered_labels("result", len(tiles))), res.meta, opts.quiet, outlined={(0, 1)})
     _trajectory(opts, [res])
 
 
@@ -447,7 +473,7 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
     vs = [make_view(v, size, view_seed) for v in views]
     from .images import to_pil
     rows = [[to_pil(v.apply(res.images[j:j + 1]))[0] for v in vs] for j in range(res.images.shape[0])]
-    labels = [[f"{v}: {p}"[:40] for v, p in zip(views, prompts)] for _ in rows]
+    labels = [[f"{v}: {p}"[:40] for v, p in zip(views, _as_read(res, prompts))] for _ in rows]
     _sheet(opts.out, rows, labels, res.meta, opts.quiet)
     _trajectory(opts, [res])
 
@@ -476,7 +502,8 @@ def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three promp
     if len(tiles) == 1:
         _single(opts, tiles[0], res.meta)
     else:
-        _sheet(opts.out, *wrap(tiles, _numbered_labels(" + ".join(prompts), len(tiles))), res.meta, opts.quiet)
+        _sheet(opts.out, *wrap(tiles, _numbered_labels(" + ".join(_as_read(res, prompts)), len(tiles))), res.meta,
+               opts.quiet)
     _trajectory(opts, [res])
 
 
@@ -507,11 +534,12 @@ def _trajectory(opts: GenOptions, results) -> None:
 def noise(image: InputImage,
           t: Annotated[list[int], typer.Option("--t", help="Timestep(s) to noise to (repeatable).")] = [250, 500, 750],
           model: Model = DEFAULT_STAGE1, seed: Seed = 0, out: Out = None, trajectory: Trajectory = None,
-          quiet: Quiet = False):
+          quiet: Quiet = False, threads: Threads = None):
     """Forward process: the image noised to each --t, side by side with the original."""
     from .backends import resolve
     from .images import load_image, to_pil
     from .pipeline import check_seed
+    _threads(threads)
     check_seed(seed)
     path = _out_path(out, "noise", [image])
     gif = _gif_path(trajectory, [image])
@@ -544,8 +572,9 @@ def denoise(image: InputImage,
             model: Model = DEFAULT_STAGE1, seed: Seed = 0, cfg: Cfg = None, stride: Stride = None,
             steps: Steps = None, sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
-            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Noisy | Gaussian blur | one-step | iterative denoising, one row per t (course part 1.2-1.4)."""
+    _threads(threads)
     from .backends import resolve
     from .edits import check_i_start
     from .filters import check_blur
@@ -579,7 +608,8 @@ def denoise(image: InputImage,
     cols = ["noisy", "blur", "one_step", "iterative"]
     tiles = [[to_pil(x0)[0]] + [to_pil(r[c])[0] for c in cols] for r in rows]
     labels = [["original", f"t={r['t']} noisy", "gaussian blur", "one-step", "iterative"] for r in rows]
-    meta = {"command": "denoise", "input": str(image), "t": ts, "prompt": prompt, "seed": seed, "cfg": rows[0]["cfg"],
+    meta = {"command": "denoise", "input": str(image), "t": ts, **df.prompt_meta([prompt]), "seed": seed,
+            "cfg": rows[0]["cfg"],
             "stride": (stride or 30) if steps is None else None, "steps": steps, **sampler_meta(sampler, eta),
             "model": model, "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
     _sheet(path, tiles, labels, meta, quiet)
@@ -591,8 +621,9 @@ def denoise(image: InputImage,
 @handle_errors
 def embed(prompts: Annotated[list[str], typer.Argument(help="Prompts to embed into the cache.")],
           model: Model = DEFAULT_STAGE1, device: Device = "auto", dtype: Dtype = "auto",
-          offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+          offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Compute prompt embeddings into the on-disk cache (T5 loads only for new prompts)."""
+    _threads(threads)
     _check_cache_dir(cache_dir, must_write=True)  # filling it is the whole job
     df = _api(model, device=device, dtype=dtype, offload=offload, cache_dir=cache_dir, quiet=quiet)
     df.check(upscale=False, prompts=list(prompts))
@@ -609,8 +640,9 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             stage2_steps: Stage2Steps = 50, stage2_cfg: Stage2Cfg = 4.0, noise_level: NoiseLevel = 250,
             sampler: SamplerOpt = "ddpm", eta: Eta = 0.0,
             out: Out = None, trajectory: Trajectory = None, device: Device = "auto", dtype: Dtype = "auto",
-            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False):
+            offload: Offload = False, cache_dir: CacheDir = None, quiet: Quiet = False, threads: Threads = None):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
+    _threads(threads)
     from .backends import resolve
     from .images import load_image
     from .backends.deepfloyd import check_stage2
@@ -625,9 +657,16 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
     info = resolve(model)
-    hint = info.stage2_hint  # a stage I model without a stage II of its own says so
-    check_stage2(stage2, stage2_steps, noise_level, **({"hint": hint.replace(
-        "leave out {upscale}", "dfedit upscale is for IF images")} if hint else {}))
+    if info.upscales:
+        check_stage2(stage2, stage2_steps, noise_level)
+    else:  # no stage II of its own (an emoji model): that is the cause, whatever else is wrong
+        try:
+            check_stage2(stage2, stage2_steps, noise_level, hint="")
+        except DfeditError as e:
+            why = e.cli_message() if isinstance(e, ParamError) else str(e)
+            raise DfeditError(f"--model {model} has no stage II: emoji models have no stage II of their own, and "
+                              "dfedit upscale runs DeepFloyd's IF stage II (--stage2), which upscales IF stage I "
+                              f"images; here it cannot run either ({why})") from None
     x = load_image(image, info.sample_size)
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)
@@ -638,6 +677,39 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     _save(r.pil()[0], path, meta, quiet)
     if gif is not None:
         _write_gif(r.frames, gif, meta, quiet)
+
+
+@app.command()
+@handle_errors
+def prompts(model: Annotated[str, typer.Option("--model", help="An emoji model: emoji (built in) or an "
+                                               "exported dfedit-train model.")] = "emoji",
+            search: Annotated[Optional[str], typer.Option("--search", "-s", help="Only captions containing this "
+                                                          "text (any case).")] = None,
+            held_out: Annotated[bool, typer.Option("--held-out", help="List the held-out captions instead: the "
+                                                   "model never trained on them and draws most as smudges.")] = False,
+            threads: Threads = None):
+    """List the prompts an emoji model knows: the captions it was trained on, one a line (CLDR emoji
+    names such as "grinning face" or "flag: Japan"; typed emoji are read as these names)."""
+    from .backends.emoji import Emoji, known_captions
+    _threads(threads)
+    info = Emoji().probe(model)  # no Hub look-up for a model that is not an emoji model
+    if info is None:
+        raise DfeditError(f"--model {model} is not an emoji model (an IF model reads any English prompt); dfedit prompts "
+                          "lists the captions an emoji model was trained on (try --model emoji)")
+    lists = known_captions(info)
+    which = "held_out" if held_out else "train"
+    found = [c for c in lists[which] if search is None or search.casefold() in c.casefold()]
+    for c in found:
+        typer.echo(c)
+    what = "held-out captions (never trained on)" if held_out else "training captions"
+    typer.echo(f"{len(found)} of the {len(lists[which])} {what} of {model}"
+               + (f" contain {search!r}" if search is not None else ""), err=True)
+    if search is not None and not found:
+        other = [c for c in lists["train" if held_out else "held_out"] if search.casefold() in c.casefold()]
+        if other and not held_out:
+            typer.echo(f"{len(other)} held-out caption(s) contain it (dfedit prompts --held-out --search "
+                       f"{shlex.quote(search)}): the model never trained on them and draws most as smudges", err=True)
+        raise typer.Exit(1)
 
 
 def main():  # console-script entry point

@@ -1,12 +1,45 @@
-"""Devices and dtypes: what --device and --dtype name, and giving a freed model's memory back."""
+"""Devices, dtypes and CPU threads: what --device, --dtype and --threads name, and giving a freed
+model's memory back."""
 
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 
 from .errors import ParamError
+
+_TORCH_THREADS = torch.get_num_threads()  # torch's own choice (its physical cores), before anyone sets it
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """dfedit's CPU threads when --threads is not given: OMP_NUM_THREADS when set, else 1 on a
+    machine with 2 CPUs or fewer and min(torch's choice, 4) on a larger one. Measured on a shared
+    2-core Xeon (docs/benchmarks.md#cpu-threads): an emoji sample took 1.5 s on one thread and
+    50-67 s on two while other jobs ran (two threads were never more than 20% faster when it was idle)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return 1 if cpu_count() <= 2 else max(1, min(_TORCH_THREADS, 4))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """torch's intra-op threads for this process: `threads`, or `default_threads()`; returns it."""
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ParamError("threads", f"must be at least 1, got {threads}")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -36,13 +36,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB."""
+def open_image(path: str | os.PathLike, what: str = "input image") -> Image.Image:
+    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB.
+    `what` names the file in messages ("input image", "mask")."""
     p = Path(path)
     if not p.exists():
-        raise DfeditError(f"input image {path} does not exist")
+        raise DfeditError(f"{what} {path} does not exist")
     if p.is_dir():
-        raise DfeditError(f"input image {path} is a directory, not an image file")
+        raise DfeditError(f"{what} {path} is a directory, not an image file")
     try:
         with Image.open(p) as img:
             img.load()
@@ -110,11 +111,16 @@ def wrap(tiles: list[Image.Image], labels: list[str] | None = None, ncol: int = 
     return rows, (None if labels is None else [labels[i:i + ncol] for i in range(0, len(labels), ncol)])
 
 
+OUTLINE = (128, 128, 128)  # the frame of an `outlined` grid tile: visible on white and on black
+
+
 def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2,
-         min_tile: int = GRID_TILE) -> Image.Image:
+         min_tile: int = GRID_TILE, outlined=()) -> Image.Image:
     """Tiles in rows with optional captions below, on white. Every tile is shown at the largest
     tile's size times enlarge_factor(that, min_tile) (nearest-neighbour), so a grid of 32 px emoji
-    shows 128 px tiles and one of 256 px IF images shows them as they are."""
+    shows 128 px tiles and one of 256 px IF images shows them as they are. `outlined`: (row, column)
+    of tiles framed by a grey 1 px line in the gap around them (an inpainting mask, whose white
+    would vanish into the page); the tile's own pixels are untouched."""
     native = max(max(im.size) for row in rows for im in row)
     size = native * enlarge_factor(native, min_tile)
     font = ImageFont.load_default()
@@ -130,6 +136,8 @@ def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, p
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.NEAREST)
             canvas.paste(im, (x, y))
+            if (r, c) in outlined and pad > 0:
+                draw.rectangle((x - 1, y - 1, x + size, y + size), outline=OUTLINE, width=1)
             if labels and labels[r][c]:
                 text = labels[r][c]
                 while len(text) > 1 and draw.textlength(text, font=font) > size - 4:
@@ -145,6 +153,8 @@ def grid_meta(rows: list[list[Image.Image]], min_tile: int = GRID_TILE) -> dict:
 
 def check_output(path: str | os.PathLike, suffix: str = ".png", param: str = "out") -> Path:
     """Fail before any work is done if the output cannot be written."""
+    if not str(path).strip():
+        raise ParamError(param, f"is empty: give a file name ending in {suffix}")
     p = Path(path).expanduser()
     if p.suffix.lower() != suffix:
         raise ParamError(param, f"{path} must end in {suffix}")

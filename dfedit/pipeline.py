@@ -35,7 +35,7 @@ from .backends import ModelInfo, Upscaler
 from .backends import resolve as resolve_model
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2
 from .devices import free_memory, pick_device, pick_dtype
-from .progress import progress_bar
+from .progress import note, progress_bar
 from .sampler import (DEFAULT_SAMPLER, DEFAULT_STRIDE, SAMPLERS, StepCallback, StepHook, cfg as cfg_fn,
                       check_sampler, denoise_loop, plan_timesteps, randn, sampler_meta)
 from .views import check_views, make_view
@@ -196,7 +196,7 @@ class DFEdit:
 
     def embed(self, prompts: list[str]) -> None:
         """Fill the embedding cache (no UNet weights are loaded for this)."""
-        self._text_encoder().encode(list(prompts))
+        self._text_encoder().encode(self.encoded(prompts))
 
     def _text_encoder(self):
         if self._s1 is not None:
@@ -245,7 +245,8 @@ class DFEdit:
         info = self.info
         if info.prompt_limit is None:
             return
-        limit, counts, what = info.prompt_limit, info.backend.count_tokens(info, prompts), info.text_encoder
+        limit, what = info.prompt_limit, info.text_encoder
+        counts = info.backend.count_tokens(info, self.encoded(prompts))
         for p, n in zip(prompts, counts):
             if n > limit:
                 short = p if len(p) <= 40 else p[:37] + "..."
@@ -256,11 +257,24 @@ class DFEdit:
     def default_prompt(self) -> str:
         return self.info.default_prompt
 
+    def encoded(self, prompts: list[str]) -> list[str]:
+        """What the text encoder is given for each prompt: the prompt itself, or the backend's
+        reading of it (an emoji model reads emoji as their names: "🔥" -> "fire"), said once."""
+        read = self.info.prompt_text
+        return list(prompts) if read is None else [read(p, say=note) if p else p for p in prompts]
+
+    def prompt_meta(self, prompts: list[str]) -> dict:
+        """The prompts as typed and, when the backend reads them differently, what was encoded."""
+        meta = {"prompts": list(prompts), "prompt": " | ".join(prompts)}
+        if self.info.prompt_text is not None:
+            meta["encoded_prompts"] = self.encoded(prompts)
+        return meta
+
     # ---- the shared path ---------------------------------------------------------------------
     def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
         """Per-prompt conds and the uncond, each repeated n times; one encode call, so a cold
         cache loads the text encoder once."""
-        enc = den.prompt_encoder.encode(list(prompts) + [negative]).to(den.device, den.dtype)
+        enc = den.prompt_encoder.encode(self.encoded(list(prompts) + [negative])).to(den.device, den.dtype)
         k = len(prompts)
         return [enc[i:i + 1].repeat_interleave(n) for i in range(k)], enc[k:k + 1].repeat_interleave(n)
 
@@ -314,8 +328,8 @@ class DFEdit:
         hook = edit.hook(s1, gen) if edit.hook else None
         x = self.run(s1, edit.eps(s1, conds, uncond, cfg), x, ts, gen, f"{edit.name} (stage I)", hook, cb,
                      sampler=sampler, eta=eta)
-        meta = {"command": edit.name, "prompts": edit.prompts, "prompt": " | ".join(edit.prompts),
-                "negative_prompt": negative_prompt, "seed": seed, "cfg": cfg,
+        meta = {"command": edit.name, **self.prompt_meta(edit.prompts), "negative_prompt": negative_prompt,
+                "seed": seed, "cfg": cfg,
                 "stride": (stride or DEFAULT_STRIDE) if steps is None else None,
                 "steps": spec.model_calls(ts), "timesteps": len(ts),
                 "model": s1.name, "num_samples": num_samples, **sampler_meta(sampler, eta), **edit.meta,

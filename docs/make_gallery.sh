@@ -31,8 +31,9 @@ PY
 dfedit inpaint "$G/inpaint-input.png" --mask "$G/inpaint-mask.png" --prompt "face with tongue" \
   --jump-length 3 --jump-n-sample 3 "${M[@]}" -n 4 --out "$G/inpaint.png"
 
-# 4. a visual anagram: one image, "fire" upright and "red heart" upside down
-dfedit anagram "fire" "red heart" --view flip "${M[@]}" -n 4 --out "$G/anagram.png"
+# 4. a visual anagram: one image, "light bulb" upright and "pear" upside down (examples/README.md: how
+#    the pair was chosen)
+dfedit anagram "light bulb" "pear" --view flip "${M[@]}" -n 4 --out "$G/anagram.png"
 
-# 5. a hybrid: the low frequencies of a flame, the high frequencies of a grinning face
-dfedit hybrid "fire" "grinning face" "${M[@]}" -n 4 --out "$G/hybrid.png"
+# 5. a hybrid: the low frequencies of a red apple, the high frequencies of a grinning face
+dfedit hybrid "red apple" "grinning face" "${M[@]}" -n 4 --out "$G/hybrid.png"

@@ -347,7 +347,8 @@ def test_inpaint_shows_original_mask_result(cli, m, tmp_path, photo, upscale, si
     assert np.array_equal(_tile(d, 0, 1, size)[..., 0] > 127, want)  # white = regenerated
     assert np.array_equal(_tile(d, 0, 2, size), out)
     for c, label in enumerate(["original", "mask (white = new)", "result"]):
-        assert np.array_equal(_strip(d, 0, c), _caption(label))
+        # the caption's first (blank) row under the mask tile is the bottom of the mask's frame
+        assert np.array_equal(_strip(d, 0, c)[1:], _caption(label)[1:])
 
 
 def test_inpaint_grid_with_several_samples(cli, m, tmp_path, photo):
@@ -396,3 +397,34 @@ def test_help_names_the_builtin_model_and_has_no_broken_text(cli):
     code, out, _ = cli("sdedit", "--help")
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
     assert "0..33 at stride 30" in flat and "1..33" not in flat
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_inpaint_display_frames_the_mask_tile(cli, m, tmp_path, photo, n):
+    """The mask's white (regenerate) must not vanish into the white page: a grey frame in the gap
+    around the mask tile, on all four sides, and none around the other tiles (issue 23)."""
+    mask = _mask(tmp_path, fill=255)  # all white: the case where the tile is invisible without a frame
+    out = tmp_path / "i.png"
+    _ok(cli("inpaint", photo, "--mask", mask, *m, "--no-upscale", "--stride", "90", "-n", n, *FAST, "-o", out))
+    d = _px(tmp_path / "i.display.png" if n == 1 else out).astype(int)
+    tile, pad = 128, 2
+    x0, y0 = pad + 1 * (tile + pad), pad  # the mask tile: row 0, column 1
+    white = np.array([255, 255, 255])
+    frame = [d[y0 - 1, x0 - 1:x0 + tile + 1], d[y0 + tile, x0 - 1:x0 + tile + 1],
+             d[y0 - 1:y0 + tile + 1, x0 - 1], d[y0 - 1:y0 + tile + 1, x0 + tile]]
+    for side in frame:
+        assert (np.abs(side - white).sum(-1) > 60).all()  # visibly not white, all the way round
+    assert np.array_equal(d[y0:y0 + tile, x0:x0 + tile], np.full((tile, tile, 3), 255))  # the tile itself
+    assert (d[y0 - 1, pad:pad + tile] == 255).all()  # the original's tile has no frame
+
+
+def test_edit_help_says_what_no_prompt_gives_on_the_emoji_model(cli):
+    """Issue 23: without --prompt the emoji model's unconditional branch gives smudges at high noise."""
+    import re
+    for command in ("sdedit", "inpaint"):
+        code, out, _ = cli(command, "--help")
+        flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+        assert code == 0 and "smudges rather than a clean emoji" in flat and "--prompt 'grinning face'" in flat
+    code, out, _ = cli("sample", "--help")
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+    assert code == 0 and "dfedit prompts --model emoji" in flat and 'the empty prompt "" draws smudges' in flat

@@ -20,7 +20,7 @@ A new backend is one new file: a class implementing `Backend`, and `register(The
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -42,6 +42,9 @@ class ModelInfo:
     upscales: bool = False  # runs stage II unless told --no-upscale
     prompt_limit: int | None = None  # tokens the text encoder reads (None: no limit)
     text_encoder: str = "the text encoder"  # how messages name it
+    # what the text encoder is given for a typed prompt, (prompt, say) -> text, where say(line)
+    # tells the user about a change (emoji models: emoji become their names); None: the prompt itself
+    prompt_text: Callable[..., str] | None = None
     stage2_hint: str | None = None  # appended to a stage II failure's message
     no_offload: str | None = None  # why offload does not apply to it (None: it does), after the word "offload"
     problem: str | None = None  # why it cannot run as a stage I model, after the model's name (`resolve` raises it)

@@ -14,6 +14,30 @@ NO_OFFLOAD = ("is for IF models on a GPU with too little memory; an emoji model 
               "load whole: leave out {offload}")  # about the parameter offload (see ParamError)
 
 
+CAPTIONS = "captions.json"  # beside config.json: the captions the model was trained on, and the held-out ones
+
+
+def known_captions(info: ModelInfo) -> dict[str, list[str]]:
+    """{"train": [...], "held_out": [...]} of an emoji model that ships its caption list
+    (dfedit_train/captions.py writes it; the built-in model has one)."""
+    import json
+
+    from ..errors import DfeditError
+    path = info.source[0] / CAPTIONS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        lists = {k: data[k] for k in ("train", "held_out")}
+        if not all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in lists.values()):
+            raise ValueError("not lists of captions")
+    except FileNotFoundError:
+        raise DfeditError(f"{info.name} ships no caption list ({path} is missing): write one with "
+                          f"python -m dfedit_train.captions {info.source[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DfeditError(f"{path} cannot be read ({e}): write it again with python -m dfedit_train.captions "
+                          f"{info.source[0]}") from None
+    return lists
+
+
 class Emoji:
     name = "emoji"
     builtin = True
@@ -21,6 +45,7 @@ class Emoji:
     def probe(self, model: str) -> ModelInfo | None:
         from ..emoji import checkpoint
         from ..emoji.config import DiffusionConfig, from_dict
+        from ..emoji.names import for_encoder
         from ..schedule import NoiseSchedule
 
         opened = checkpoint.open_model(model)
@@ -35,6 +60,7 @@ class Emoji:
             # the unconditional branch: the model never saw IF's photo caption
             default_prompt="", upscales=False, prompt_limit=int(cfg["text_encoder"]["max_length"]),
             text_encoder="the emoji model's MiniLM text encoder", stage2_hint=EMOJI_STAGE2_HINT,
+            prompt_text=for_encoder,  # emoji typed in a prompt become their CLDR names (dfedit/emoji/names.py)
             no_offload=NO_OFFLOAD, styles=tuple(cfg["model"].get("styles") or ()), source=opened)
 
     def count_tokens(self, info: ModelInfo, prompts: list[str]) -> list[int]:
