@@ -88,6 +88,11 @@ class TextEncoder:
         hf_logging.disable_progress_bar()  # our own bars only; a frozen encoder loads in a second
 
         path = str(minilm_path()) if self.name == DEFAULT_ENCODER else self.name
+        local = Path(path).expanduser()
+        weights = ("model.safetensors", "model.safetensors.index.json")
+        if local.is_dir() and not any((local / f).is_file() for f in weights):
+            raise DfeditError(f"text encoder {self.name!r} has no model.safetensors: dfedit loads weights from "
+                              "safetensors only, never from pickle files")
         try:
             config = AutoConfig.from_pretrained(path)
             self._tok = AutoTokenizer.from_pretrained(path)
@@ -98,7 +103,7 @@ class TextEncoder:
                 from transformers import T5EncoderModel as cls
             else:
                 cls = AutoModel
-            self._model = cls.from_pretrained(path).eval().to(self.device)
+            self._model = cls.from_pretrained(path, use_safetensors=True).eval().to(self.device)
         except DfeditError:
             raise
         except Exception as e:
