@@ -43,8 +43,7 @@ from dfedit.files import fsync_dir, make_temp_dir, remove_stale_temps, swap_dir,
 from dfedit.emoji.checkpoint import (BUILTIN, FORMAT, FORMAT_VERSION, MANIFEST, STEP_RE, WEIGHTS, _latest,  # noqa: F401
                                      _tensors_problem, build_net, checkpoint_problem, describe,
                                      is_checkpoint_dir, load, load_denoiser, load_tensors, manifest_bytes,
-                                     prompt_tokens,
-                                     read_config, resolve, safetensors_problem, step_dirs)
+                                     prompt_tokens, read_config, resolve, safetensors_problem, step_dirs)
 from dfedit.errors import DfeditError
 
 
@@ -221,7 +220,7 @@ def clean_temps(out: Path, log=_stderr) -> None:
     else; a user's `.notes.tmp` or `.draft.tmp/` is never touched."""
     freed, n = 0, 0
     for d in (out, out / "checkpoints", out / "samples"):
-        if d.is_dir() and not d.is_symlink():
+        if d.is_dir():
             k, size = remove_stale_temps(d, mine_too=True)
             n, freed = n + k, freed + size
     if n:
@@ -232,7 +231,7 @@ def trim_log(out: Path, step: int, log=_stderr) -> None:
     """Make log.jsonl agree with the checkpoint a run continues from: lines of steps past it (they
     will be trained again) and damaged lines (a kill mid-write) are dropped."""
     path = out / "log.jsonl"
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # a link planted there is not our log (appending refuses it)
         return
     keep, past, bad = [], 0, 0
     for line in path.read_bytes().decode("utf-8", "replace").splitlines():

@@ -315,7 +315,8 @@ def open_model(path: str | Path) -> tuple[Path, dict] | None:
             if not _own_config(p, parsed):
                 return None
             obj = parsed[0]
-            return p, _own_text_encoder(p, check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model"))
+            cfg = check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model")
+            return p, _own_text_encoder(p, cfg)
     return load(path)
 
 

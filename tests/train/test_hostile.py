@@ -3,6 +3,8 @@ written through a link, nothing of the user's is deleted, damaged or mixed files
 and each fault is one line (docs/reliability.md, "Hostile files").
 """
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -13,13 +15,14 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
-import dfedit.files
+import dfedit.cache
 from dfedit.cli import app as dfedit_app
-from dfedit.emoji.checkpoint import MANIFEST, file_sha256, manifest_bytes
 from dfedit_train import checkpoint as ckpt
 from dfedit_train import data as datamod
 from dfedit_train.cli import app as train_app
@@ -32,6 +35,7 @@ from test_faults import (assert_same_weights, configs, latest, one_line_error, r
                          steps, two_checkpoints)
 
 runner = CliRunner()
+MANIFEST = "manifest.json"
 PREDICTED = "0123456789abcdef"  # the "random" part an attacker guesses, and the one the tests make us draw
 
 
@@ -54,13 +58,16 @@ def snap(d: Path) -> dict:
 def rewrite_manifest(d: Path) -> None:
     """What an attacker who edits a model's files does: a manifest that matches them."""
     names = [p.relative_to(d).as_posix() for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST]
-    (d / MANIFEST).write_bytes(manifest_bytes({n: file_sha256(d / n) for n in names}))
+    sha = {n: hashlib.sha256((d / n).read_bytes()).hexdigest() for n in names}
+    (d / MANIFEST).write_text(json.dumps({"format": "dfedit/manifest", "sha256": sha}))
 
 
 @pytest.fixture
 def predictable(monkeypatch):
     """Make every first draw of a temporary name the predicted one (then random): planting a link at
     the predicted name is then planting it where the next write would go."""
+    import dfedit.files
+
     real, calls = dfedit.files.secrets.token_hex, {"n": 0}
 
     def token_hex(n):
@@ -75,7 +82,8 @@ def predictable(monkeypatch):
 def _written(monkeypatch, fn):
     """The final paths every write of fn() produced (files and temporary directories)."""
     seen = []
-    real_write, real_dir = dfedit.files.write_file, dfedit.files.make_temp_dir
+    writer = sys.modules[dfedit.cache.atomic_write.__module__]  # dfedit.files (dfedit.cache before issue 24)
+    real_write, real_dir = writer.write_file, getattr(writer, "make_temp_dir", None)
 
     def write_file(path, data):
         seen.append(Path(path))
@@ -85,16 +93,16 @@ def _written(monkeypatch, fn):
         seen.append(Path(target))
         return real_dir(target)
 
-    monkeypatch.setattr(dfedit.files, "write_file", write_file)
+    monkeypatch.setattr(writer, "write_file", write_file)
     monkeypatch.setattr(ckpt, "write_file", write_file)
-    monkeypatch.setattr(ckpt, "make_temp_dir", make_temp_dir)
-    monkeypatch.setattr(datamod, "make_temp_dir", make_temp_dir)
+    monkeypatch.setattr(ckpt, "make_temp_dir", make_temp_dir, raising=False)
+    monkeypatch.setattr(datamod, "make_temp_dir", make_temp_dir, raising=False)
     fn()
     monkeypatch.undo()
     targets = set()
-    for p in seen:
-        m = dfedit.files.TEMP_RE.match(p.name)
-        targets.add(p.with_name(m["target"]) if m else p)
+    for p in seen:  # the target of a temporary of either shape: .NAME.dfedit-PID-RANDOM.tmp, .NAME.PID.tmp
+        m = re.match(r"^\.(.+?)\.(dfedit-)?\d+(-[0-9a-f]{16})?\.tmp$", p.name)
+        targets.add(p.with_name(m[1]) if m else p)
     return targets
 
 
@@ -128,6 +136,12 @@ def test_links_planted_at_every_temp_name_leave_the_victims_intact(tmp_path, tin
             if not (t.parent / n).exists():
                 (t.parent / n).symlink_to(victim_dir if "step" in t.name or "export" in n or t.name == "e2"
                                           else victim)
+                planted += 1
+    for t in [tmp_path / "r2" / "checkpoints" / f"step-{s:08d}" for s in (2, 4)] + [tmp_path / "e2"]:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        for n in (f".{t.name}.dfedit-{pid}-{PREDICTED}.tmp", f".tmp-{t.name}-{pid}", f".tmp-export-{t.name}-{pid}"):
+            if not (t.parent / n).exists():
+                (t.parent / n).symlink_to(victim_dir)
                 planted += 1
     assert planted > 20
     train(tmp_path / "r2", *cfgs, progress=False)
@@ -203,28 +217,37 @@ def exported(tmp_path_factory, npm_tarball, tiny_encoder):
 KILL_EXPORT = """
 import os, signal, sys
 from pathlib import Path
-import dfedit.files
 from dfedit_train import checkpoint as ckpt
-real = dfedit.files.write_file
+run, dest, where = sys.argv[1:4]
+real_write, real_replace = ckpt.write_file, os.replace
 def write_file(path, data):
-    real(path, data)
-    if Path(path).name == "record.json":
+    real_write(path, data)
+    if where == "before-swap" and Path(path).name == "record.json":
         os.kill(os.getpid(), signal.SIGKILL)
-ckpt.write_file = write_file
-ckpt.export(sys.argv[1], sys.argv[2], fp16=False)
+def replace(src, dst, *a, **k):
+    real_replace(src, dst, *a, **k)
+    if where == "between-replaces" and Path(dst).parent == Path(dest):  # a file replaced inside DEST
+        os.kill(os.getpid(), signal.SIGKILL)
+ckpt.write_file, os.replace = write_file, replace
+ckpt.export(run, dest, fp16=False)
 """
 
 
-def test_an_export_is_swapped_in_whole_and_a_mixed_one_is_refused(exported, tmp_path):
+@pytest.mark.parametrize("where", ["before-swap", "between-replaces"])
+def test_an_export_is_swapped_in_whole_and_a_mixed_one_is_refused(exported, tmp_path, where):
+    """Killed while exporting over a previous export: DEST is the old export or the new one, whole
+    (an export by file replaces could be killed between them: there are none left)."""
     dest = tmp_path / "model"
     shutil.copytree(exported / "a", dest)
     before = snap(dest)
-    p = subprocess.run([sys.executable, "-c", KILL_EXPORT, str(exported / "run"), str(dest)], capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-    assert p.returncode == -signal.SIGKILL, p.stderr
-    assert snap(dest) == before  # killed mid-export: the old one, whole
-    ckpt.export(exported / "run", dest, fp16=False)  # the next export removes what the killed one left
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    p = subprocess.run([sys.executable, "-c", KILL_EXPORT, str(exported / "run"), str(dest), where],
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert p.returncode in (0, -signal.SIGKILL), p.stderr
+    assert snap(dest) in (before, snap(exported / "b")), sorted(snap(dest))
+    if where == "before-swap":
+        assert p.returncode == -signal.SIGKILL and snap(dest) == before
+    ckpt.export(exported / "run", dest, fp16=False)  # the next export removes what a killed one left
+    assert snap(dest) == snap(exported / "b") and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     # what exporting file by file could leave: new weights beside the old config and record
     shutil.copy(exported / "a" / "ema.safetensors", dest / "ema.safetensors")
     r = invoke(dfedit_app, "sample", "grinning face", "--model", dest, "-o", tmp_path / "x.png", "--quiet")
@@ -340,7 +363,10 @@ def huge_member_tarball(path: Path, size: int = 3 << 30) -> None:
 
 
 PEAK = """
-import resource, sys, time
+import sys, time
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss starts at the parent's RSS at fork)
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
 from dfedit.errors import DfeditError
 from dfedit_train import data
 t = time.perf_counter()
@@ -349,7 +375,7 @@ try:
     print("loaded")
 except DfeditError as e:
     print("refused:", e)
-print(f"peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} s={time.perf_counter() - t:.2f}")
+print(f"peak_mb={peak_mb():.0f} s={time.perf_counter() - t:.2f}")
 """
 
 
@@ -390,7 +416,8 @@ def test_a_tampered_cached_tarball_is_fetched_again(tmp_path, monkeypatch, npm_t
     shutil.copy(npm_tarball, tampered)
     with open(tampered, "ab") as f:
         f.write(b"\0" * 1024)  # still a valid tarball: only the pin tells
-    monkeypatch.setattr(datamod, "NPM_INTEGRITY", {"google": datamod._sha512(npm_tarball)})
+    pin = "sha512-" + base64.b64encode(hashlib.sha512(npm_tarball.read_bytes()).digest()).decode()
+    monkeypatch.setattr(datamod, "NPM_INTEGRITY", {"google": pin})
     fake_npm("ok")
     r = invoke(train_app, "data")
     assert r.exit_code == 0, r.output
