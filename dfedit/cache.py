@@ -169,6 +169,13 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether a failed read ran out of memory (mmap's ENOMEM, as under `ulimit -v`): the file is
+    not damaged then, and must not be deleted as if it were."""
+    return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM) or \
+        "os error 12" in str(e) or "cannot allocate memory" in str(e).lower()
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as h:
         return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
@@ -234,6 +241,8 @@ class EmbeddingCache:
             tensors, meta = read_safetensors(path)
             why = self.problem(prompt, tensors, meta)
         except Exception as e:  # truncated, a directory, not safetensors at all...
+            if out_of_memory(e):
+                raise MemoryError(str(e)) from None
             tensors, why = None, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
         if why is not None:
             notice(f"cache entry {path} is damaged ({why}); recomputing it")

@@ -83,6 +83,10 @@ def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-sam
                 fail("interrupted", 130)
             except MemoryError:
                 fail(f"out of memory (CPU RAM): {cpu_hint}")
+            except ImportError as e:  # a library that cannot be mapped into memory (ulimit -v, a full RAM)
+                if "failed to map segment" in str(e) or "cannot allocate memory" in str(e).lower():
+                    fail(f"out of memory (CPU RAM) while loading {str(e).split(':')[0] or 'a library'}: {cpu_hint}")
+                raise
             except RuntimeError as e:
                 msg = str(e).lower()
                 if "out of memory" in msg:

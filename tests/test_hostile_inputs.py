@@ -168,10 +168,32 @@ def test_the_cpu_out_of_memory_hint_never_suggests_offload(capsys):
 
     from dfedit.cli import handle_errors
 
-    for exc in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9e10 bytes")):
+    for exc in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9e10 bytes"),
+                ImportError("libtorch_cpu.so: failed to map segment from shared object")):  # ulimit -v 500 MB
         def boom():
             raise exc
         with pytest.raises(typer.Exit):
             handle_errors(boom)()
         err = capsys.readouterr().err.strip()
         assert err.startswith("dfedit: error: out of memory (CPU RAM)") and "--offload" not in err, err
+
+
+def test_a_cache_read_that_runs_out_of_memory_keeps_the_entry(tmp_path, monkeypatch):
+    """Under `ulimit -v` an mmap of a good caption-cache shard fails with ENOMEM: out of memory, one
+    line, and the shard is not deleted as if it were damaged."""
+    import dfedit.emoji.text as text
+
+    cache = tmp_path / "cache"
+    args = ["sample", "grinning face", "--model", "emoji", "--stride", "500", "--quiet", "--cache-dir", str(cache),
+            "-o", str(tmp_path / "x.png")]
+    assert runner.invoke(app, args).exit_code == 0
+    shards = sorted(cache.rglob("*.safetensors"))
+    assert shards
+
+    def no_memory(*a, **k):
+        raise OSError(12, "Cannot allocate memory (os error 12)")
+
+    monkeypatch.setattr(text, "safe_open", no_memory)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and r.stderr.strip().startswith("dfedit: error: out of memory (CPU RAM)"), r.output
+    assert sorted(cache.rglob("*.safetensors")) == shards and "damaged" not in r.stderr

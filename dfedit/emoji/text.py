@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from dfedit.cache import (all_finite, atomic_write, cache_root, clean_stale_temps, discard, notice,
-                          tensor_digest, write_error)
+                          out_of_memory, tensor_digest, write_error)
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 
@@ -171,6 +171,8 @@ class EmbeddingCache:
                 if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
                     raise ValueError("its prompt list is not a list of strings")
             except Exception as e:  # truncated, a directory, not safetensors, no prompt list...
+                if out_of_memory(e):  # not damage: the entry is kept
+                    raise MemoryError(str(e)) from None
                 self._damaged(f, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}", None)
                 continue
             yield f, listed, meta, st.st_ino
@@ -220,6 +222,8 @@ class EmbeddingCache:
                     s, m = h.get_tensor("states"), h.get_tensor("mask")
                 why = self._problem(listed, meta, s, m, dim)
             except Exception as e:
+                if out_of_memory(e):
+                    raise MemoryError(str(e)) from None
                 why = f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
             if why is not None:
                 self._damaged(f, why, inode)
