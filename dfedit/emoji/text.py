@@ -107,7 +107,10 @@ class TextEncoder:
         except DfeditError:
             raise
         except Exception as e:
-            raise DfeditError(f"could not load text encoder {self.name!r}: {str(e).splitlines()[0]}") from None
+            if out_of_memory(e):
+                raise MemoryError(str(e)) from None
+            raise DfeditError(f"could not load text encoder {self.name!r}: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
     @property
     def dim(self) -> int:
