@@ -81,9 +81,14 @@ BELOW_1 = (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
 NON_EMPTY = (lambda v: bool(v.strip()), "a non-empty string")
 
 
-def between(lo: int, hi: int) -> tuple[Callable[[Any], bool], str]:
-    """Every size field has an upper bound: a config must never make dfedit allocate without limit."""
-    return (lambda v: lo <= v <= hi, f"between {lo} and {hi:,}")
+def between(lo: int, hi: int) -> tuple[Callable[[Any], bool], Callable[[Any], str]]:
+    """Every size field has an upper bound: a config must never make dfedit allocate without limit.
+    The text says the bound that was crossed."""
+    return (lambda v: lo <= v <= hi, lambda v: f"at least {lo}" if v < lo else f"at most {hi:,}")
+
+
+def rule_text(rule, v) -> str:
+    return rule[1](v) if callable(rule[1]) else rule[1]
 
 
 def _each(lo: int, hi: int, most: int, what: str) -> tuple[Callable[[Any], bool], str]:
@@ -191,7 +196,7 @@ class _Checker:
         if not _KIND_CHECK[kind](value):
             self.fail(key, f"must be {_KIND_NAME.get(kind, 'a ' + kind)}, got {_show(value)}")
         if rule is not None and not rule[0](value):
-            self.fail(key, f"must be {rule[1]}, got {_show(value)}")
+            self.fail(key, f"must be {rule_text(rule, value)}, got {_show(value)}")
 
     def section(self, cfg: dict, name: str, required: bool, extras: dict | None = None, known: dict | None = None):
         if name not in cfg:
@@ -302,7 +307,7 @@ def check_options(mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: Da
                 raise DfeditError(f"{where} must be {_KIND_NAME.get(kind, 'a ' + kind)}, got {_show(v)}")
             rule = RULES.get(key)
             if rule is not None and not rule[0](v):
-                raise DfeditError(f"{where} must be {rule[1]}, got {_show(v)}")
+                raise DfeditError(f"{where} must be {rule_text(rule, v)}, got {_show(v)}")
     if tc.sample_stride > dc.num_train_timesteps:
         raise DfeditError(f"{flag('train', 'sample_stride')} must be at most {dc.num_train_timesteps}")
     why = size_problem(mc)
