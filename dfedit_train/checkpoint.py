@@ -515,14 +515,16 @@ def _read_log(run_dir: Path) -> list[dict]:
 
 def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None,
            guidance: float | None = None) -> Path:
-    """Write DEST/config.json, DEST/ema.safetensors (fp16 by default) and DEST/record.json.
+    """Write DEST/config.json, DEST/ema.safetensors (fp16 by default), DEST/record.json and
+    DEST/manifest.json (their sha256), and DEST/text_encoder/ when the run's encoder is a local one.
 
     The config keeps everything `load_denoiser` needs (model, schedule, text encoder, data stats)
     and drops the optimizer state; record.json is the training record: recipe, epochs, steps,
     wall time and images/s from the run's log.jsonl, and the eval numbers when `dfedit-train eval`
     has been run on that checkpoint. `guidance` sets the model's default guidance scale (dfedit's
-    --cfg when none is given; otherwise the run's validation-grid scale). All three files are written to a temporary directory first
-    and then moved over DEST's, so a full disk leaves a previous export intact.
+    --cfg when none is given; otherwise the run's validation-grid scale). Everything is written to
+    a new temporary directory beside DEST and swapped in with one rename (files.swap_dir), so a
+    full disk or a kill leaves a previous export intact and DEST is never a mix of two exports.
     """
     dest = Path(dest)
     check_export_dest(dest)
