@@ -12,9 +12,10 @@ never used. A cache that cannot be written (read-only, disk full) degrades to no
 notice; the command still runs.
 
 Writes: every file dfedit or dfedit-train produces (PNG, GIF, checkpoint, export, cache) is
-written by `atomic_write`: to a temporary name beside the target, fsync'd, then renamed over it,
-so a reader sees the old file or the new one and a failed write (disk full) leaves the previous
-file intact and no temporary behind. `write_error` turns the OSError into one sentence that says
+written by `atomic_write` (dfedit/files.py): to a new temporary with an unpredictable name beside
+the target, fsync'd, then renamed over it, so a reader sees the old file or the new one, a failed
+write (disk full) leaves the previous file intact and no temporary behind, and no write follows a
+link planted in an output directory. `write_error` turns the OSError into one sentence that says
 what could not be written and, for a full disk, how much space it needs.
 """
 
@@ -26,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,11 +34,9 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from .errors import DfeditError
-
-# The function every writer opens its output with. Tests replace it to plant a full disk at a
-# chosen byte (nothing else in the code base opens a file for writing behind its back).
-_open = open
-
+# The writer lives in files.py; re-exported here, where every writer has always imported it from.
+from .files import atomic_write, remove_stale_temps, write_file  # noqa: F401
+from .files import temp_owner as tmp_owner  # noqa: F401
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The one cache root of dfedit and dfedit-train (prompt embeddings, caption embeddings, data
@@ -50,49 +48,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["DFEDIT_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dfedit"
-
-
-# ---- writing files -----------------------------------------------------------------------------
-
-def write_file(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` (create or truncate) and fsync it, so that what is renamed into place
-    afterwards is on the disk, not only in the page cache."""
-    with _open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
-    """The one atomic writer: `data` to a temporary name beside `path`, fsync'd, then renamed over
-    `path`, so readers see the old file or the new one, never part of either.
-
-    exclusive: never replace an existing `path` (FileExistsError instead), decided atomically at
-    publish time, so two processes that picked the same name cannot overwrite each other.
-    The temporary file is removed whatever happens (disk full, Ctrl-C).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write_file(tmp, data)
-        if not exclusive:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)  # atomic: fails if path exists
-        except FileExistsError:
-            raise
-        except OSError:  # a filesystem without hard links: reserve the name, then fill it
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            os.replace(tmp, path)
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:  # someone else's directory of that name: not ours to remove
-            pass
 
 
 def human_size(n: int | float | None) -> str:
@@ -173,34 +128,10 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def tmp_owner(name: str) -> int | None:
-    """The writer's pid in our temporary names: `.NAME.PID.tmp` and `.tmp-...-PID`."""
-    part = name[:-4].rsplit(".", 1)[-1] if name.endswith(".tmp") else name.rsplit("-", 1)[-1]
-    return int(part) if part.isdigit() else None
-
-
 def clean_stale_temps(directory: Path, max_age_s: float = 86400.0) -> int:
-    """Remove temporaries (`.*.PID.tmp`) that dead writers left in `directory`; returns bytes freed.
-    A temporary of a live process is kept unless it is older than `max_age_s` (pids get reused)."""
-    freed = 0
-    try:
-        entries = list(Path(directory).glob(".*.tmp"))
-    except OSError:
-        return 0
-    for p in entries:
-        pid = tmp_owner(p.name)
-        try:
-            st = p.lstat()
-            if pid is not None and pid_alive(pid) and time.time() - st.st_mtime < max_age_s:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            freed += st.st_size
-        except OSError:
-            continue
-    return freed
+    """Remove our temporaries (dfedit.files.TEMP_RE) that dead writers left in `directory`; returns
+    bytes freed. Nothing of any other name is touched."""
+    return remove_stale_temps(directory, max_age_s)[1]
 
 
 def discard(path: Path, inode: int | None = None) -> None:
@@ -236,6 +167,13 @@ def all_finite(t: torch.Tensor) -> bool:
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return True
     return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether a failed read ran out of memory (mmap's ENOMEM, as under `ulimit -v`): the file is
+    not damaged then, and must not be deleted as if it were."""
+    return isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM) or \
+        "os error 12" in str(e) or "cannot allocate memory" in str(e).lower()
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -303,6 +241,8 @@ class EmbeddingCache:
             tensors, meta = read_safetensors(path)
             why = self.problem(prompt, tensors, meta)
         except Exception as e:  # truncated, a directory, not safetensors at all...
+            if out_of_memory(e):
+                raise MemoryError(str(e)) from None
             tensors, why = None, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
         if why is not None:
             notice(f"cache entry {path} is damaged ({why}); recomputing it")
@@ -347,5 +287,7 @@ def read_json_file(path: Path, what: str) -> object:
         raise DfeditError(f"{what} {path} is not text (damaged or not a JSON file)") from None
     except json.JSONDecodeError as e:
         raise DfeditError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # [[[[... 100,000 deep: what a parser on a stack cannot read is not valid here
+        raise DfeditError(f"{what} {path} is not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise DfeditError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -167,7 +167,7 @@ GEN_OPTIONS = [
 ]
 
 
-handle_errors = error_handler("dfedit")
+handle_errors = error_handler("dfedit", cpu_oom_hint="try fewer --num-samples, or free some memory")
 
 
 def generating(fn):

@@ -8,6 +8,7 @@ fix is one line `PROG: error: ...` on stderr and a non-zero exit; bugs keep thei
 """
 
 import functools
+import os
 import sys
 
 import typer
@@ -31,6 +32,12 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         ARGV[:] = list(sys.argv[1:] if args is None else args)
+        try:  # before anything imports torch, which aborts inside oneMKL without a working directory
+            os.getcwd()
+        except OSError:
+            print(f"{self.prefix}: error: the current directory no longer exists (deleted?); cd into an existing "
+                  "directory and run it again", file=sys.stderr)
+            sys.exit(1)
         try:
             # Not standalone: click returns the exit code of typer.Exit instead of exiting itself,
             # and raises usage errors to us instead of printing its multi-line box.
@@ -51,9 +58,13 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-samples"):
+def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-samples",
+                  cpu_oom_hint: str | None = None):
     """A decorator: one clear `PREFIX: error:` line and a non-zero exit for anything the user can
-    fix (DfeditError, Ctrl-C, out of memory); bugs keep their traceback. dfedit-train uses it too."""
+    fix (DfeditError, Ctrl-C, out of memory); bugs keep their traceback. dfedit-train uses it too.
+    `cpu_oom_hint`: the hint when the CPU's memory ran out (default `oom_hint`), as a GPU-only
+    remedy (--offload) does not apply there."""
+    cpu_hint = cpu_oom_hint or oom_hint
 
     def fail(msg: str, code: int = 1):
         typer.echo(f"{prefix}: error: {msg}", err=True)
@@ -71,13 +82,17 @@ def error_handler(prefix: str, oom_hint: str = "try --offload or fewer --num-sam
             except KeyboardInterrupt:
                 fail("interrupted", 130)
             except MemoryError:
-                fail(f"out of memory: {oom_hint}")
+                fail(f"out of memory (CPU RAM): {cpu_hint}")
+            except ImportError as e:  # a library that cannot be mapped into memory (ulimit -v, a full RAM)
+                if "failed to map segment" in str(e) or "cannot allocate memory" in str(e).lower():
+                    fail(f"out of memory (CPU RAM) while loading {str(e).split(':')[0] or 'a library'}: {cpu_hint}")
+                raise
             except RuntimeError as e:
                 msg = str(e).lower()
                 if "out of memory" in msg:
                     fail(f"the GPU ran out of memory: {oom_hint}")
                 if "can't allocate memory" in msg or "cannot allocate memory" in msg:  # torch's CPU allocator
-                    fail(f"out of memory (CPU RAM): {oom_hint}")
+                    fail(f"out of memory (CPU RAM): {cpu_hint}")
                 raise
         return wrapper
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +37,34 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# The largest input read, in pixels (6000 x 6000, a 36 MP photo), checked from the file's header before
+# anything is decoded: the models read at most 256 px, and a small file can claim a huge image
+# (a 519 KB PNG of 13000 x 13000 decodes to 2.3 GB).
+MAX_PIXELS = 36_000_000
+
+
+def check_pixels(img: Image.Image, name) -> None:
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise DfeditError(f"{name} is {w} x {h} pixels, more than the {MAX_PIXELS:,} dfedit reads (the models read "
+                          "at most 256 px): downscale it first")
+
+
 def open_image(path: str | os.PathLike, what: str = "input image") -> Image.Image:
-    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB.
-    `what` names the file in messages ("input image", "mask")."""
+    """Decode fully (so truncation is caught here, not halfway through a run) and convert to RGB;
+    an image above MAX_PIXELS is refused from its header, before decoding. `what` names the file in
+    messages ("input image", "mask")."""
     p = Path(path)
     if not p.exists():
         raise DfeditError(f"{what} {path} does not exist")
     if p.is_dir():
         raise DfeditError(f"{what} {path} is a directory, not an image file")
     try:
-        with Image.open(p) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning: check_pixels says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(p)
+        with img:
+            check_pixels(img, path)
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)

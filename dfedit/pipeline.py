@@ -196,6 +196,7 @@ class DFEdit:
 
     def embed(self, prompts: list[str]) -> None:
         """Fill the embedding cache (no UNet weights are loaded for this)."""
+        check_text(prompts)
         self._text_encoder().encode(self.encoded(prompts))
 
     def _text_encoder(self):
@@ -238,7 +239,9 @@ class DFEdit:
         return upscale
 
     def check_prompts(self, prompts: list[str]) -> None:
-        """Every prompt must fit the text encoder's token limit: a longer one would be cut silently."""
+        """Every prompt must be text (valid UTF-8) and fit the text encoder's token limit: a longer
+        one would be cut silently."""
+        check_text(prompts)
         prompts = [p for p in dict.fromkeys(prompts) if p and p not in self._checked_prompts]
         if not prompts or self._s1 is not None:  # a loaded model's prompts were checked before it loaded
             return
@@ -274,6 +277,7 @@ class DFEdit:
     def conds(self, den: Denoiser, prompts: list[str], negative: str, n: int) -> tuple[list[Cond], Cond]:
         """Per-prompt conds and the uncond, each repeated n times; one encode call, so a cold
         cache loads the text encoder once."""
+        check_text(list(prompts) + [negative])
         enc = den.prompt_encoder.encode(self.encoded(list(prompts) + [negative])).to(den.device, den.dtype)
         k = len(prompts)
         return [enc[i:i + 1].repeat_interleave(n) for i in range(k)], enc[k:k + 1].repeat_interleave(n)
@@ -541,6 +545,17 @@ def default_prompt(model: str) -> str:
     photo" for IF; for an emoji model the empty prompt, i.e. its unconditional branch (the model
     never saw that photo caption, which pulled every edit towards one blob)."""
     return resolve_model(model).default_prompt
+
+
+def check_text(prompts: list[str]) -> None:
+    """Prompts are text: a command line whose bytes are not UTF-8 reaches Python as lone surrogates,
+    which no tokenizer takes."""
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = p.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise DfeditError(f"the prompt {shown[:60]!r} is not valid UTF-8 text: type it again in UTF-8") from None
 
 
 def check_finite(value: float | None, param: str) -> None:

@@ -21,10 +21,13 @@ truncated, config valid) and whose tensors match its config and are finite, what
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,13 +37,13 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from dfedit.cache import (atomic_write, all_finite, free_space, human_size, pid_alive, tmp_owner, write_error,
-                          write_file)
+from dfedit.cache import atomic_write, all_finite, free_space, human_size, pid_alive, write_error
+from dfedit.files import fsync_dir, make_temp_dir, remove_stale_temps, swap_dir, write_file
 # The read side (the format, completeness checks, loading a denoiser) is dfedit's; re-exported here.
-from dfedit.emoji.checkpoint import (BUILTIN, FORMAT, FORMAT_VERSION, STEP_RE, WEIGHTS, _latest,  # noqa: F401
+from dfedit.emoji.checkpoint import (BUILTIN, FORMAT, FORMAT_VERSION, MANIFEST, STEP_RE, WEIGHTS, _latest,  # noqa: F401
                                      _tensors_problem, build_net, checkpoint_problem, describe,
-                                     is_checkpoint_dir, load, load_denoiser, load_tensors, prompt_tokens,
-                                     read_config, resolve, safetensors_problem, step_dirs)
+                                     is_checkpoint_dir, load, load_denoiser, load_tensors, manifest_bytes,
+                                     prompt_tokens, read_config, resolve, safetensors_problem, step_dirs)
 from dfedit.errors import DfeditError
 
 
@@ -50,15 +53,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # not supported everywhere (some network filesystems): best effort
-        pass
+_fsync_dir = fsync_dir
 
 
 def _json_bytes(obj) -> bytes:
@@ -121,12 +116,29 @@ class RunLock:
         self.fd: int | None = None
         self.created: list[Path] = []
 
-    def _owner(self) -> dict:
-        try:
-            d = json.loads(self.path.read_text() or "{}")
+    def _owner(self, fd: int) -> dict:
+        try:  # through the descriptor we opened: never a file a link points at
+            d = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
             return d if isinstance(d, dict) else {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
+
+    def _open(self) -> int:
+        """OUT/.lock, created if missing; never through a link, never a file with other names."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC |
+                         getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise DfeditError(f"{self.path} is a symbolic link, not a lock file; dfedit-train never writes "
+                                  "through a link: remove it and run again") from None
+            raise DfeditError(f"cannot open the lock {self.path}: {e.strerror or e}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a plain file"
+            raise DfeditError(f"{self.path} is {what}, not a lock file of its own; remove it and run again")
+        return fd
 
     def _busy(self, owner: dict) -> DfeditError:
         who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
@@ -145,13 +157,14 @@ class RunLock:
         self.out.mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 flocked = True
             except BlockingIOError:
+                owner = self._owner(fd)
                 os.close(fd)
-                raise self._busy(self._owner()) from None
+                raise self._busy(owner) from None
             except OSError:  # no flock on this filesystem: fall back to the recorded pid
                 flocked = False
             try:  # the file we locked may have been removed by its releasing owner meanwhile
@@ -161,7 +174,7 @@ class RunLock:
             if not same:
                 os.close(fd)
                 continue
-            owner = self._owner()
+            owner = self._owner(fd)
             pid = owner.get("pid")
             if owner and pid != os.getpid():
                 if not flocked and (owner.get("host") != host or (isinstance(pid, int) and pid_alive(pid))):
@@ -202,21 +215,14 @@ class RunLock:
 
 
 def clean_temps(out: Path, log=_stderr) -> None:
-    """Remove what dead writers left: checkpoints/.tmp-step-*-PID directories and .NAME.PID.tmp files."""
+    """Remove what dead writers left in OUT, OUT/checkpoints and OUT/samples: temporaries of the one
+    shape dfedit.files makes (`.NAME.dfedit-PID-RANDOM.tmp`, files and step directories), nothing
+    else; a user's `.notes.tmp` or `.draft.tmp/` is never touched."""
     freed, n = 0, 0
     for d in (out, out / "checkpoints", out / "samples"):
-        if not d.is_dir():
-            continue
-        for p in list(d.glob(".tmp-step-*")) + list(d.glob(".old-step-*")) + list(d.glob(".*.tmp")):
-            pid = tmp_owner(p.name)
-            if pid is not None and pid != os.getpid() and pid_alive(pid):
-                continue  # a live writer (an old dfedit-train without the lock): not ours to touch
-            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-            try:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            except OSError:
-                continue
-            freed, n = freed + size, n + 1
+        if d.is_dir():
+            k, size = remove_stale_temps(d, mine_too=True)
+            n, freed = n + k, freed + size
     if n:
         log(f"note: removed {n} temporary file(s) left by an interrupted save ({human_size(freed)})")
 
@@ -225,7 +231,7 @@ def trim_log(out: Path, step: int, log=_stderr) -> None:
     """Make log.jsonl agree with the checkpoint a run continues from: lines of steps past it (they
     will be trained again) and damaged lines (a kill mid-write) are dropped."""
     path = out / "log.jsonl"
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # a link planted there is not our log (appending refuses it)
         return
     keep, past, bad = [], 0, 0
     for line in path.read_bytes().decode("utf-8", "replace").splitlines():
@@ -236,7 +242,7 @@ def trim_log(out: Path, step: int, log=_stderr) -> None:
             s = e["step"]
             if not isinstance(s, int):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             bad += 1
             continue
         if s > step:
@@ -278,7 +284,6 @@ def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: 
     """
     ckpts = out / "checkpoints"
     final = ckpts / f"step-{step:08d}"
-    tmp = ckpts / f".tmp-step-{step:08d}-{os.getpid()}"
     opt_tensors, opt_meta = optimizer_to_flat(optimizer)
     cfg_bytes = _json_bytes({**config, "format": FORMAT, "format_version": FORMAT_VERSION, "optimizer": opt_meta})
     parts = (("model.safetensors", model), ("ema.safetensors", ema), ("optimizer.safetensors", opt_tensors))
@@ -287,6 +292,7 @@ def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: 
     intact = f"; the previous checkpoint ({previous[-1]}) is intact" if previous else "; nothing was saved"
 
     free = None
+    tmp: Path | None = None
 
     def failed(e: OSError) -> DfeditError:
         return DfeditError(f"{write_error(e, 'checkpoint', final, needed, free)}{intact}")
@@ -297,25 +303,29 @@ def save(out: Path, step: int, config: dict, model: dict, ema: dict, optimizer: 
         if free is not None and free < needed:  # say so before writing anything
             raise OSError(errno.ENOSPC, "No space left on device")
         free = None  # a failure below measures it again
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = make_temp_dir(final)  # .step-N.dfedit-PID-RANDOM.tmp: ours alone
+        digests = {}
         for name, tensors in parts:
-            write_file(tmp / name, _tensor_bytes(tensors))
+            data = _tensor_bytes(tensors)
+            digests[name] = hashlib.sha256(data).hexdigest()
+            write_file(tmp / name, data)
+            del data
         write_file(tmp / "config.json", cfg_bytes)
+        digests["config.json"] = hashlib.sha256(cfg_bytes).hexdigest()
+        write_file(tmp / MANIFEST, manifest_bytes(digests))
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step: replace it whole
-            old = ckpts / f".old-step-{step:08d}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_dir(tmp, final)
+            shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, final)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise failed(e) from None
     except BaseException:  # Ctrl-C / SIGTERM inside a save: leave no temporary behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(ckpts)
     try:
@@ -444,7 +454,30 @@ def find_resumable(out: Path, log=_stderr, verify: bool = True, repair: bool = T
 
 # ---- export: a run's EMA weights as a small, inference-only model directory ---------------------
 
-EXPORT_FILES = ("config.json", "ema.safetensors", "record.json")
+EXPORT_FILES = ("config.json", "ema.safetensors", "record.json", MANIFEST, "text_encoder")
+# What of a local text encoder an export copies into DEST/text_encoder: weights only as safetensors.
+ENCODER_FILES = re.compile(r"^[\w.-]+\.(safetensors|json|txt|model)$")
+
+
+def _text_encoder_files(cfg: dict) -> dict[str, bytes]:
+    """A local text encoder directory's files for DEST/text_encoder/ (cfg is pointed there); the
+    packaged MiniLM stays a name, and a Hub id cannot travel: one sentence."""
+    te = cfg["text_encoder"]
+    if te["name"] == "minilm":
+        return {}
+    src = Path(te["name"]).expanduser()
+    if not src.is_dir():
+        raise DfeditError(f"the run's text encoder {te['name']!r} is not a local directory: an export carries "
+                          "its text encoder inside it (the packaged MiniLM excepted)")
+    files = {f"text_encoder/{f.name}": f.read_bytes() for f in sorted(src.iterdir())
+             if f.is_file() and not f.is_symlink() and ENCODER_FILES.match(f.name)}
+    if not any(n.endswith(".safetensors") for n in files):
+        raise DfeditError(f"the run's text encoder {src} has no safetensors weights; export needs them")
+    te_out = {**te, "name": "text_encoder"}
+    cfg["text_encoder"] = te_out
+    if cfg.get("data", {}).get("text_encoder") not in (None, "minilm"):
+        cfg["data"] = {**cfg["data"], "text_encoder": "text_encoder"}
+    return files
 
 
 def check_export_dest(dest: Path) -> None:
@@ -458,7 +491,7 @@ def check_export_dest(dest: Path) -> None:
         if other:
             raise DfeditError(f"{dest} holds other files ({', '.join(other[:3])}); export into a new or empty "
                               "directory, or over a previous export")
-    parent = dest if dest.exists() else dest.parent
+    parent = dest.parent  # a new export is swapped in beside the old one: DEST's directory is written
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -475,21 +508,23 @@ def _read_log(run_dir: Path) -> list[dict]:
         try:
             e = json.loads(line)
             by_epoch[e["epoch"]] = e if isinstance(e, dict) else None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
     return [e for _, e in sorted(by_epoch.items(), key=lambda kv: str(kv[0]).zfill(12)) if e]
 
 
 def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: dict | None = None,
            guidance: float | None = None) -> Path:
-    """Write DEST/config.json, DEST/ema.safetensors (fp16 by default) and DEST/record.json.
+    """Write DEST/config.json, DEST/ema.safetensors (fp16 by default), DEST/record.json and
+    DEST/manifest.json (their sha256), and DEST/text_encoder/ when the run's encoder is a local one.
 
     The config keeps everything `load_denoiser` needs (model, schedule, text encoder, data stats)
     and drops the optimizer state; record.json is the training record: recipe, epochs, steps,
     wall time and images/s from the run's log.jsonl, and the eval numbers when `dfedit-train eval`
     has been run on that checkpoint. `guidance` sets the model's default guidance scale (dfedit's
-    --cfg when none is given; otherwise the run's validation-grid scale). All three files are written to a temporary directory first
-    and then moved over DEST's, so a full disk leaves a previous export intact.
+    --cfg when none is given; otherwise the run's validation-grid scale). Everything is written to
+    a new temporary directory beside DEST and swapped in with one rename (files.swap_dir), so a
+    full disk or a kill leaves a previous export intact and DEST is never a mix of two exports.
     """
     dest = Path(dest)
     check_export_dest(dest)
@@ -514,7 +549,7 @@ def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: d
     if (ck / "eval" / "eval.json").is_file():
         try:
             record["eval"] = json.loads((ck / "eval" / "eval.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
     out_cfg = {k: v for k, v in cfg.items() if k != "optimizer"}
     if guidance is not None:
@@ -523,39 +558,39 @@ def export(run: str | Path, dest: str | Path, fp16: bool = True, extra_record: d
         out_cfg["train"] = {**out_cfg.get("train", {}), "guidance": float(guidance)}
         record["default_guidance"] = {"value": float(guidance),
                                       "trained_with": cfg.get("train", {}).get("guidance")}
-    files = {"ema.safetensors": _tensor_bytes(ema), "config.json": _json_bytes(out_cfg),
-             "record.json": _json_bytes(record)}
+    files = _text_encoder_files(out_cfg)  # a local encoder travels inside the model: it is self-contained
+    files.update({"ema.safetensors": _tensor_bytes(ema), "config.json": _json_bytes(out_cfg),
+                  "record.json": _json_bytes(record)})
+    files[MANIFEST] = manifest_bytes({n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
     needed = sum(len(b) for b in files.values())
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for old in dest.parent.glob(f".tmp-export-{dest.name}-*"):  # left by a killed export
-        if not pid_alive(tmp_owner(old.name) or 0):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = dest.with_name(f".tmp-export-{dest.name}-{os.getpid()}")
+    remove_stale_temps(dest.parent)  # what a killed export left (our temporaries only)
     created = not dest.exists()
     free = None
+    tmp: Path | None = None
     try:
         free = free_space(dest.parent)
         if free is not None and free < needed:
             raise OSError(errno.ENOSPC, "No space left on device")
         free = None
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = make_temp_dir(dest)
         for name, data in files.items():
+            (tmp / name).parent.mkdir(exist_ok=True)
             write_file(tmp / name, data)
         _fsync_dir(tmp)
         if created:
             os.replace(tmp, dest)  # one rename: DEST appears complete or not at all
         else:
-            for name in ("ema.safetensors", "record.json", "config.json"):
-                os.replace(tmp / name, dest / name)
-            tmp.rmdir()
-        _fsync_dir(dest)
+            swap_dir(tmp, dest)  # one exchange: DEST is the old export or the new one, never a mix
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(dest.parent)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise DfeditError(f"{write_error(e, 'the export', dest, needed, free)}"
                           f"{'' if created else '; the previous export in it is intact'}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest

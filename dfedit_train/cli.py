@@ -319,7 +319,7 @@ def emoji(
     for key, v in given.items():
         rule = schema.RULES.get(key)
         if rule is not None and not rule[0](v):
-            raise DfeditError(f"{flags[key]} must be {rule[1]}, got {v!r}")
+            raise DfeditError(f"{flags[key]} must be {schema.rule_text(rule, v)}, got {v!r}")
     for name, v in (("--threads", threads), ("--max-steps", max_steps)):
         if v is not None and v < 1:
             raise DfeditError(f"{name} must be at least 1, got {v}")

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, pid_alive, tmp_owner, write_error
+from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, write_error
+from dfedit.files import make_temp_dir
 from dfedit.errors import DfeditError
 
 NPM_VERSION = "16.0.0"  # pinned: captions, counts and the split are only reproducible for one version
@@ -44,6 +45,9 @@ NPM_INTEGRITY = {
     "google": "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
 }
 STORE_SIZE = 64  # side every source is stored at
+MAX_IMAGE_PIXELS = 4096 * 4096  # an emoji image larger than this is refused before decoding
+# npm tarball members read into memory: anything larger is refused before it is read
+MAX_JSON_BYTES, MAX_PNG_BYTES = 64 << 20, 4 << 20
 CACHE_VERSION = 1
 SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
@@ -85,6 +89,8 @@ def decode_png(data: bytes, name: str) -> np.ndarray:
     """PNG bytes -> (64, 64, 3) uint8 on white. Modes vary (RGBA, LA, P): always go through RGBA."""
     try:
         im = Image.open(io.BytesIO(data))
+        if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:  # from the header: a small file can claim a huge image
+            raise ValueError(f"it claims {im.size[0]} x {im.size[1]} pixels, more than {MAX_IMAGE_PIXELS:,}")
         im.load()
         im = im.convert("RGBA")
     except Exception as e:  # PIL raises several types for broken files
@@ -154,18 +160,19 @@ def fetch_npm_package(vendor: str) -> Path:
     dest = cache_root() / "npm"
     tgz = dest / f"{pkg}-{NPM_VERSION}.tgz"
     if tgz.exists():
-        return tgz
+        pinned = NPM_INTEGRITY.get(vendor)
+        if pinned is None or _sha512(tgz) == pinned:  # rechecked on every use: the cache is not trusted
+            return tgz
+        notice(f"the cached {tgz} does not match the pinned checksum of {pkg}@{NPM_VERSION} (changed since it was "
+               "downloaded); fetching it again")
+        tgz.unlink()
     npm = shutil.which("npm")
     if npm is None:
         raise DfeditError(f"npm was not found: install Node.js/npm to fetch {pkg}@{NPM_VERSION}, "
                           f"or pass --data with a local copy of the emoji images")
     dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob(".tmp-npm-*"):  # a download killed earlier
-        if not pid_alive(tmp_owner(old.name) or 0):
-            shutil.rmtree(old, ignore_errors=True)
-    work = dest / f".tmp-npm-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    clean_stale_temps(dest)  # a download killed earlier (our temporaries only)
+    work = make_temp_dir(tgz)  # a fresh private directory: nothing planted in it
     try:
         try:
             r = subprocess.run([npm, "pack", f"{pkg}@{NPM_VERSION}", "--json", "--pack-destination", str(work)],
@@ -209,16 +216,29 @@ def _npm_integrity(stdout: str) -> str | None:
         return None
 
 
-def verify_npm_tarball(path: Path, integrity: str | None = None) -> None:
-    """Raise unless `path` is a complete emoji-datasource tarball (and matches `integrity`)."""
+def _sha512(path: Path) -> str:
+    """npm's integrity string (sha512-BASE64) of a file."""
     import base64
 
+    h = hashlib.sha512()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha512-" + base64.b64encode(h.digest()).decode()
+
+
+def _member_limit(path: Path, m: tarfile.TarInfo) -> None:
+    """Refuse a member larger than any file of an emoji-datasource package, from its header alone."""
+    limit = MAX_JSON_BYTES if m.name.endswith(".json") else MAX_PNG_BYTES
+    if m.size > limit:
+        raise DfeditError(f"{path}: member {m.name[:80]} claims {m.size:,} bytes, more than the {limit:,} an "
+                          "emoji-datasource file may have: not an emoji-datasource tarball")
+
+
+def verify_npm_tarball(path: Path, integrity: str | None = None) -> None:
+    """Raise unless `path` is a complete emoji-datasource tarball (and matches `integrity`)."""
     if integrity is not None:
-        h = hashlib.sha512()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if base64.b64encode(h.digest()).decode() != integrity[len("sha512-"):]:
+        if _sha512(path) != integrity:
             raise DfeditError(f"the downloaded {path.name} does not match the checksum npm reported; "
                               "run the command again")
     try:
@@ -227,7 +247,10 @@ def verify_npm_tarball(path: Path, integrity: str | None = None) -> None:
             for m in tf:  # reading every member checks the gzip CRC and the tar structure
                 names.add(m.name)
                 if m.isfile():
-                    tf.extractfile(m).read()
+                    _member_limit(path, m)
+                    f = tf.extractfile(m)
+                    while f.read(1 << 20):  # streamed: never a whole member in memory
+                        pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DfeditError(f"the downloaded {path.name} is damaged ({e}); run the command again") from None
     if "package/emoji.json" not in names:
@@ -253,17 +276,31 @@ class _NpmFiles:
             return entries, files
         try:
             with tarfile.open(self.path) as tf:
-                entries = None
+                entries, links = None, []
                 for m in tf:  # one sequential pass: random access into a .tgz re-decompresses
                     rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
+                    if rel != "emoji.json" and not rel.startswith(self.prefix):
+                        continue
+                    if not m.isfile():  # a package has no links: never followed, whatever they name
+                        links += [m.name] if (m.issym() or m.islnk()) else []
+                        continue
+                    _member_limit(self.path, m)
                     if rel == "emoji.json":
                         entries = json.load(tf.extractfile(m))
-                    elif rel.startswith(self.prefix) and m.isfile():
+                    else:
                         files[rel[len(self.prefix):]] = tf.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as e:
+        except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DfeditError(f"could not read the npm tarball {self.path}: {e}") from None
+        except RecursionError:
+            raise DfeditError(f"could not read the npm tarball {self.path}: its emoji.json is not valid JSON "
+                              "(nested too deeply)") from None
         if entries is None:
-            raise DfeditError(f"{self.path} has no package/emoji.json: not an emoji-datasource tarball")
+            linked = " (only a link of that name, which is never followed)" if any(
+                n.endswith("/emoji.json") for n in links) else ""
+            raise DfeditError(f"{self.path} has no package/emoji.json{linked}: not an emoji-datasource tarball")
+        if links:
+            notice(f"{self.path}: ignored {len(links)} link(s) in the tarball (e.g. {links[0][:80]}); an "
+                   "emoji-datasource package has none")
         return entries, files
 
 

@@ -23,7 +23,7 @@ def read_log(path: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
-        except ValueError:  # a line cut short by a kill: skip it
+        except (ValueError, RecursionError):  # a line cut short by a kill (or garbage): skip it
             continue
     return [r for r in rows if isinstance(r, dict) and "step" in r and "loss" in r]
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from dfedit.denoiser import Cond
+from dfedit.errors import DfeditError
 from dfedit.emoji.denoiser import EmojiDenoiser  # noqa: F401 (re-exported: the trainer's grids use it)
 from dfedit.images import save_png
 from dfedit.progress import progress_bar
@@ -56,5 +57,9 @@ def save_grid(images: np.ndarray, path: Path, params: dict, ncol: int = 8, scale
     img = Image.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # OUT/samples is a file, or cannot be made
+        raise DfeditError(f"cannot write {path}: {path.parent} is not a directory"
+                          if path.parent.exists() else f"cannot write {path}: {e.strerror or e}") from None
     return save_png(img, path, params)  # dfedit's writer: atomic, same metadata layout as every output

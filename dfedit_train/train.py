@@ -599,8 +599,15 @@ class _Log:
     """log.jsonl, one line per epoch; a failed write (disk full) is reported once, training goes on."""
 
     def __init__(self, path: Path, log):
-        self.path, self.log, self.failed = path, log, False
-        self.f = open(path, "a")
+        from dfedit.files import open_append
+
+        self.path, self.log, self.failed, self.f = path, log, False, None
+        try:  # never through a link planted at log.jsonl; a directory there is a warning, as a full disk is
+            self.f = open_append(path)
+        except OSError as e:
+            self.failed = True
+            kind = "a directory" if path.is_dir() else "a link" if path.is_symlink() else (e.strerror or str(e))
+            log(f"warning: cannot append to {path} ({kind}); epochs are not logged, training goes on")
 
     def write(self, entry: dict) -> None:
         if self.failed:
@@ -614,7 +621,8 @@ class _Log:
 
     def close(self) -> None:
         try:
-            self.f.close()
+            if self.f is not None:
+                self.f.close()
         except OSError:
             pass
 

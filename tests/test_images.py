@@ -267,7 +267,7 @@ def test_save_png_overwrites_atomically_and_keeps_old_file_on_failure(tmp_path):
     save_png(Image.new("RGB", (4, 4), (1, 2, 3)), target, {"v": 1})
     old = target.read_bytes()
 
-    import dfedit.cache
+    import dfedit.files
 
     def exploding(tmp, data):
         """Writes half a file to the temp path, then fails (a full disk, a killed process)."""
@@ -278,7 +278,7 @@ def test_save_png_overwrites_atomically_and_keeps_old_file_on_failure(tmp_path):
     # save_png encodes in memory first (so it can say how much space it needed), then writes the
     # bytes through dfedit.cache's atomic writer: the disk fails there.
     mp = pytest.MonkeyPatch()
-    mp.setattr(dfedit.cache, "write_file", exploding)
+    mp.setattr(dfedit.files, "write_file", exploding)
     try:
         with pytest.raises(DfeditError, match="no space left on the device"):
             save_png(Image.new("RGB", (4, 4), (9, 9, 9)), target, {"v": 2})
@@ -338,6 +338,13 @@ def test_every_write_reaches_the_disk_before_it_is_published(tmp_path, monkeypat
     monkeypatch.setattr(os, "link", publish("publish", real_link))
     save_png(Image.new("RGB", (4, 4), (1, 2, 3)), tmp_path / "a.png", {"v": 1}, exclusive=exclusive)
     atomic_write(tmp_path / "b.json", b"{}", exclusive=exclusive)
-    tmps = [str(tmp_path / f".{n}.{os.getpid()}.tmp") for n in ("a.png", "b.json")]
-    assert events == [e for t in tmps for e in (("fsync", t), ("publish", t))]
+    from pathlib import Path
+
+    from dfedit.files import TEMP_RE
+
+    assert [e[0] for e in events] == ["fsync", "publish"] * 2
+    for (_, written), (_, published), target in zip(events[::2], events[1::2], ("a.png", "b.json")):
+        assert written == published and Path(written).parent == tmp_path
+        m = TEMP_RE.match(Path(written).name)
+        assert m and m["target"] == target and int(m["pid"]) == os.getpid()
     assert read_metadata(tmp_path / "a.png") == {"v": 1} and (tmp_path / "b.json").read_bytes() == b"{}"

@@ -86,9 +86,9 @@ def test_stale_temporaries_of_dead_writers_are_removed(tiny_models, tmp_path):
     cache = tmp_path / "cache"
     _api(p1, cache).embed(["first"])
     d = _entry(p1, cache, "first").parent
-    dead = d / ".x.safetensors.999999999.tmp"
+    dead = d / ".x.safetensors.dfedit-999999999-0123456789abcdef.tmp"
     dead.write_bytes(b"half an entry")
-    live = d / f".y.safetensors.{os.getpid()}.tmp"
+    live = d / f".y.safetensors.dfedit-{os.getpid()}-0123456789abcdef.tmp"
     live.write_bytes(b"being written")
     _api(p1, cache).embed(["second"])
     assert not dead.exists() and live.exists()

@@ -16,6 +16,7 @@ checkpoint. Writing, resuming and repairing a run directory are the trainer's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -31,6 +32,49 @@ FORMAT = "dfedit-train/emoji-unet"
 FORMAT_VERSION = 1
 WEIGHTS = ("model", "ema", "optimizer")
 STEP_RE = re.compile(r"^step-(\d+)$")
+# Written last into every checkpoint and export: the sha256 of each of its other files, so that a
+# flipped bit or a file from another save is found before it is used. Directories without one
+# (written before it existed, like tests/train/data/legacy-run) get the other checks only.
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "dfedit/manifest"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_bytes(digests: dict[str, str]) -> bytes:
+    """manifest.json for files whose sha256 hex digests are `digests` (name -> digest)."""
+    return json.dumps({"format": MANIFEST_FORMAT, "sha256": dict(sorted(digests.items()))}, indent=1).encode()
+
+
+def manifest_problem(ck: Path, names: list[str]) -> str | None:
+    """Why files `names` of `ck` do not match its manifest.json (None when they do, or when there is
+    no manifest: a directory written before manifests existed)."""
+    path = ck / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        obj = read_json_file(path, MANIFEST)
+    except DfeditError as e:
+        return str(e).replace(f" {path}", "")
+    digests = obj.get("sha256") if isinstance(obj, dict) and obj.get("format") == MANIFEST_FORMAT else None
+    if not isinstance(digests, dict):
+        return f"{MANIFEST} is not a dfedit manifest"
+    for name in names:
+        if name not in digests:
+            return f"{MANIFEST} does not list {name}"
+        try:
+            ok = file_sha256(ck / name) == digests[name]
+        except OSError as e:
+            return f"{name} is unreadable ({e.strerror or e})"
+        if not ok:
+            return f"{name} does not match {MANIFEST} (damaged, or left by another save)"
+    return None
 
 
 def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
@@ -61,7 +105,7 @@ def safetensors_problem(path: Path) -> str | None:
             hdr = json.loads(f.read(n))
     except FileNotFoundError:
         return f"{path.name} is missing"
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return f"{path.name} is unreadable ({e.__class__.__name__})"
     try:
         end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
@@ -91,6 +135,8 @@ def _tensors_problem(name: str, tensors: dict[str, torch.Tensor], expect: dict, 
             return f"{name} does not hold the model config.json describes ({k!r} is {tuple(t.shape)}, not {shape})"
         if check_dtype and t.dtype != dtype:
             return f"{name}: {k!r} is {t.dtype}, not {dtype}"
+        if t.is_floating_point() != dtype.is_floating_point:  # int8 weights would give a garbage image
+            return f"{name}: {k!r} is {t.dtype}, not a floating-point type (float16, bfloat16 or float32)"
     bad = next((k for k, t in tensors.items() if not all_finite(t)), None)
     if bad is not None:
         return f"{name} holds NaN or infinite values (in {bad!r})"
@@ -103,10 +149,16 @@ def _problem(ck: Path, purpose: str) -> tuple[str | None, dict | None]:
         cfg = read_config(ck, purpose)
     except DfeditError as e:
         return str(e).replace(str(ck / "config.json"), "config.json").replace(str(ck) + "/", ""), None
-    for which in (WEIGHTS if purpose == "resume" else ("ema",)):
+    weights = WEIGHTS if purpose == "resume" else ("ema",)
+    for which in weights:
         why = safetensors_problem(ck / f"{which}.safetensors")
         if why:
             return why, None
+    # Resuming checks every byte; a model to sample checks its weights when they load (load_tensors).
+    why = manifest_problem(ck, ["config.json"] + ([f"{w}.safetensors" for w in weights] if purpose == "resume"
+                                                  else []))
+    if why:
+        return why, None
     return None, cfg
 
 
@@ -152,7 +204,7 @@ def _own_config(p: Path, parsed: list | None = None) -> bool:
     obj = _UNPARSED
     try:
         obj = json.loads(cfg.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     if parsed is not None:
         parsed.append(obj)
@@ -198,6 +250,24 @@ def check_config_of(ck: Path, obj) -> dict:
     return check_config(obj, ck / "config.json", "model")
 
 
+def _own_text_encoder(ck: Path, cfg: dict) -> dict:
+    """An exported model (a config without optimizer state: the kind that is shared) may name only
+    the packaged MiniLM or a directory inside itself as its text encoder; a relative name is read
+    from the model directory. A run's own checkpoint keeps the encoder it was trained with."""
+    name = cfg["text_encoder"]["name"]
+    if name == "minilm" or "optimizer" in cfg:
+        return cfg
+    root = ck.resolve()
+    p = (ck / name).resolve()
+    if root not in p.parents or not p.is_dir():
+        raise DfeditError(f"{ck / 'config.json'}: text_encoder.name must be 'minilm' or a directory inside the "
+                          f"model directory, got {name[:80]!r}")
+    cfg = {**cfg, "text_encoder": {**cfg["text_encoder"], "name": str(p)}}
+    if cfg["data"].get("text_encoder") == name:  # what `dfedit-train eval` reads
+        cfg["data"] = {**cfg["data"], "text_encoder": str(p)}
+    return cfg
+
+
 def resolve(path: str | Path) -> Path | None:
     """The checkpoint directory a path names: itself, a run directory's latest checkpoint (or its
     newest complete one when latest.json is damaged), or a built-in model's name ("emoji"; write
@@ -229,7 +299,7 @@ def load(path: str | Path) -> tuple[Path, dict]:
         if (p / "config.json").exists():
             raise DfeditError(f"{p / 'config.json'} is not a dfedit-train config")
         raise DfeditError(f"{path} is not a dfedit-train checkpoint (no config.json or latest.json)")
-    return ck, (cfg if cfg is not None else read_config(ck, "model"))
+    return ck, _own_text_encoder(ck, cfg if cfg is not None else read_config(ck, "model"))
 
 
 def open_model(path: str | Path) -> tuple[Path, dict] | None:
@@ -245,7 +315,8 @@ def open_model(path: str | Path) -> tuple[Path, dict] | None:
             if not _own_config(p, parsed):
                 return None
             obj = parsed[0]
-            return p, (check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model"))
+            cfg = check_config_of(p, obj) if obj is not _UNPARSED else read_config(p, "model")
+            return p, _own_text_encoder(p, cfg)
     return load(path)
 
 
@@ -273,6 +344,10 @@ def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
     why = safetensors_problem(f)
     if why:
         raise DfeditError(f"{f} cannot be used: {why.replace(f.name + ' ', '', 1)}; the checkpoint is damaged")
+    why = manifest_problem(ck, ["config.json", f.name])
+    if why:
+        raise DfeditError(f"{ck} cannot be used: {why}; the checkpoint or export is damaged or mixed: save or "
+                          "export it again")
     try:
         return load_file(str(f))
     except Exception as e:
@@ -293,8 +368,14 @@ def load_denoiser(path: str | Path, device="cpu", dtype=torch.float32, weights: 
     returned for it, so that its config is not read again."""
     from .denoiser import EmojiDenoiser
 
+    from .config import ModelConfig, from_dict, size_estimate
+
     ck, cfg = opened if opened is not None else load(path)
     tensors = load_tensors(ck, weights)
+    need, held = size_estimate(from_dict(ModelConfig, cfg["model"]))[0], sum(t.numel() for t in tensors.values())
+    if held < need:  # before building: a config may describe a far larger network than its weights
+        raise DfeditError(f"{ck}: {weights}.safetensors holds {held:,} values, but the model its config.json "
+                          f"describes has at least {need:,} parameters; the checkpoint is damaged")
     # The expected shapes come from the net that is built anyway: building it on the meta device
     # instead imports torch._dynamo and sympy (meta randn), 0.8 s of a 2 s `dfedit sample --model emoji`.
     net = build_net(cfg)

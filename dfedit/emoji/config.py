@@ -61,6 +61,27 @@ class ModelConfig:
                 raise DfeditError(f"width {c} must be a multiple of 8 and of the head size {self.head_dim}")
 
 
+# What a config may ask to be built, checked from arithmetic alone before anything is allocated
+# (schema.py): a lower bound on the parameters and the float32 activations of one image.
+MAX_PARAMETERS = 1_000_000_000
+MAX_ACTIVATION_BYTES = 8 << 30
+
+
+def size_estimate(m: ModelConfig) -> tuple[int, int]:
+    """(at least how many parameters, about how many activation bytes per image) a model config
+    implies: every ResNet block has two 3x3 convolutions (encoder: res_blocks per level, decoder one
+    more), the U-Net keeps one skip per block, self-attention holds a (tokens x tokens) map per head."""
+    params = acts = 0
+    side = m.image_size // max(1, m.patch)
+    for i, (c, rb) in enumerate(zip(m.channels, m.res_blocks())):
+        tokens = (side >> i) ** 2
+        params += (2 * rb + 1) * 18 * c * c
+        acts += (rb + 1) * c * tokens * 4
+        if i < len(m.self_attn) and m.self_attn[i]:
+            acts += max(1, c // max(1, m.head_dim)) * tokens * tokens * 4
+    return params, acts
+
+
 @dataclass
 class DiffusionConfig:
     num_train_timesteps: int = 1000

@@ -82,33 +82,53 @@ BELOW_1 = (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)")
 NON_EMPTY = (lambda v: bool(v.strip()), "a non-empty string")
 
 
+def between(lo: int, hi: int) -> tuple[Callable[[Any], bool], Callable[[Any], str]]:
+    """Every size field has an upper bound: a config must never make dfedit allocate without limit.
+    The text says the bound that was crossed."""
+    return (lambda v: lo <= v <= hi, lambda v: f"at least {lo}" if v < lo else f"at most {hi:,}")
+
+
+def rule_text(rule, v) -> str:
+    return rule[1](v) if callable(rule[1]) else rule[1]
+
+
+def _each(lo: int, hi: int, most: int, what: str) -> tuple[Callable[[Any], bool], str]:
+    vals = lambda v: v if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    return (lambda v: 1 <= len(vals(v)) <= most and all(lo <= x <= hi for x in vals(v)),
+            f"{what} between {lo} and {hi:,} (at most {most} levels)")
+
+
+LEVELS = 8
+
+
 def _objectives() -> set[str]:
     return set(PREDICTION_TYPES)
 
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.image_size": AT_LEAST_1,
-    "model.channels": (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "a non-empty list of positive integers"),
-    "model.num_res_blocks": (lambda v: all(x >= 1 for x in (v if isinstance(v, (list, tuple)) else [v])),
-                             "at least 1 (one number, or one per level)"),
-    "model.patch": AT_LEAST_1,
-    "model.head_dim": AT_LEAST_1,
-    "model.time_dim": AT_LEAST_0,
-    "model.text_dim": AT_LEAST_1,
+    "model.image_size": between(1, 1024),
+    "model.channels": _each(1, 4096, LEVELS, "a non-empty list of widths"),
+    "model.num_res_blocks": _each(1, 16, LEVELS, "one number, or one per level,"),
+    "model.self_attn": (lambda v: len(v) <= LEVELS, f"at most {LEVELS} flags"),
+    "model.cross_attn": (lambda v: len(v) <= LEVELS, f"at most {LEVELS} flags"),
+    "model.patch": between(1, 16),
+    "model.head_dim": between(1, 4096),
+    "model.time_dim": between(0, 16384),
+    "model.text_dim": between(1, 16384),
     "model.dropout": BELOW_1,
-    "diffusion.num_train_timesteps": (lambda v: v >= 2, "at least 2"),
+    "diffusion.num_train_timesteps": between(2, 100_000),
     "diffusion.beta_schedule": (lambda v: v in ("squaredcos_cap_v2", "linear", "sigmoid", "scaled_linear", "flow"),
                                 "one of squaredcos_cap_v2 (cosine), linear, sigmoid, flow"),
     "diffusion.prediction_type": (lambda v: v in _objectives(),
                                   "a known objective (epsilon, v_prediction, sample, flow_prediction)"),
     "diffusion.min_snr_gamma": NON_NEGATIVE,
     "diffusion.cfg_dropout": PROBABILITY,
-    "train.epochs": AT_LEAST_1,
-    "train.batch_size": AT_LEAST_1,
-    "train.grad_accum": AT_LEAST_1,
+    "train.epochs": between(1, 10_000_000),
+    "train.batch_size": between(1, 65536),
+    "train.grad_accum": between(1, 4096),
     "train.lr": POSITIVE,
     "train.min_lr": NON_NEGATIVE,
-    "train.warmup_steps": AT_LEAST_0,
+    "train.warmup_steps": between(0, 10**12),
     "train.lr_schedule": (lambda v: v in ("cosine", "constant"), "cosine or constant"),
     "train.weight_decay": NON_NEGATIVE,
     "train.betas": (lambda v: len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
@@ -117,23 +137,26 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "no, bf16 or fp16"),
     "train.flip_prob": PROBABILITY,
     "train.seed": (lambda v: -2**63 <= v < 2**63, "a 64-bit integer"),
-    "train.save_every": AT_LEAST_1,
-    "train.sample_every": AT_LEAST_0,
-    "train.keep_checkpoints": AT_LEAST_1,
-    "train.grid_prompts": AT_LEAST_1,
-    "train.sample_stride": AT_LEAST_1,
+    "train.save_every": between(1, 10_000_000),
+    "train.sample_every": between(0, 10_000_000),
+    "train.keep_checkpoints": between(1, 100_000),
+    "train.grid_prompts": between(1, 1024),
+    "train.sample_stride": between(1, 100_000),
     "train.guidance": (_finite, "a finite number"),
     "data.source": NON_EMPTY,
     "data.vendor": NON_EMPTY,
     "data.val_fraction": BELOW_1,
     "data.text_encoder": NON_EMPTY,
-    "data.max_length": AT_LEAST_1,
-    "data.subset": AT_LEAST_0,
+    "data.max_length": between(1, 512),
+    "data.subset": between(0, 10**9),
     "data.pair_holdout": BELOW_1,
     "data.caption_name_share": PROBABILITY,
     "data.tone_share": NON_NEGATIVE,
     "diffusion.style_dropout": PROBABILITY,
-    "model.styles": (lambda v: len(set(v)) == len(v) and all(s.strip() for s in v), "distinct non-empty names"),
+    "model.styles": (lambda v: len(v) <= 64 and len(set(v)) == len(v) and all(s.strip() for s in v),
+                     "at most 64 distinct non-empty names"),
+    "data.sets": (lambda v: len(v) <= 16 and len(set(v)) == len(v) and all(s.strip() for s in v),
+                  "at most 16 distinct non-empty names"),
 }
 # Fields whose type is wider than their default's.
 KINDS = {"model.num_res_blocks": "integer or list of integers", "model.styles": "list of strings",
@@ -158,10 +181,10 @@ DATA_EXTRAS: dict[str, tuple[str, tuple[Callable[[Any], bool], str] | None]] = {
     "std": ("list of numbers", (lambda v: len(v) == 3 and all(_finite(x) and x > 0 for x in v),
                                 "three finite numbers > 0")),
     "source_desc": ("str", None), "n_train": ("int", AT_LEAST_0), "n_val": ("int", AT_LEAST_0),
-    "image_size": ("int", AT_LEAST_1),
+    "image_size": ("int", between(1, 1024)),
 }
-TEXT_ENCODER = {"name": ("str", NON_EMPTY), "identity": ("str", None), "max_length": ("int", AT_LEAST_1),
-                "dim": ("int", AT_LEAST_1)}
+TEXT_ENCODER = {"name": ("str", NON_EMPTY), "identity": ("str", None), "max_length": ("int", between(1, 512)),
+                "dim": ("int", between(1, 16384))}
 STATE = {"step": ("int", AT_LEAST_0), "epoch": ("int", AT_LEAST_0), "steps_per_epoch": ("int", AT_LEAST_1),
          "total_steps": ("int", AT_LEAST_0), "images_seen": ("int", AT_LEAST_0),
          "skipped_steps": ("int", AT_LEAST_0), "world_size": ("int", AT_LEAST_1)}
@@ -183,7 +206,7 @@ class _Checker:
         if not _KIND_CHECK[kind](value):
             self.fail(key, f"must be {_KIND_NAME.get(kind, 'a ' + kind)}, got {_show(value)}")
         if rule is not None and not rule[0](value):
-            self.fail(key, f"must be {rule[1]}, got {_show(value)}")
+            self.fail(key, f"must be {rule_text(rule, value)}, got {_show(value)}")
 
     def section(self, cfg: dict, name: str, required: bool, extras: dict | None = None, known: dict | None = None):
         if name not in cfg:
@@ -249,9 +272,13 @@ def check_config(cfg, path: str | Path, purpose: str = "model") -> dict:
         if len(m[k]) != n:
             c.fail(f"model.{k}", f"must have one flag per level ({n}), got {len(m[k])}")
     try:  # the model's own layout rules (levels, divisibility, head size), naming the file
-        from_dict(ModelConfig, m).validate()
+        mc = from_dict(ModelConfig, m)
+        mc.validate()
     except DfeditError as e:
         c.fail("model", f"is impossible: {e}")
+    why = size_problem(mc)
+    if why:
+        c.fail("model", why)
     if cfg["text_encoder"]["dim"] != m["text_dim"]:
         c.fail("text_encoder.dim", f"({cfg['text_encoder']['dim']}) must equal model.text_dim ({m['text_dim']})")
     if resume and "train" in cfg:
@@ -290,9 +317,25 @@ def check_options(mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: Da
                 raise DfeditError(f"{where} must be {_KIND_NAME.get(kind, 'a ' + kind)}, got {_show(v)}")
             rule = RULES.get(key)
             if rule is not None and not rule[0](v):
-                raise DfeditError(f"{where} must be {rule[1]}, got {_show(v)}")
+                raise DfeditError(f"{where} must be {rule_text(rule, v)}, got {_show(v)}")
     if tc.sample_stride > dc.num_train_timesteps:
         raise DfeditError(f"{flag('train', 'sample_stride')} must be at most {dc.num_train_timesteps}")
+    why = size_problem(mc)
+    if why:
+        raise DfeditError(f"the model {why}")
+
+
+def size_problem(mc: ModelConfig) -> str | None:
+    """Why a model config is too large to build (estimated, nothing allocated), or None."""
+    from .config import MAX_ACTIVATION_BYTES, MAX_PARAMETERS, size_estimate
+
+    params, acts = size_estimate(mc)
+    if params > MAX_PARAMETERS:
+        return f"describes at least {params:,} parameters, more than the {MAX_PARAMETERS:,} dfedit builds"
+    if acts > MAX_ACTIVATION_BYTES:
+        return (f"needs about {acts / 2**30:.0f} GiB of activations per image, more than the "
+                f"{MAX_ACTIVATION_BYTES / 2**30:.0f} GiB dfedit allows")
+    return None
 
 
 LATEST_RE = re.compile(r"^checkpoints/step-(\d{8,})$")

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from dfedit.cache import (all_finite, atomic_write, cache_root, clean_stale_temps, discard, notice,
-                          tensor_digest, write_error)
+                          out_of_memory, tensor_digest, write_error)
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 
@@ -88,6 +88,11 @@ class TextEncoder:
         hf_logging.disable_progress_bar()  # our own bars only; a frozen encoder loads in a second
 
         path = str(minilm_path()) if self.name == DEFAULT_ENCODER else self.name
+        local = Path(path).expanduser()
+        weights = ("model.safetensors", "model.safetensors.index.json")
+        if local.is_dir() and not any((local / f).is_file() for f in weights):
+            raise DfeditError(f"text encoder {self.name!r} has no model.safetensors: dfedit loads weights from "
+                              "safetensors only, never from pickle files")
         try:
             config = AutoConfig.from_pretrained(path)
             self._tok = AutoTokenizer.from_pretrained(path)
@@ -98,11 +103,14 @@ class TextEncoder:
                 from transformers import T5EncoderModel as cls
             else:
                 cls = AutoModel
-            self._model = cls.from_pretrained(path).eval().to(self.device)
+            self._model = cls.from_pretrained(path, use_safetensors=True).eval().to(self.device)
         except DfeditError:
             raise
         except Exception as e:
-            raise DfeditError(f"could not load text encoder {self.name!r}: {str(e).splitlines()[0]}") from None
+            if out_of_memory(e):
+                raise MemoryError(str(e)) from None
+            raise DfeditError(f"could not load text encoder {self.name!r}: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
     @property
     def dim(self) -> int:
@@ -166,6 +174,8 @@ class EmbeddingCache:
                 if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
                     raise ValueError("its prompt list is not a list of strings")
             except Exception as e:  # truncated, a directory, not safetensors, no prompt list...
+                if out_of_memory(e):  # not damage: the entry is kept
+                    raise MemoryError(str(e)) from None
                 self._damaged(f, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}", None)
                 continue
             yield f, listed, meta, st.st_ino
@@ -215,6 +225,8 @@ class EmbeddingCache:
                     s, m = h.get_tensor("states"), h.get_tensor("mask")
                 why = self._problem(listed, meta, s, m, dim)
             except Exception as e:
+                if out_of_memory(e):
+                    raise MemoryError(str(e)) from None
                 why = f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
             if why is not None:
                 self._damaged(f, why, inode)

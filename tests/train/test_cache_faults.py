@@ -270,7 +270,7 @@ def test_a_damaged_cached_tarball_is_fetched_again(tmp_path, fake_npm, npm_tarba
     # what an older version left after a kill: a truncated tarball under the final name, and a
     # temporary directory of a dead downloader
     (npm_dir / "emoji-datasource-google-16.0.0.tgz").write_bytes(npm_tarball.read_bytes()[:5000])
-    (npm_dir / ".tmp-npm-999999999").mkdir()
+    (npm_dir / ".emoji-datasource-google-16.0.0.tgz.dfedit-999999999-0123456789abcdef.tmp").mkdir()
     fake_npm("ok")
     d = datamod.load("npm")
     assert len(d) == 36

@@ -140,7 +140,8 @@ def test_export_and_the_builtin_alias(run_dir, tmp_path, monkeypatch):
     dest = tmp_path / "shipped"
     r = runner.invoke(train_app, ["export", str(run_dir), str(dest), "--device", "test CPU", "--guidance", "4.5"])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "ema.safetensors", "record.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "ema.safetensors", "manifest.json", "record.json",
+                                                      "text_encoder"]  # the run's local encoder travels with it
     assert all(v.dtype.is_floating_point is False or str(v.dtype) == "torch.float16"
                for v in load_file(str(dest / "ema.safetensors")).values())
     cfg, rec = json.loads((dest / "config.json").read_text()), json.loads((dest / "record.json").read_text())

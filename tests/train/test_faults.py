@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import dfedit.cache
+import dfedit.files
 from dfedit.errors import DfeditError
 from dfedit_train import checkpoint as ckpt
 from dfedit_train.cli import app
@@ -148,7 +149,7 @@ def test_sigkill_inside_a_save_then_resume(tmp_path, tiny, reference, npm_tarbal
                        timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
     if where == "tensors":  # killed inside the second save: its temporary directory is left behind
-        assert steps(out) == [2] and any(".tmp-step-00000004" in x for x in litter(out))
+        assert steps(out) == [2] and any(".step-00000004.dfedit-" in x for x in litter(out))
     else:  # killed after the rename, before latest.json: step 4 is complete, latest.json still says 2
         assert steps(out) == [2, 4] and latest(out).name == "step-00000002"
     log_lines = (out / "log.jsonl").read_text().splitlines()
@@ -285,6 +286,7 @@ def test_nan_weights_are_skipped_and_healthy_checkpoints_survive(two_checkpoints
         t = tensors(newest, which)
         save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in t.items()},
                   str(newest / f"{which}.safetensors"))
+    (newest / ckpt.MANIFEST).unlink()  # as a checkpoint written before manifests: the NaN check finds it
     r, saved, msgs = resume(out, configs(tiny), given={"train.epochs": 3})
     assert saved["state"]["step"] == 2
     assert any("skipping step-00000004: model.safetensors holds NaN or infinite values" in m for m in msgs), msgs
@@ -407,6 +409,9 @@ def test_weights_of_another_preset_are_not_resumed(tmp_path, tiny, two_checkpoin
     train(wide, replace(mc, channels=(32, 32), head_dim=16), dc, tc, dac, progress=False)
     newest = two_checkpoints / "checkpoints" / "step-00000004"
     (newest / "optimizer.safetensors").write_bytes((latest(wide) / "optimizer.safetensors").read_bytes())
+    # without their manifests (as checkpoints written before manifests), the shape checks find it
+    (newest / ckpt.MANIFEST).unlink()
+    (latest(other) / ckpt.MANIFEST).unlink()
     _, saved, msgs = resume(two_checkpoints, configs(tiny), given={"train.epochs": 3}, max_steps=5)
     assert saved["state"]["step"] == 2
     assert any("skipping step-00000004: optimizer.safetensors is for another model" in m for m in msgs), msgs
@@ -424,11 +429,11 @@ class DiskFull:
 
     def __init__(self, monkeypatch, match, room=100):
         self.match, self.room, self.hits = match, room, 0
-        real = open
+        real = dfedit.files._file
 
-        def fake_open(path, mode="r", *a, **k):
-            f = real(path, mode, *a, **k)
-            if "w" in mode and self.match in Path(path).name:
+        def fake_open(fd, path):
+            f = real(fd, path)
+            if self.match in Path(path).name:
                 self.hits += 1
                 write = f.write
 
@@ -438,7 +443,7 @@ class DiskFull:
                 f.write = limited
             return f
 
-        monkeypatch.setattr(dfedit.cache, "_open", fake_open)
+        monkeypatch.setattr(dfedit.files, "_file", fake_open)
 
 
 def _snapshot(d):
@@ -476,10 +481,10 @@ def test_disk_full_during_export_keeps_the_previous_export(one_run, tmp_path, mo
     full = DiskFull(monkeypatch, "ema.safetensors", room=10)
     err = one_line_error(invoke("export", one_run, dest, "--fp32"), "cannot write the export")
     assert full.hits == 1 and "no space left on the device" in err and "previous export in it is intact" in err
-    assert _snapshot(dest) == before and list(tmp_path.glob(".tmp-export*")) == []
+    assert _snapshot(dest) == before and list(tmp_path.glob(".*.tmp")) == []
     # a new destination: nothing at all is left
     err = one_line_error(invoke("export", one_run, tmp_path / "new"), "cannot write the export")
-    assert not (tmp_path / "new").exists() and list(tmp_path.glob(".tmp-export*")) == []
+    assert not (tmp_path / "new").exists() and list(tmp_path.glob(".*.tmp")) == []
     # export refuses a directory that holds anything else (e.g. the run itself) before reading weights
     one_line_error(invoke("export", one_run, one_run), "holds other files")
 
