@@ -154,7 +154,8 @@ def _read_json_members(path: Path, wanted: set[str]) -> dict[str, object]:
         with tarfile.open(path) as tf:
             for m in tf:
                 rel = m.name.split("/", 1)[1] if "/" in m.name else m.name
-                if rel in wanted and m.isfile():
+                if rel in wanted and m.isfile():  # links and other kinds are never followed
+                    datamod._member_limit(path, m)  # from the header, before anything is read
                     out[rel] = json.load(tf.extractfile(m))
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
         raise DfeditError(f"could not read the npm tarball {path}: {e}") from None

@@ -16,7 +16,6 @@ import torch
 from emoji_synth import FACES, HANDS, TONES, emoji_png, npm_entries, npm_files
 from typer.testing import CliRunner
 
-from dfedit.cache import cache_root
 from dfedit_train import sets
 from dfedit_train.train import draw_conditioning
 
@@ -75,14 +74,17 @@ def emojibase(path: Path) -> Path:
 
 
 @pytest.fixture
-def packages(tmp_path):
-    """The four packages under the names the fetchers look for in the cache, so no npm runs."""
-    npm = cache_root() / "npm"
+def packages(tmp_path, monkeypatch):
+    """The four packages, handed to the trainer in place of the npm downloads."""
+    npm = tmp_path / "npm"
     npm.mkdir(parents=True, exist_ok=True)
-    return {"google": datasource(npm / "emoji-datasource-google-16.0.0.tgz", "google"),
+    got = {"google": datasource(npm / "emoji-datasource-google-16.0.0.tgz", "google"),
             "twitter": datasource(npm / "emoji-datasource-twitter-16.0.0.tgz", "twitter"),
             "fluent": fluent(npm / "iconify-json-fluent-emoji-flat-1.2.6.tgz"),
             "emojibase": emojibase(npm / "emojibase-data-16.0.3.tgz")}
+    monkeypatch.setattr(sets, "_sources", lambda names: {n: got[n] for n in names})
+    monkeypatch.setattr(sets, "fetch_emojibase", lambda: got["emojibase"])
+    return got
 
 
 def test_normalise_code_makes_every_sets_spelling_one_key():
