@@ -149,7 +149,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
                                stride=stride, guidance=guidance, progress=progress, log=log, sampler=sampler,
                                steps=steps, real_sets=real_sets, ceiling_sets=ceiling_sets, n_diversity=n_diversity,
                                n_seeds=n_seeds)
-    xs, prompts = r.pop("_images"), r.pop("_prompts")
+    xs, prompts, dx = r.pop("_images"), r.pop("_prompts"), r.pop("_diversity_images", None)
     r.update({"checkpoint": str(ck), "weights": weights, "step": cfg.get("state", {}).get("step"),
               "images_seen": cfg.get("state", {}).get("images_seen")})
     out = Path(out) if out is not None else _default_eval_dir(ck)
@@ -167,11 +167,16 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
         labels.append([("+ " if r["samples"][i]["rank"] < 5 else "- ") + prompts[i].caption for i in sel])
         rows.append([to_pil(_images(d, [prompts[i].row], den.sample_size))[0] for i in sel])
         labels.append([f"{split}: {dac.vendor}" for _ in sel])
+    if dx is not None:  # diversity: every seed of the first three diversity captions, one row each
+        for p in range(min(3, len(dx))):
+            rows.append(to_pil(dx[p]))
+            labels.append([r["diversity"]["captions"][p] if s == 0 else f"seed {s + 1}" for s in range(len(dx[p]))])
     sheet = grid(rows, labels)
     r["grid"] = str(save_png(sheet, out / "recognise.png", {
         "checkpoint": str(ck), "weights": weights, "seed": seed, "sampler": r["sampler"], "stride": r["stride"],
         "steps": steps, "guidance": r["guidance"],
-        "rows": f"samples (+ top-5 hit, - miss) over the real {dac.vendor} image, per split"}))
+        "rows": f"samples (+ top-5 hit, - miss) over the real {dac.vendor} image, per split; then every seed "
+                "of three diversity captions"}))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     prev["recognise"] = r
     atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())

@@ -633,6 +633,7 @@ def recognisability(den, d: datamod.EmojiData, train_mask: np.ndarray, cats: dic
         div["captions"] = [prompts[i].caption for i in div_p]
         div["copies"] = copy_rate(dx.flatten(0, 1), bank, size)
         result["diversity"] = div
+        result["_diversity_images"] = dx  # (prompt, seed, 3, H, W), for the sheet; dropped before JSON
     result["samples"] = [{"caption": p.caption, "split": p.split, "target": d.captions[p.row], "rank": int(r),
                           **{f"real_rank_{n}": int(rr[i]) for n, rr in real_r.items()}, "copy": bool(flags["copy"][i])}
                          for i, (p, r) in enumerate(zip(prompts, r_s.tolist()))]
