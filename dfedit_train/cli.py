@@ -455,9 +455,10 @@ def _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, 
                   f"{', '.join(r['ceiling'])} {f(dv['real_spread'])}; {f(dv['recognised'])} of the samples "
                   f"recognised); copy rate {f(cp['copy'])} (Gu 1/3 criterion {f(cp['gu'])}, under 2% RMSE "
                   f"{f(cp['near'])}, of {cp['n']} samples)", soft_wrap=True)
-    real = f"{r['style']}'s" if r.get("style") else "the mean over " + ", ".join(r["real_sets"]) + " of the"
+    real = (f"{r['style']}'s real drawings" if r.get("style") else
+            f"the real {' and '.join(r['real_sets'])} drawings" + (" (mean over the sets)" if len(r["real_sets"]) > 1 else ""))
     con.print(f"judge: a classifier trained on {' and '.join(JUDGE_VENDORS)} emoji only. real k: its top-k on "
-              f"{real} real drawings of the same emoji; ratio k = top-k of the samples / real k (the headline: "
+              f"{real} of the same emoji; ratio k = top-k of the samples / real k (the headline: "
               "ratio 5); ceiling: real k on all of a set's emoji; recall: Gu et al.'s criterion against the "
               "caption's own image (training captions only); copies: Gu's criterion against the nearest training "
               f"image, or under 2% RMSE from it. Sheet: {r['grid']}", soft_wrap=True)
