@@ -229,8 +229,9 @@ def test_the_training_bar_shows_steps_epoch_smoothed_loss_and_speed(capsys):
         bar.update(1, 3, 0.5, 12.34)
         bar.update(1, 3, float("nan"), 13.0)
         bar.update(2, 3, 1.5, 14.0)
-    err = capsys.readouterr().err
-    assert err.startswith("train ") and "5/10" in err and "epoch 2/3" in err and "14.0 img/s" in err
+    err = capsys.readouterr().err  # not a terminal: dfedit.progress's plain lines ("train: 50% (5/10) ...")
+    assert err.startswith("train: ") and "(5/10)" in err and "epoch 2/3" in err and "14.0 img/s" in err
+    assert "ETA" in err
     assert "loss 0.5500" in err  # 0.95 * 0.5 + 0.05 * 1.5
     with _TrainBar(10, 0, enabled=False) as bar:
         bar.update(1, 3, 0.5, 12.34)
