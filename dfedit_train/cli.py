@@ -465,29 +465,46 @@ def eval_cmd(
 
 
 def _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, device, quiet,
-               sampler=None, steps=None):
+               sampler=None, steps=None, n_diversity=50, n_seeds=8):
     from rich.console import Console
     from rich.table import Table
 
     from .evaluate import recognise as run
+    from .recognise import JUDGE_VENDORS, LICENCE_NOTE
 
     r = run(checkpoint, device=device, weights=weights, n_train=n_train, n_heldout=n_heldout, stride=stride,
             guidance=guidance, seed=seed, out=out, progress=not quiet, log=lambda m: typer.echo(m, err=True),
-            sampler=sampler, steps=steps)
+            sampler=sampler, steps=steps, n_diversity=n_diversity, n_seeds=n_seeds)
     how = f"{r['steps']} steps" if r["steps"] else f"stride {r['stride']}"
     tab = Table(title=f"recognisability: {r['checkpoint']} ({r['weights']}, {r['images_seen'] or '?'} images seen; "
                       f"{r['sampler']} {how}, guidance {r['guidance']:g}, {r['resolution']} px)")
-    for col in ("captions", "n", "top-1", "top-5", "real 1", "real 5", "ratio 1", "ratio 5", "recall"):
+    for col in ("captions", "n", "top-1", "top-5", "real 1", "real 5", "ratio 1", "ratio 5", "recall", "copies"):
         tab.add_column(col)
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for split, row in r["rows"].items():
         tab.add_row(split, str(row["n"]), f(row["top1"]), f(row["top5"]), f(row["real_top1"]), f(row["real_top5"]),
-                    f(row["ratio_top1"]), f(row["ratio_top5"]), f(row.get("recall_gu")))
-    con = Console(file=sys.stdout)
+                    f(row["ratio_top1"]), f(row["ratio_top5"]), f(row.get("recall_gu")), f(row.get("copy")))
+    for name, c in r["ceiling"].items():
+        tab.add_row(f"ceiling: {name}", str(c["n"]), "-", "-", f(c["top1"]), f(c["top5"]), "-", "-", "-", "-")
+    # ten columns: wider than rich's 80 when the table goes to a file or a pipe
+    con = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 150)
     con.print(tab)
-    con.print("judge: a classifier trained on Twitter's emoji only. real k: its top-k on the real Google images of "
-              "the same emoji; ratio k = top-k of the samples / real k (the headline: ratio 5); recall: Gu et al.'s "
-              f"criterion (training captions only). Sheet: {r['grid']}")
+    dv = r.get("diversity")
+    if dv:
+        cp = dv["copies"]
+        con.print(f"diversity {f(dv['diversity'])} ({dv['n_prompts']} training captions x {dv['n_seeds']} seeds; "
+                  f"spread of the recognised samples {f(dv['spread'])} RMSE / real drawings across "
+                  f"{', '.join(r['ceiling'])} {f(dv['real_spread'])}; {f(dv['recognised'])} of the samples "
+                  f"recognised); copy rate {f(cp['copy'])} (Gu 1/3 criterion {f(cp['gu'])}, under 2% RMSE "
+                  f"{f(cp['near'])}, of {cp['n']} samples)", soft_wrap=True)
+    real = (f"{r['style']}'s real drawings" if r.get("style") else
+            f"the real {' and '.join(r['real_sets'])} drawings" + (" (mean over the sets)" if len(r["real_sets"]) > 1 else ""))
+    con.print(f"judge: a classifier trained on {' and '.join(JUDGE_VENDORS)} emoji only. real k: its top-k on "
+              f"{real} of the same emoji; ratio k = top-k of the samples / real k (the headline: "
+              "ratio 5); ceiling: real k on all of a set's emoji; recall: Gu et al.'s criterion against the "
+              "caption's own image (training captions only); copies: Gu's criterion against the nearest training "
+              f"image, or under 2% RMSE from it. Sheet: {r['grid']}", soft_wrap=True)
+    con.print(LICENCE_NOTE, soft_wrap=True)
 
 
 @app.command("recognise")
@@ -501,12 +518,15 @@ def recognise_cmd(
     guidance: Optional[float] = typer.Option(None, help="default: the model's own"),
     sampler: str = typer.Option("ddpm", help="any of dfedit's --sampler names (ddpm, ddim, dpmpp-2m, euler, heun)"),
     steps: Optional[int] = typer.Option(None, help="model calls per sample instead of --stride"),
+    diversity_captions: int = typer.Option(50, help="training captions sampled with several seeds for diversity"),
+    seeds: int = typer.Option(8, help="seeds per diversity caption (0 or 1: no diversity)"),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval (the cache for the built-in model)"),
     device: Optional[str] = typer.Option(None, help="default: cuda if available"),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
-    """Recognisability: a Twitter-trained classifier judges samples for a fixed, stratified caption set."""
+    """Recognisability, diversity and copying: a classifier trained on Apple's and Facebook's drawings
+    (never a training set) judges samples for a fixed, stratified caption set."""
     import torch
 
     from dfedit.sampler import get_sampler
@@ -517,13 +537,15 @@ def recognise_cmd(
 
     if weights not in ("ema", "model"):
         raise DfeditError(f"--weights must be ema or model, got {weights!r}")
-    for name, v in (("--n-train", n_train), ("--n-heldout", n_heldout)):
+    for name, v in (("--n-train", n_train), ("--n-heldout", n_heldout), ("--diversity-captions", diversity_captions),
+                    ("--seeds", seeds)):
         if v < 0:
             raise DfeditError(f"{name} must be 0 or more, got {v}")
     if stride < 1 or stride > 1000:
         raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet, sampler, steps)
+    _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet, sampler, steps,
+               diversity_captions, seeds)
 
 
 @app.command()

@@ -150,6 +150,25 @@ def base_of_caption(caption: str) -> str:
     return _TONE_SUFFIX.sub("", caption)
 
 
+# "1F44D", "U+1F44D", "23" (a file name's spelling of U+0023); a hex word without a digit ("FACE")
+# is a word, not a code point
+_CODE_POINT = re.compile(r"^(U\+[0-9A-F]{1,6}|(?=[0-9A-F]*[0-9])[0-9A-F]{1,6})$")
+
+
+def normalise_code(unified: str, drop_tones: bool = False) -> str:
+    """One key for an emoji whatever drawing set it came from: its code points as upper-case hex,
+    '-' joined, with U+FE0F (the emoji presentation selector, which sets spell differently)
+    removed; "263a-fe0f" and "U+263A" both become "263A". drop_tones also removes skin-tone
+    modifiers (a toned variant's key becomes its base emoji's). A key that is not code points (a
+    caption-keyed folder data set) is returned stripped but otherwise unchanged."""
+    parts = [p.upper() for p in re.split(r"[-\s_]+", unified.strip()) if p]
+    if not parts or not all(_CODE_POINT.match(p) for p in parts):
+        return unified.strip()
+    parts = [p.removeprefix("U+").lstrip("0").rjust(4, "0") for p in parts]
+    keep = [p for p in parts if p != "FE0F" and not (drop_tones and p in SKIN_TONES)]
+    return "-".join(keep or parts)
+
+
 # ---- sources -----------------------------------------------------------------------------------
 
 def fetch_npm_package(vendor: str) -> Path:

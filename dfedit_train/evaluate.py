@@ -130,22 +130,26 @@ def evaluate(path: str | Path, device="cpu", weights: str = "ema", n_samples: in
 
 def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int = 200, n_heldout: int = 200,
               stride: int = 20, guidance: float | None = None, seed: int = 0, out: Path | None = None,
-              progress: bool = True, log=print, sampler: str | None = None, steps: int | None = None) -> dict:
+              progress: bool = True, log=print, sampler: str | None = None, steps: int | None = None,
+              n_diversity: int = 50, n_seeds: int = 8) -> dict:
     """The recognisability metric (dfedit_train/recognise.py) of a checkpoint, run or the built-in
     model: a table in `eval.json`'s "recognise" entry and a labelled grid of the samples."""
     from dfedit.images import grid, save_png, to_pil
 
-    from .recognise import categories, recognisability
+    from . import recognise as recmod
 
     ck, cfg, den, dac, d = _load_run(path, device, weights)
     train_mask = ~d.val
     if dac.subset:
         train_mask &= datamod.subset_mask(d, dac.subset)
     path_, layout = datamod.resolve_source(dac.source, dac.vendor)
-    cats = categories(path_) if layout == "npm" and path_.is_file() else {}
-    r = recognisability(den, d, train_mask, cats, n_train=n_train, n_heldout=n_heldout, seed=seed, stride=stride,
-                        guidance=guidance, progress=progress, log=log, sampler=sampler, steps=steps)
-    xs, prompts = r.pop("_images"), r.pop("_prompts")
+    cats = recmod.categories(path_) if layout == "npm" and path_.is_file() else {}
+    real_sets, ceiling_sets = metric_sets(dac, d)
+    r = recmod.recognisability(den, d, train_mask, cats, n_train=n_train, n_heldout=n_heldout, seed=seed,
+                               stride=stride, guidance=guidance, progress=progress, log=log, sampler=sampler,
+                               steps=steps, real_sets=real_sets, ceiling_sets=ceiling_sets, n_diversity=n_diversity,
+                               n_seeds=n_seeds)
+    xs, prompts, dx = r.pop("_images"), r.pop("_prompts"), r.pop("_diversity_images", None)
     r.update({"checkpoint": str(ck), "weights": weights, "step": cfg.get("state", {}).get("step"),
               "images_seen": cfg.get("state", {}).get("images_seen")})
     out = Path(out) if out is not None else _default_eval_dir(ck)
@@ -154,7 +158,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
     # Google image it was asked for; "+" when the judge's top-5 holds the right emoji, "-" when not.
     rows, labels = [], []
     ims = to_pil(xs)
-    for split in ("train", "held-out", "paraphrase"):
+    for split in recmod.SPLITS:
         sel = [i for i, p in enumerate(prompts) if p.split == split]
         sel = sel[::max(1, len(sel) // 12)][:12]  # spread over the set, which is sorted by category
         if not sel:
@@ -162,16 +166,37 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
         rows.append([ims[i] for i in sel])
         labels.append([("+ " if r["samples"][i]["rank"] < 5 else "- ") + prompts[i].caption for i in sel])
         rows.append([to_pil(_images(d, [prompts[i].row], den.sample_size))[0] for i in sel])
-        labels.append([f"{split}: Google" for _ in sel])
+        labels.append([f"{split}: {dac.vendor}" for _ in sel])
+    if dx is not None:  # diversity: every seed of the first three diversity captions, one row each
+        for p in range(min(3, len(dx))):
+            rows.append(to_pil(dx[p]))
+            labels.append([r["diversity"]["captions"][p] if s == 0 else f"seed {s + 1}" for s in range(len(dx[p]))])
     sheet = grid(rows, labels)
     r["grid"] = str(save_png(sheet, out / "recognise.png", {
         "checkpoint": str(ck), "weights": weights, "seed": seed, "sampler": r["sampler"], "stride": r["stride"],
         "steps": steps, "guidance": r["guidance"],
-        "rows": "samples (+ top-5 hit, - miss) over the real Google image, per split"}))
+        "rows": f"samples (+ top-5 hit, - miss) over the real {dac.vendor} image, per split; then every seed "
+                "of three diversity captions"}))
     prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
     prev["recognise"] = r
     atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())
     return r
+
+
+def metric_sets(dac, d) -> tuple[dict, dict]:
+    """(real_sets, ceiling_sets) for the recognisability metric: the model's own drawing set, by
+    vendor; the ceiling and the real spread across styles add the other sets models are trained on
+    (recognise.TRAINING_SETS) when the model's data is the npm download (fetched as needed), and
+    only the model's own set for local data (a test's tiny package)."""
+    from . import recognise as recmod
+
+    real = {dac.vendor: recmod.real_set(d)}
+    ceil = dict(real)
+    if dac.source in ("", "npm"):
+        for v in recmod.TRAINING_SETS:
+            if v not in ceil:
+                ceil[v] = recmod.real_set(datamod.load("npm", v))
+    return real, ceil
 
 
 def _default_eval_dir(ck: Path) -> Path:

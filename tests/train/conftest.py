@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from emoji_synth import emoji_png, npm_entries, npm_files, tiny_configs, write_tarball
+from emoji_synth import emoji_png, npm_entries, npm_files, tiny_configs, vendor_tarball, write_tarball
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -37,6 +37,14 @@ def npm_tarball(tmp_path_factory):
     p = tmp_path_factory.mktemp("npm") / "emoji-datasource-google-16.0.0.tgz"
     write_tarball(p, npm_files(), npm_entries())
     return p
+
+
+@pytest.fixture(scope="session")
+def vendor_tarballs(tmp_path_factory):
+    """Synthetic emoji-datasource-{twitter,apple,facebook} tarballs: the same designs as the Google
+    one, each vendor drawing them a little differently (emoji_synth.STYLES)."""
+    d = tmp_path_factory.mktemp("npm-vendors")
+    return {v: vendor_tarball(d, v) for v in ("twitter", "apple", "facebook")}
 
 
 @pytest.fixture(scope="session")

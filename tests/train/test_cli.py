@@ -25,7 +25,7 @@ def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch)
     from dfedit_train import data, recognise
     from test_recognise import other_vendor
     # The judge learns from "another vendor": here a shifted copy of the synthetic set (no download).
-    monkeypatch.setattr(recognise, "_twitter", lambda: other_vendor(data.load(str(npm_tarball), "google")))
+    monkeypatch.setattr(recognise, "_judge_sets", lambda: {"other": other_vendor(data.load(str(npm_tarball), "google"))})
     out = tmp_path / "run"
     common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
               "--max-length", "12", "--out", out, "--quiet", "--sample-every", "0"]
@@ -49,6 +49,9 @@ def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch)
     assert r.exit_code == 0, r.output
     ev = json.loads((out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "eval.json").read_text())
     assert ev["recognise"]["rows"]["train"]["n"] == 3 and "val_loss" in ev  # the loss bands are kept
+    # the ceiling of the model's own set, diversity and the copy rate come with the table
+    assert "ceiling: google" in r.stdout and "copy rate" in r.stdout and "evaluation only" in r.stdout
+    assert ev["recognise"]["diversity"]["n_seeds"] == 8 and ev["recognise"]["diversity"]["copies"]["n"] == 24
     assert (out / "checkpoints" / f"step-{2 * step1:08d}" / "eval" / "recognise.png").is_file()
     one_line_error(invoke("recognise", out, "--stride", "0"), "--stride must be")
     # any of dfedit's samplers, by model calls; recorded with the numbers
