@@ -42,7 +42,7 @@ from dfedit.cache import atomic_write, cache_root, notice
 from dfedit.errors import DfeditError
 
 from . import data as datamod
-from .data import STORE_SIZE, decode_png, npm_caption
+from .data import STORE_SIZE, decode_png, normalise_code, npm_caption  # noqa: F401 (normalise_code: sets' API too)
 
 SETS = ("google", "twitter", "fluent")
 # What each set is and the licence its images come under (NOTICE repeats the attributions).
@@ -55,11 +55,6 @@ FLUENT_PACKAGE, FLUENT_VERSION = "@iconify-json/fluent-emoji-flat", "1.2.6"
 EMOJIBASE_PACKAGE, EMOJIBASE_VERSION = "emojibase-data", "16.0.3"
 SETS_CACHE_VERSION = 1
 SPLITS = ("", "unseen", "tone-pair", "style-pair")  # "" = trained on
-
-
-def normalise_code(unified: str) -> str:
-    """"1f44d-1f3fd" / "2764-FE0F" -> "1F44D-1F3FD" / "2764": one key for every set's file names."""
-    return "-".join(p for p in unified.upper().replace("_", "-").split("-") if p and p != "FE0F")
 
 
 # ---- one row per (emoji, tone, set) ----------------------------------------------------------------
