@@ -521,6 +521,9 @@ def recognise_cmd(
     diversity_captions: int = typer.Option(50, help="training captions sampled with several seeds for diversity"),
     seeds: int = typer.Option(8, help="seeds per diversity caption (0 or 1: no diversity)"),
     seed: int = typer.Option(0),
+    prompts_of: Optional[Path] = typer.Option(None, help="judge on the prompts and splits of this model trained on "
+                                              "several drawing sets (default: the model's own, when it has sets)"),
+    pairs: int = typer.Option(100, help="with several sets: held-out (emoji, tone) and (emoji, set) pairs judged, each"),
     out: Optional[Path] = typer.Option(None, help="default: CHECKPOINT/eval (the cache for the built-in model)"),
     device: Optional[str] = typer.Option(None, help="default: cuda if available"),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -544,8 +547,33 @@ def recognise_cmd(
     if stride < 1 or stride > 1000:
         raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from . import checkpoint as ckpt
+    if prompts_of is not None or ckpt.load(checkpoint)[1]["data"].get("sets"):
+        return _generalise(checkpoint, weights, prompts_of, n_train, pairs, n_heldout, diversity_captions, seeds,
+                           stride, guidance, seed, out, dev, quiet, sampler, steps)
     _recognise(checkpoint, weights, n_train, n_heldout, stride, guidance, seed, out, dev, quiet, sampler, steps,
                diversity_captions, seeds)
+
+
+def _generalise(checkpoint, weights, prompts_of, n_train, pairs, n_unseen, n_diversity, n_seeds, stride, guidance,
+                seed, out, device, quiet, sampler, steps):
+    """`recognise` for a model trained on several drawing sets (or on their prompts): generalise.py's table."""
+    from .evaluate import generalisation
+    from .generalise import table
+    from .recognise import JUDGE_VENDORS, LICENCE_NOTE
+
+    r = generalisation(checkpoint, device=device, weights=weights, prompts_of=prompts_of, n_train=n_train,
+                       n_pairs=pairs, n_unseen=n_unseen, n_diversity=n_diversity, n_seeds=n_seeds, stride=stride,
+                       guidance=guidance, seed=seed, out=out, progress=not quiet,
+                       log=lambda m: typer.echo(m, err=True), sampler=sampler, steps=steps)
+    how = f"{r['steps']} steps" if r["steps"] else f"stride {r['stride']}"
+    typer.echo(f"generalisation: {r['checkpoint']} ({weights}, {r['images_seen'] or '?'} images seen; {r['sampler']} "
+               f"{how}, guidance {r['guidance']:g}, {r['resolution']} px) on the prompts of {r['prompts_of']}")
+    typer.echo(table(r))
+    typer.echo(f"judge: a classifier trained on {' and '.join(JUDGE_VENDORS)} emoji only; real: its top-k on the real "
+               "drawing of the style asked for (no style: the mean over the sets); ratio = top-5 of the samples / "
+               "real; rank: median rank of the right emoji. Sheet: " + r["grid"])
+    typer.echo(LICENCE_NOTE)
 
 
 @app.command()

@@ -17,6 +17,7 @@ import torch
 
 from dfedit.cache import atomic_write, cache_root
 from dfedit.emoji.text import TextEncoder
+from dfedit.errors import DfeditError
 
 from . import checkpoint as ckpt
 from . import data as datamod
@@ -205,3 +206,67 @@ def _default_eval_dir(ck: Path) -> Path:
     if ck.resolve() == ckpt.BUILTIN["emoji"].resolve():
         return cache_root() / "eval" / "builtin-emoji"
     return ck / "eval"
+
+
+def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts_of: str | Path | None = None,
+                   n_train: int = 100, n_pairs: int = 100, n_unseen: int = 100, n_diversity: int = 50,
+                   n_seeds: int = 8, stride: int = 30, guidance: float | None = None, seed: int = 0,
+                   out: Path | None = None, progress: bool = True, log=print, sampler: str | None = None,
+                   steps: int | None = None) -> dict:
+    """The generalisation table (dfedit_train/generalise.py) of a model trained on several drawing
+    sets, or of any model on the prompts of one (`prompts_of`: a run or model whose data config
+    names the sets and the split; issue 10's model is judged on the new model's prompts so). The
+    table goes to eval.json's "generalise" entry, with a labelled sheet of the samples."""
+    from dfedit.images import grid, save_png, to_pil
+
+    from . import generalise, sets as setsmod
+
+    ck, cfg = ckpt.load(path)
+    ref_ck, ref_cfg = (ck, cfg) if prompts_of is None else ckpt.load(prompts_of)
+    dac = data_config(ref_cfg["data"])
+    if not dac.sets:
+        raise DfeditError(f"{ref_ck} was not trained on several drawing sets (no data.sets): judge it with "
+                          "prompts_of a model that was")
+    den = ckpt.load_denoiser(ck, device=device, weights=weights)
+    ms = setsmod.load_sets(tuple(dac.sets), dac.base_only)
+    split = setsmod.run_split(ms, dac)
+    r = generalise.evaluate(den, ms, split, n_train=n_train, n_pairs=n_pairs, n_unseen=n_unseen,
+                            n_diversity=n_diversity, n_seeds=n_seeds, seed=seed, stride=stride, sampler=sampler,
+                            steps=steps, guidance=guidance, progress=progress, log=log)
+    xs, prompts, dx = r.pop("_images"), r.pop("_prompts"), r.pop("_diversity_images", None)
+    r.update({"checkpoint": str(ck), "weights": weights, "prompts_of": str(ref_ck),
+              "step": cfg.get("state", {}).get("step"), "images_seen": cfg.get("state", {}).get("images_seen")})
+    out = Path(out) if out is not None else _default_eval_dir(ck)
+    out.mkdir(parents=True, exist_ok=True)
+    # The sheet: up to 10 samples of each row of the table over the real drawing each asks for
+    # ("+": the judge's top-5 holds it), then every seed of three diversity captions.
+    rows, labels = [], []
+    ims = to_pil(xs)
+    names = list(dict.fromkeys(f"train ({p.style or 'any style'})" if p.split == "train" else p.split
+                               for p in prompts))
+    for name in names:
+        sel = [i for i, p in enumerate(prompts)
+               if (f"train ({p.style or 'any style'})" if p.split == "train" else p.split) == name]
+        sel = sel[::max(1, len(sel) // 10)][:10]
+        rows.append([ims[i] for i in sel])
+        labels.append([("+ " if r["samples"][i]["rank"] < 5 else "- ") + prompts[i].caption[:28] for i in sel])
+        rows.append([to_pil(_images_ms(ms, [prompts[i].row], den.sample_size))[0] for i in sel])
+        labels.append([f"{name}: {ms.styles[prompts[i].row]}" for i in sel])
+    if dx is not None:
+        for p in range(min(3, len(dx))):
+            rows.append(to_pil(dx[p]))
+            cap = r["diversity"]["captions"][p]
+            labels.append([cap[:28] if s == 0 else f"seed {s + 1}" for s in range(len(dx[p]))])
+    r["grid"] = str(save_png(grid(rows, labels), out / "generalise.png", {
+        "checkpoint": str(ck), "prompts_of": str(ref_ck), "seed": seed, "sampler": r["sampler"],
+        "stride": r["stride"], "steps": steps, "guidance": r["guidance"],
+        "rows": "samples (+ top-5 hit, - miss) over the real drawing asked for, per row of the table; then "
+                "every seed of three diversity captions"}))
+    prev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    prev["generalise"] = r
+    atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())
+    return r
+
+
+def _images_ms(ms, rows, size: int):
+    return datamod.images_to_tensor(ms.images[list(rows)], size)

@@ -204,6 +204,7 @@ def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_
         cmp = min(32, size)
         d = rec.diversity(dx, dr < 5, dk, rec.real_spread(real, cmp), cmp)
         d.pop("per_prompt", None)
+        d["captions"] = [p.caption for p in div]
         d["copies"] = rec.copy_rate(dx.flatten(0, 1), bank, size)
         result["diversity"] = d
         result["_diversity_images"] = dx
