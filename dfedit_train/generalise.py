@@ -128,8 +128,9 @@ def _row(r_s: torch.Tensor, real1: list[float], real5: list[float]) -> dict:
 def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_train: int = 100,
              n_pairs: int = 100, n_unseen: int = 100, n_diversity: int = 50, n_seeds: int = 8, seed: int = 0,
              stride: int = 30, sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-             batch: int = 64, progress: bool = True, log=print, paraphrases=None) -> dict:
-    """The generalisation table for `den` on the prompts of (ms, split) (module docstring)."""
+             batch: int = 64, progress: bool = True, log=print, paraphrases=None, sample_fn=None) -> dict:
+    """The generalisation table for `den` on the prompts of (ms, split) (module docstring).
+    sample_fn(den, captions, seed, style) -> images in [-1, 1] replaces sampling (tests)."""
     from dfedit.progress import progress_bar
 
     from .sample import sample
@@ -162,7 +163,10 @@ def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_
                 caps = [prompts[i].caption for i in what]
             else:
                 caps = [p.caption for p in div[what[2]:what[2] + batch]]
-            x = sample(den, caps, seed=sd, stride=stride, guidance=guidance, sampler=sampler, steps=steps).float()
+            if sample_fn is not None:
+                x = sample_fn(den, caps, sd, st).float()
+            else:
+                x = sample(den, caps, seed=sd, stride=stride, guidance=guidance, sampler=sampler, steps=steps).float()
             if isinstance(what, list):
                 xs[torch.tensor(what)] = x
             else:

@@ -251,3 +251,89 @@ def test_a_tiny_run_on_several_sets_trains_and_samples_in_each_style(packages, t
     assert r.exit_code == 1 and "google, twitter, fluent" in r.output
     r = runner.invoke(train_app, ["emoji", "--preset", "tiny", "--sets", "google,openmoji", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--sets takes drawing sets from google, twitter, fluent" in r.output
+
+
+# ---- the generalisation table ----------------------------------------------------------------------
+
+class _Den:
+    sample_size = 16
+    default_cfg = 3.0
+    styles = ("google", "twitter", "fluent")
+
+    def set_style(self, style):
+        self.style = style
+
+
+def _table(packages):
+    ms = sets.load_sets(("google", "twitter", "fluent"), paths={k: packages[k] for k in ("google", "twitter", "fluent")},
+                        emojibase=packages["emojibase"], use_cache=False)
+    return ms, sets.assign_splits(ms, 0.0, 0.3)
+
+
+def _judge(ms):
+    """A tiny judge on the table's own drawings (the real one never sees a training set; here only
+    the scoring is under test)."""
+    from dfedit_train import recognise as rec
+    from dfedit_train.data import EmojiData
+
+    judge = {s: EmojiData(ms.images[[i for i, st in enumerate(ms.styles) if st == s]],
+                          [c for c, st in zip(ms.captions, ms.styles) if st == s],
+                          [g for g, st in zip(ms.groups, ms.styles) if st == s],
+                          np.zeros(sum(st == s for st in ms.styles), bool), s) for s in ("google", "twitter")}
+    cfg = rec.ClassifierConfig(resolution=16, width=8, epochs=30, batch_size=32, lr=1e-2, val_fraction=0.0)
+    return rec.train_classifier(cfg, judge, progress=False)
+
+
+def _drawer(ms, pick):
+    """A fake model: for each caption, the table's drawing that pick(rows, style, seed) chooses."""
+    from dfedit_train.data import images_to_tensor
+
+    rows_of: dict[str, list[int]] = {}
+    for i, c in enumerate(ms.captions):
+        rows_of.setdefault(c, []).append(i)
+
+    def fn(den, captions, seed, style):
+        out = []
+        for j, c in enumerate(captions):
+            rows = rows_of.get(c) or rows_of[ms.captions[0]]
+            out.append(pick(rows, style, seed + j))
+        return images_to_tensor(ms.images[out], 16)
+    return fn
+
+
+def test_the_generalisation_table_scores_perfect_blank_and_wrong_tone_models(packages):
+    from dfedit_train import generalise
+
+    ms, split = _table(packages)
+    judge = _judge(ms)
+    para = [("a happy thing", ms.captions[0])]
+
+    def perfect(rows, style, seed):  # the asked style's drawing; no style: a trained one chosen by the seed
+        mine = [i for i in rows if ms.styles[i] == style] if style else [i for i in rows if not split[i]]
+        return (mine or rows)[seed % len(mine or rows)]
+
+    kw = dict(classifier=judge, n_train=8, n_pairs=8, n_unseen=0, n_diversity=6, n_seeds=3, progress=False,
+              paraphrases=para)
+    good = generalise.evaluate(_Den(), ms, split, sample_fn=_drawer(ms, perfect), **kw)
+    for s in ("google", "twitter"):
+        assert good["rows"][f"train ({s})"]["ratio_top5"] == pytest.approx(1.0)  # as recognisable as the real ones
+    assert good["rows"]["tone-pair"]["tone_accuracy"] == 1.0
+    assert good["diversity"]["diversity"] > 0.2  # the seeds give different sets' drawings
+    one = generalise.evaluate(_Den(), ms, split, sample_fn=_drawer(ms, lambda rows, style, seed: ([i for i in rows if not split[i]] or rows)[0]), **kw)
+    assert one["diversity"]["diversity"] == 0.0 and one["diversity"]["copies"]["copy"] == 1.0  # one drawing by heart
+    assert good["diversity"]["copies"]["copy"] > 0.9  # ... which are training images: copies
+
+    blank = generalise.evaluate(_Den(), ms, split, sample_fn=lambda den, caps, seed, st: torch.ones(len(caps), 3, 16, 16),
+                                **kw)
+    assert blank["rows"]["train (google)"]["top5"] <= 0.5 and blank["diversity"]["diversity"] == 0.0
+
+    def wrong_tone(rows, style, seed):  # the right emoji in the next tone
+        i = rows[0]
+        if not ms.tones[i]:
+            return i
+        same = [k for k in range(len(ms)) if ms.groups[k] == ms.groups[i] and ms.tones[k] and ms.tones[k] != ms.tones[i]
+                and ms.styles[k] == ms.styles[i]]
+        return same[0]
+    bad = generalise.evaluate(_Den(), ms, split, sample_fn=_drawer(ms, wrong_tone), **kw)
+    assert bad["rows"]["tone-pair"]["tone_accuracy"] == 0.0
+    assert "tone right 0.00" in generalise.table(bad)
