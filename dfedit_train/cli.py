@@ -162,22 +162,21 @@ def emoji(
                                        "folder of PNGs + captions CSV (default: fetch the npm package)"),
     vendor: Optional[str] = typer.Option(None, help="google, twitter, apple or facebook (default: google)"),
     base_only: Optional[bool] = typer.Option(None, "--base-only", help="drop skin-tone variants"),
-    sets: Optional[str] = typer.Option(None, help="several drawing sets of the same emoji, e.g. "
-                                       "google,twitter,fluent (fetched with npm; replaces --data/--vendor)"),
-    styles: Optional[bool] = typer.Option(None, "--styles/--no-styles", help="with --sets: the drawing set as "
-                                          "the model's own style input (dfedit --style) (default: on with --sets)"),
-    style_dropout: Optional[float] = typer.Option(None, help="probability of training with 'any style' "
-                                                  "(default: 0.3 with --styles)"),
+    sets: Optional[str] = typer.Option(None, help="(default: none, one set) several drawing sets of each emoji, "
+                                       "e.g. google,twitter,fluent, fetched with npm, in place of the data and vendor options"),
+    styles: Optional[bool] = typer.Option(None, "--styles/--no-styles", help="(default: on with several sets) the "
+                                          "drawing set as the model's own style input (dfedit's style option)"),
+    style_dropout: Optional[float] = typer.Option(None, help="(default: 0.3 with styles) probability of training "
+                                                  "with 'any style'"),
     caption_variants: Optional[bool] = typer.Option(None, "--caption-variants/--names-only",
-                                                    help="with --sets: each step draws one of the emoji's "
-                                                    "captions (name, 'X emoji', short names, keywords) "
-                                                    "(default: on with --sets)"),
-    pair_holdout: Optional[float] = typer.Option(None, help="with --sets: fraction of (emoji, skin tone) and "
-                                                 "(emoji, set) pairs held out for evaluation (default: 0.1)"),
-    tone_share: Optional[float] = typer.Option(None, help="with --sets: sampling weight of an emoji's skin-tone "
-                                               "variants together, against 1 for its base image (default: 1)"),
-    init_from: Optional[str] = typer.Option(None, help="start a new run from this model's weights (a run, an "
-                                            "exported model, or emoji) where names and shapes match"),
+                                                    help="(default: variants with several sets) each step draws one "
+                                                    "of the emoji's captions: name, 'X emoji', short names, keywords"),
+    pair_holdout: Optional[float] = typer.Option(None, help="(default: 0.1 with several sets) fraction of (emoji, "
+                                                 "skin tone) and (emoji, set) pairs held out for evaluation"),
+    tone_share: Optional[float] = typer.Option(None, help="(default: 1) with several sets: sampling weight of an "
+                                               "emoji's skin-tone variants together, against 1 for its base image"),
+    init_from: Optional[str] = typer.Option(None, help="(default: none) start a new run from this model's weights "
+                                            "(a run, an exported model, or emoji) where names and shapes match"),
     dropout: Optional[float] = typer.Option(None, help="dropout in the ResNet blocks (default: 0)"),
     val_fraction: Optional[float] = typer.Option(None, help="fraction of base emoji held out entirely "
                                                  "(default: 0.1; 0 trains on every emoji)"),
