@@ -188,32 +188,43 @@ def fetch_npm_package(vendor: str) -> Path:
         notice(f"the cached {tgz} does not match the pinned checksum of {pkg}@{NPM_VERSION} (changed since it was "
                "downloaded); fetching it again")
         tgz.unlink()
-    npm = shutil.which("npm")
-    if npm is None:
-        raise DfeditError(f"npm was not found: install Node.js/npm to fetch {pkg}@{NPM_VERSION}, "
-                          f"or pass --data with a local copy of the emoji images")
-    dest.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(dest)  # a download killed earlier (our temporaries only)
-    work = make_temp_dir(tgz)  # a fresh private directory: nothing planted in it
-    try:
-        try:
-            r = subprocess.run([npm, "pack", f"{pkg}@{NPM_VERSION}", "--json", "--pack-destination", str(work)],
-                               capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed: {e}") from None
-        got = work / tgz.name
-        if r.returncode != 0 or not got.exists():
-            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DfeditError(f"npm pack {pkg}@{NPM_VERSION} failed ({last}); check your network or pass --data")
-        reported = _npm_integrity(r.stdout)
+    def verify(got: Path, stdout: str) -> None:
+        reported = _npm_integrity(stdout)
         verify_npm_tarball(got, reported)
         pinned = NPM_INTEGRITY.get(vendor)
         if pinned and reported and reported != pinned:
             raise DfeditError(f"npm served {pkg}@{NPM_VERSION} with checksum {reported[:19]}..., not the pinned "
                               f"{pinned[:19]}...; the package has changed upstream: pass --data with a local copy")
-        with open(got, "rb") as f:  # npm wrote it: on the disk before it is published, as atomic_write does
+
+    return npm_pack(f"{pkg}@{NPM_VERSION}", tgz, verify, "pass --data with a local copy of the emoji images")
+
+
+def npm_pack(spec: str, tgz: Path, verify, instead: str) -> Path:
+    """`npm pack SPEC` into a fresh private directory beside `tgz`; `verify(tarball, npm's stdout)`
+    raises unless the download is whole; only then is it fsync'd and renamed to `tgz`, so a killed
+    or failed download never leaves a truncated tarball where later runs would find it. `instead`:
+    what a user without npm or network can do."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DfeditError(f"npm was not found: install Node.js/npm to fetch {spec}, or {instead}")
+    dest = tgz.parent
+    dest.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(dest)  # a download killed earlier (our temporaries only)
+    work = make_temp_dir(tgz)  # a fresh private directory: nothing planted in it
+    try:
+        try:
+            r = subprocess.run([npm, "pack", spec, "--json", "--pack-destination", str(work)],
+                               capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DfeditError(f"npm pack {spec} failed: {e}") from None
+        made = sorted(work.glob("*.tgz"))
+        if r.returncode != 0 or len(made) != 1:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DfeditError(f"npm pack {spec} failed ({last}); check your network or {instead}")
+        verify(made[0], r.stdout)
+        with open(made[0], "rb") as f:  # npm wrote it: on the disk before it is published, as atomic_write does
             os.fsync(f.fileno())
-        os.replace(got, tgz)
+        os.replace(made[0], tgz)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return tgz
@@ -327,12 +338,12 @@ class _NpmFiles:
         return entries, files
 
 
-def read_npm(path: Path, vendor: str, base_only: bool) -> tuple[list[np.ndarray], list[str], list[str]]:
-    src = _NpmFiles(path, vendor)
-    entries, files = src.read()
-    images, captions, groups = [], [], []
+def npm_rows(entries: list[dict], files: dict[str, bytes], vendor: str, base_only: bool):
+    """Every image of an emoji-datasource package, as (image, caption, entry, tone key or None,
+    the variant's own unified code); Component entries (bare skin-tone swatches: not emoji anyone
+    asks for) and images the vendor does not draw are left out."""
     for e in entries:
-        if e.get("category") == "Component":  # bare skin-tone swatches: not emoji anyone asks for
+        if e.get("category") == "Component":
             continue
         variants = [(None, e)]
         if not base_only:
@@ -341,12 +352,15 @@ def read_npm(path: Path, vendor: str, base_only: bool) -> tuple[list[np.ndarray]
             name = v.get("image") or (v["unified"].lower() + ".png")
             if not v.get(f"has_img_{vendor}", True) or name not in files:
                 continue
-            images.append(decode_png(files[name], name))
-            captions.append(npm_caption(e, tone))
-            groups.append(e["unified"])
-    if not images:
+            yield decode_png(files[name], name), npm_caption(e, tone), e, tone, v["unified"]
+
+
+def read_npm(path: Path, vendor: str, base_only: bool) -> tuple[list[np.ndarray], list[str], list[str]]:
+    entries, files = _NpmFiles(path, vendor).read()
+    rows = list(npm_rows(entries, files, vendor, base_only))
+    if not rows:
         raise DfeditError(f"no {vendor} images found in {path}")
-    return images, captions, groups
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2]["unified"] for r in rows]
 
 
 def _read_csv(path: Path) -> list[dict]:

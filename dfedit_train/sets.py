@@ -29,20 +29,18 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from dfedit.cache import atomic_write, cache_root, notice
 from dfedit.errors import DfeditError
 
 from . import data as datamod
-from .data import STORE_SIZE, decode_png, normalise_code, npm_caption  # noqa: F401 (normalise_code: sets' API too)
+from .data import STORE_SIZE, _bucket, decode_png, normalise_code, npm_caption  # noqa: F401 (normalise_code, _bucket: sets' API too)
 
 SETS = ("google", "twitter", "fluent")
 # What each set is and the licence its images come under (NOTICE repeats the attributions).
@@ -100,16 +98,8 @@ def catalogue(entries: list[dict], base_only: bool) -> dict[str, tuple[dict, str
 def read_datasource(path: Path, vendor: str, base_only: bool, rows: Rows) -> list[dict]:
     """An emoji-datasource-<vendor> tarball or folder into `rows`; returns its emoji.json entries."""
     entries, files = datamod._NpmFiles(path, vendor).read()
-    for e in entries:
-        if e.get("category") == "Component":
-            continue
-        variants = [("", e)] + ([] if base_only else sorted((e.get("skin_variations") or {}).items()))
-        for tone, v in variants:
-            name = v.get("image") or (v["unified"].lower() + ".png")
-            if not v.get(f"has_img_{vendor}", True) or name not in files:
-                continue
-            rows.add(decode_png(files[name], name), npm_caption(e, tone or None), e["unified"], tone, vendor,
-                     normalise_code(v["unified"]))
+    for image, caption, e, tone, unified in datamod.npm_rows(entries, files, vendor, base_only):
+        rows.add(image, caption, e["unified"], tone or "", vendor, normalise_code(unified))
     return entries
 
 
@@ -189,50 +179,33 @@ def read_fluent(path: Path, cat: dict[str, tuple[dict, str]], rows: Rows) -> int
     return unmatched
 
 
-def _npm_pack(spec: str, dest: Path) -> Path:
-    """A pinned npm package as a tarball in the cache (`npm pack`), written under a private name
-    and renamed into place only when complete."""
-    final = dest / (spec.lstrip("@").replace("/", "-").replace("@", "-") + ".tgz")
+def _npm_pack(spec: str) -> Path:
+    """A pinned npm package as a tarball in the cache, fetched once (data.npm_pack) and checked by a
+    full read (gzip CRC, tar structure) before it is renamed into place."""
+    final = cache_root() / "npm" / (spec.lstrip("@").replace("/", "-").replace("@", "-") + ".tgz")
     if final.exists():
         return final
-    npm = shutil.which("npm")
-    if npm is None:
-        raise DfeditError(f"npm was not found: install Node.js/npm to fetch {spec}, or pass --data with a local copy")
-    dest.mkdir(parents=True, exist_ok=True)
-    work = dest / f".tmp-npm-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
+
+    def verify(got: Path, stdout: str) -> None:
         try:
-            r = subprocess.run([npm, "pack", spec, "--pack-destination", str(work)], capture_output=True,
-                               text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DfeditError(f"npm pack {spec} failed: {e}") from None
-        made = sorted(work.glob("*.tgz"))
-        if r.returncode != 0 or len(made) != 1:
-            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DfeditError(f"npm pack {spec} failed ({last}); check your network")
-        try:
-            with tarfile.open(made[0]) as tf:
-                for m in tf:  # a full read checks the gzip CRC and the tar structure
+            with tarfile.open(got) as tf:
+                for m in tf:
                     if m.isfile():
-                        tf.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
+                        f = tf.extractfile(m)
+                        while f.read(1 << 20):  # streamed: never a whole member in memory
+                            pass
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DfeditError(f"the downloaded {spec} is damaged ({e}); run the command again") from None
-        with open(made[0], "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(made[0], final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return final
+
+    return datamod.npm_pack(spec, final, verify, "pass the sets you have to --sets")
 
 
 def fetch_fluent() -> Path:
-    return _npm_pack(f"{FLUENT_PACKAGE}@{FLUENT_VERSION}", cache_root() / "npm")
+    return _npm_pack(f"{FLUENT_PACKAGE}@{FLUENT_VERSION}")
 
 
 def fetch_emojibase() -> Path:
-    return _npm_pack(f"{EMOJIBASE_PACKAGE}@{EMOJIBASE_VERSION}", cache_root() / "npm")
+    return _npm_pack(f"{EMOJIBASE_PACKAGE}@{EMOJIBASE_VERSION}")
 
 
 # ---- captions that vary ----------------------------------------------------------------------------
@@ -396,10 +369,6 @@ def _read_cache(cache: Path) -> MultiSet | None:
 
 
 # ---- splits and weights ----------------------------------------------------------------------------
-
-def _bucket(key: str) -> float:
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 2**32
-
 
 def assign_splits(ms: MultiSet, unseen_fraction: float, pair_fraction: float) -> list[str]:
     """Per row: "" (trained on), "unseen", "tone-pair" or "style-pair" (module docstring)."""
