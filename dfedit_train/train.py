@@ -143,22 +143,27 @@ def prepare_data(dac: DataConfig, size: int, device, progress: bool, styles: tup
         raise DfeditError("the training split is empty: add images or lower --val-fraction")
     enc = TextEncoder(dac.text_encoder, dac.max_length, device="cpu")
     states, mask = enc.embed(d.captions)
-
-    def to_device(idx):
-        return datamod.images_to_tensor(d.images[idx], size).contiguous().to(device)
-
     tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
+    return _on_device(d.images, d.captions, tr, va, (states[tr], mask[tr]), (states[va], mask[va]), d.source, enc,
+                      size, device)
+
+
+def _on_device(images, captions, tr, va, train_text, val_text, source: str, enc, size: int, device) -> dict:
+    """What every run trains from: the rows `tr` and `va` of (images, captions) at training
+    resolution on the device, their caption states and masks (`train_text`, `val_text`: (states,
+    mask) aligned with tr and va), which rows a flip leaves correct, and the channel statistics."""
+    def to_device(idx):
+        return datamod.images_to_tensor(images[idx], size).contiguous().to(device)
+
     x_train = to_device(tr)
-    mean = x_train.mean(dim=(0, 2, 3)).tolist()
-    std = x_train.std(dim=(0, 2, 3)).tolist()
     return {
-        "x": x_train, "text": states[tr].to(device), "mask": mask[tr].to(device),
-        "flip_ok": torch.from_numpy(datamod.flippable([d.captions[i] for i in tr])).to(device),
-        "captions": [d.captions[i] for i in tr],
-        "val_x": to_device(va), "val_text": states[va].to(device), "val_mask": mask[va].to(device),
-        "val_captions": [d.captions[i] for i in va],
-        "mean": mean, "std": std, "source": d.source, "text_identity": enc.identity,
-        "text_dim": int(states.shape[-1]),
+        "x": x_train, "text": train_text[0].to(device), "mask": train_text[1].to(device),
+        "flip_ok": torch.from_numpy(datamod.flippable([captions[i] for i in tr])).to(device),
+        "captions": [captions[i] for i in tr],
+        "val_x": to_device(va), "val_text": val_text[0].to(device), "val_mask": val_text[1].to(device),
+        "val_captions": [captions[i] for i in va],
+        "mean": x_train.mean(dim=(0, 2, 3)).tolist(), "std": x_train.std(dim=(0, 2, 3)).tolist(),
+        "source": source, "text_identity": enc.identity, "text_dim": int(train_text[0].shape[-1]),
     }
 
 
@@ -184,27 +189,13 @@ def _prepare_sets(dac: DataConfig, size: int, device, styles: tuple[str, ...]):
     K = max(len(vs) for vs in per_row)
     vidx = torch.tensor([[where[v] for v in vs] + [where[vs[0]]] * (K - len(vs)) for vs in per_row])
     vcount = torch.tensor([len(vs) for vs in per_row])
-    prim = vidx[:, 0]
-
-    def to_device(idx):
-        return datamod.images_to_tensor(ms.images[idx], size).contiguous().to(device)
-
-    ntr = len(tr)
-    x_train = to_device(tr)
-    D = {
-        "x": x_train, "text": states[prim[:ntr]].float().to(device), "mask": mask[prim[:ntr]].to(device),
-        "flip_ok": torch.from_numpy(datamod.flippable([ms.captions[i] for i in tr])).to(device),
-        "captions": [ms.captions[i] for i in tr],
-        "val_x": to_device(va), "val_text": states[prim[ntr:]].float().to(device), "val_mask": mask[prim[ntr:]].to(device),
-        "val_captions": [ms.captions[i] for i in va],
-        "mean": x_train.mean(dim=(0, 2, 3)).tolist(), "std": x_train.std(dim=(0, 2, 3)).tolist(),
-        "source": ms.source, "text_identity": enc.identity, "text_dim": int(states.shape[-1]),
-        "weights": torch.from_numpy(setsmod.row_weights(ms, tr, dac.tone_share)).double(),
-        "split_counts": {k: sum(1 for i in va if split[i] == k) for k in setsmod.SPLITS if k},
-    }
+    prim, ntr = vidx[:, 0], len(tr)  # each row's CLDR name: the validation grid's caption
+    D = _on_device(ms.images, ms.captions, tr, va, (states[prim[:ntr]].float(), mask[prim[:ntr]]),
+                   (states[prim[ntr:]].float(), mask[prim[ntr:]]), ms.source, enc, size, device)
+    D["weights"] = torch.from_numpy(setsmod.row_weights(ms, tr, dac.tone_share)).double()
     if dac.caption_variants:
         D.update(vtext=states.to(device), vmask=mask.to(device), vidx=vidx[:ntr].to(device),
-                 vcount=vcount[:ntr].to(device), name_share=dac.caption_name_share, n_captions=len(unique))
+                 vcount=vcount[:ntr].to(device), name_share=dac.caption_name_share)
     if styles:
         unknown = sorted({ms.styles[i] for i in rows} - set(styles))
         if unknown:
