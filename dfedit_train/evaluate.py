@@ -242,15 +242,13 @@ def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts
     # ("+": the judge's top-5 holds it), then every seed of three diversity captions.
     rows, labels = [], []
     ims = to_pil(xs)
-    names = list(dict.fromkeys(f"train ({p.style or 'any style'})" if p.split == "train" else p.split
-                               for p in prompts))
-    for name in names:
-        sel = [i for i, p in enumerate(prompts)
-               if (f"train ({p.style or 'any style'})" if p.split == "train" else p.split) == name]
+    rows_of = [generalise.row_name(p) for p in prompts]
+    for name in dict.fromkeys(rows_of):
+        sel = [i for i, n in enumerate(rows_of) if n == name]
         sel = sel[::max(1, len(sel) // 10)][:10]
         rows.append([ims[i] for i in sel])
         labels.append([("+ " if r["samples"][i]["rank"] < 5 else "- ") + prompts[i].caption[:28] for i in sel])
-        rows.append([to_pil(_images_ms(ms, [prompts[i].row], den.sample_size))[0] for i in sel])
+        rows.append([to_pil(_images(ms, [prompts[i].row], den.sample_size))[0] for i in sel])
         labels.append([f"{name}: {ms.styles[prompts[i].row]}" for i in sel])
     if dx is not None:
         for p in range(min(3, len(dx))):
@@ -266,7 +264,3 @@ def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts
     prev["generalise"] = r
     atomic_write(out / "eval.json", json.dumps(prev, indent=1).encode())
     return r
-
-
-def _images_ms(ms, rows, size: int):
-    return datamod.images_to_tensor(ms.images[list(rows)], size)

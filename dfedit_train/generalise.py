@@ -39,6 +39,11 @@ class GPrompt:
     tone: str = ""
 
 
+def row_name(p: GPrompt) -> str:
+    """The row of the table a prompt counts in: its split, training captions once per style."""
+    return f"train ({p.style or 'any style'})" if p.split == "train" else p.split
+
+
 def _pick(keys: list[str], n: int, salt: str) -> list[str]:
     return sorted(keys, key=lambda k: setsmod._bucket(f"{salt}:{k}"))[:n]
 
@@ -191,8 +196,7 @@ def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_
               "left_out_no_class": len(every) - len(prompts)}
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
-        name = f"train ({p.style or 'any style'})" if p.split == "train" else p.split
-        groups.setdefault(name, []).append(i)
+        groups.setdefault(row_name(p), []).append(i)
     for name, sel in groups.items():
         t = torch.tensor(sel)
         result["rows"][name] = _row(r_s[t], [real_hits(i, 1) for i in sel], [real_hits(i, 5) for i in sel])

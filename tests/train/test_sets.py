@@ -351,3 +351,26 @@ def test_no_paraphrase_equals_a_caption_variant(packages):
     assert not [p for p, _ in rec.load_paraphrases() if p.lower() in variants]
     planted = [(ms.variants[0][1], ms.captions[0])]  # "X emoji": a variant, so not a paraphrase
     assert [p for p, _ in planted if p.lower() in variants]
+
+
+def test_recognise_on_a_several_sets_run_prints_the_table_and_writes_the_sheet(packages, tiny_encoder, tmp_path,
+                                                                                 monkeypatch):
+    from dfedit_train import recognise as rec
+    from dfedit_train.cli import app as train_app
+
+    out = tmp_path / "run"
+    r = runner.invoke(train_app, ["emoji", "--preset", "tiny", "--sets", "google,twitter,fluent", "--text-encoder",
+                                  str(tiny_encoder), "--max-length", "12", "--out", str(out), "--quiet",
+                                  "--sample-every", "0", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    ms, _ = _table(packages)
+    judge = _judge(ms)
+    monkeypatch.setattr(rec, "load_classifier", lambda *a, **k: judge)  # no Apple/Facebook download
+    r = runner.invoke(train_app, ["recognise", str(out), "--n-train", "3", "--pairs", "3", "--n-heldout", "0",
+                                  "--diversity-captions", "2", "--seeds", "2", "--stride", "500", "--quiet",
+                                  "--out", str(tmp_path / "eval")])
+    assert r.exit_code == 0, r.output
+    for row in ("train (google)", "train (fluent)", "train (any style)", "style-pair", "paraphrase", "diversity"):
+        assert row in r.stdout, r.stdout
+    got = json.loads((tmp_path / "eval" / "eval.json").read_text())["generalise"]
+    assert got["styles"] == ["google", "twitter", "fluent"] and (tmp_path / "eval" / "generalise.png").is_file()
