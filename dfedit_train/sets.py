@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfedit.cache import atomic_write, cache_root, notice
+from dfedit.cache import atomic_write, cache_root, discard, notice
 from dfedit.errors import DfeditError
 
 from . import data as datamod
@@ -268,12 +268,6 @@ class MultiSet:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def take(self, idx) -> "MultiSet":
-        idx = list(idx)
-        pick = (lambda xs: [xs[i] for i in idx])
-        return MultiSet(self.images[idx], pick(self.captions), pick(self.groups), pick(self.tones),
-                        pick(self.styles), pick(self.codes), pick(self.variants), self.source)
-
 
 def _sources(sets: tuple[str, ...]) -> dict[str, Path]:
     paths = {}
@@ -348,7 +342,9 @@ def _read_cache(cache: Path) -> MultiSet | None:
     npz, meta = cache.with_suffix(".npz"), cache.with_suffix(".json")
     if not npz.exists() or not meta.exists():
         return None
+    inodes = {}
     try:
+        inodes = {q: q.lstat().st_ino for q in (npz, meta)}
         with np.load(npz, allow_pickle=False) as z:
             images = z["images"]
         m = json.loads(meta.read_text(encoding="utf-8"))
@@ -362,11 +358,8 @@ def _read_cache(cache: Path) -> MultiSet | None:
     except Exception as e:  # noqa: BLE001 - any damage means: rebuild
         why = (str(e).splitlines() or [type(e).__name__])[0]
     notice(f"the data cache {npz} is damaged ({why}); rebuilding it")
-    for p in (npz, meta):
-        try:
-            p.unlink()
-        except OSError:
-            pass
+    for q in (npz, meta):  # not a good entry another process has written since
+        discard(q, inodes.get(q))
     return None
 
 
