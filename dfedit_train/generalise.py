@@ -149,33 +149,29 @@ def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_
     train_any = [i for i, p in enumerate(prompts) if p.split == "train" and p.style is None]
     div = [prompts[i] for i in rec._spread_rows(train_any, n_diversity)] if n_seeds >= 2 else []
     guidance = guidance if guidance is not None else float(getattr(den, "default_cfg", 3.0))
-    jobs = []  # (style, captions, seed, where): where = ("p", first index) or ("d", seed number, first)
+    xs = torch.zeros(len(prompts), 3, size, size)
+    dx = torch.zeros(len(div), n_seeds, 3, size, size)  # (diversity caption, seed, ...)
+    jobs = []  # (style, captions, seed, (tensor, index) the samples are stored at)
     for st in [None, *styles]:
         idx = [i for i, p in enumerate(prompts) if p.style == st]
         for j in range(0, len(idx), batch):
-            jobs.append((st, idx[j:j + batch], seed + idx[j]))
+            part = idx[j:j + batch]
+            jobs.append((st, [prompts[i].caption for i in part], seed + idx[j], (xs, torch.tensor(part))))
     for s in range(n_seeds if div else 0):
         for j in range(0, len(div), batch):
-            jobs.append((None, ("d", s, j), seed + 100_003 * (s + 1) + j))
-    xs = torch.zeros(len(prompts), 3, size, size)
-    dx = torch.zeros(len(div), n_seeds, 3, size, size)
-    total = sum(len(w) if isinstance(w, list) else len(div[w[2]:w[2] + batch]) for _, w, _ in jobs)
-    with progress_bar(total, "sampling the generalisation prompts", enabled=progress) as bar:
-        for st, what, sd in jobs:
+            part = div[j:j + batch]
+            jobs.append((None, [p.caption for p in part], seed + 100_003 * (s + 1) + j,
+                         (dx, (slice(j, j + len(part)), s))))
+    with progress_bar(sum(len(c) for _, c, _, _ in jobs), "sampling the generalisation prompts",
+                      enabled=progress) as bar:
+        for st, caps, sd, (dest, at) in jobs:
             if styles:
                 den.set_style(st)
-            if isinstance(what, list):
-                caps = [prompts[i].caption for i in what]
-            else:
-                caps = [p.caption for p in div[what[2]:what[2] + batch]]
             if sample_fn is not None:
                 x = sample_fn(den, caps, sd, st).float()
             else:
                 x = sample(den, caps, seed=sd, stride=stride, guidance=guidance, sampler=sampler, steps=steps).float()
-            if isinstance(what, list):
-                xs[torch.tensor(what)] = x
-            else:
-                dx[what[2]:what[2] + len(caps), what[1]] = x
+            dest[at] = x
             bar.advance(len(caps))
     if styles:
         den.set_style(None)
