@@ -42,7 +42,8 @@ RUNS = [("ddpm, stride 30 (default)", "ddpm", None, None), ("dpmpp-2m, --steps 2
 
 def sampler_rows(device: str, rounds: int, quick: bool = False) -> tuple[str, str]:
     from dfedit import DFEdit
-    from dfedit.sampler import SAMPLERS, plan_timesteps
+    from dfedit.sampler import plan_timesteps
+    from dfedit.samplers import SAMPLERS
 
     df = DFEdit(model="emoji", device=device, quiet=True)
     den = df.stage1()

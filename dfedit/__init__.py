@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Cond": "denoiser", "Denoiser": "denoiser", "PromptEncoder": "denoiser", "FlowDenoiser": "denoiser",
     "DfeditError": "errors", "ParamError": "errors", "ModelInfo": "backends",
-    "DFEdit": "pipeline", "Result": "pipeline", "make_generator": "pipeline",
+    "DFEdit": "pipeline", "Result": "pipeline", "Plan": "plan", "make_generator": "plan", "Edit": "edits",
     "cfg": "sampler", "conditioned": "sampler", "denoise_loop": "sampler", "SAMPLERS": "sampler",
     "NoiseSchedule": "schedule",
 }

@@ -1,23 +1,140 @@
-"""The pieces edits are made of: start states, noise-estimate combinators and per-step hooks.
+"""Edits: what each generating command contributes to the one loop, and the pieces they are made of.
 
-Each function here returns something the one loop (sampler.denoise_loop) consumes; none iterates
-over timesteps itself. SDEdit = a noised start state; inpainting = a projection hook (+ RePaint's
-up/down timestep list); anagrams = views around the denoiser; hybrids = frequency splits of the
-per-prompt estimates.
+An `Edit` says which prompts it encodes, how it builds its start state, its noise-estimate
+function and its per-step hook, each for the denoiser of the stage it runs in (stage I, or stage
+II when upscaling, so sizes always come from that model). The recipes at the top (`sample`,
+`sdedit`, `inpaint`, `anagram`, `hybrid`) build one and check their own parameters when they do,
+before any weights load; `DFEdit` runs it against a `Plan`. None of these functions iterates over
+timesteps: SDEdit = a noised start state; inpainting = a projection hook (+ RePaint's up/down
+timestep list); anagrams = views around the denoiser; hybrids = frequency splits of the per-prompt
+estimates.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .constants import DEFAULT_STRIDE
 from .denoiser import Cond, Denoiser, EpsFn
 from .errors import DfeditError, ParamError
 from .filters import gaussian_blur
-from .sampler import StepHook, randn
+from .images import image_at, mask_at
+from .plan import check_seed
+from .sampler import StepHook, cfg, randn
 from .schedule import NoiseSchedule
-from .views import View
+from .views import View, check_views, make_view
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+
+def _cfg_first(den: Denoiser, conds: list[Cond], uncond: Cond, scale: float) -> EpsFn:
+    return cfg(den, conds[0], uncond, scale)
+
+
+@dataclass
+class Edit:
+    """What an edit contributes to the one loop; each builder receives the stage's denoiser."""
+
+    name: str
+    prompts: list[str]
+    # (denoiser, per-prompt conds, uncond, scale) -> eps_fn; default: CFG on the first prompt
+    eps: Callable[[Denoiser, list[Cond], Cond, float], EpsFn] = _cfg_first
+    # stage I start state: (denoiser, timesteps, generator, n, previous) -> (x, timesteps still to
+    # run), where `previous` is the last pass's output when the edit repeats (else None); None = noise
+    start: Callable | None = None
+    # per-step hook factory (denoiser, generator) -> hook, applied in both stages (inpainting)
+    hook: Callable[[Denoiser, torch.Generator], StepHook] | None = None
+    # rewrites a stage's timestep list (RePaint's resampling revisits stretches), both stages
+    timestep_transform: Callable[[list[int]], list[int]] | None = None
+    resamples: bool = False  # the timestep list jumps back up: the sampler must draw fresh noise
+    repeat: int = 1  # stage I passes, each starting from the last one's output (SDEdit's feedback)
+    meta: dict = field(default_factory=dict)
+
+
+# ---- the recipes -------------------------------------------------------------------------------
+
+
+def sample(prompt: str) -> Edit:
+    """Text -> image: pure noise, CFG on the prompt."""
+    return Edit("sample", [prompt])
+
+
+def sdedit(image, prompt: str, i_start: int, plan: "Plan", repeat: int = 1) -> Edit:
+    """Noise `image` (PIL, tensor or path) to the plan's timestep at index i_start and denoise from
+    there; repeat > 1 feeds each pass's result into the next, as in SDEdit's paper."""
+    check_i_start(i_start, plan.timesteps, plan.stride or DEFAULT_STRIDE, plan.steps)
+    if repeat < 1:
+        raise ParamError("repeat", f"must be at least 1, got {repeat}")
+
+    def start(den, ts, g, n, previous=None):
+        x = image_at(image if previous is None else previous, den.sample_size).to(den.device, den.dtype)
+        x = x.expand(n, -1, -1, -1) if x.shape[0] == 1 else x
+        return sdedit_start(x, ts, i_start, den.schedule, g)
+
+    return Edit("sdedit", [prompt], start=start, repeat=repeat, meta={"i_start": i_start, "repeat": repeat})
+
+
+def inpaint(image, mask, prompt: str, size: int, *, invert_mask: bool = False, jump_length: int = 1,
+            jump_n_sample: int = 1) -> Edit:
+    """RePaint: regenerate where the mask (at the model's `size`) is white, keep the rest exactly,
+    also in stage II. jump_n_sample > 1 resamples, which needs a sampler that draws fresh noise."""
+    repaint_timesteps([0], jump_length, jump_n_sample)  # checks both before anything loads
+    check_mask(mask_at(mask, size, invert_mask), invert_mask)
+
+    def hook(den, g):
+        orig = image_at(image, den.sample_size).to(den.device, den.dtype)
+        m = mask_at(mask, den.sample_size, invert_mask).to(den.device, den.dtype)
+        return inpaint_hook(orig, m, den.schedule, g)
+
+    return Edit("inpaint", [prompt], hook=hook,
+                timestep_transform=lambda ts: repaint_timesteps(ts, jump_length, jump_n_sample),
+                resamples=jump_n_sample > 1,
+                meta={"invert_mask": invert_mask, "jump_length": jump_length, "jump_n_sample": jump_n_sample})
+
+
+def anagram(prompts: list[str], views: list[str], view_seed: int = 0, offered=None) -> Edit:
+    """Visual anagram: prompt k is what the image shows under view k (views[0] is usually identity).
+    `offered`: the view names an unknown one's message suggests (default: all)."""
+    if len(prompts) < 2:
+        raise DfeditError("an anagram needs at least two prompts")
+    if len(views) != len(prompts):
+        raise DfeditError(f"{len(prompts)} prompts need {len(prompts)} views (got {len(views)})")
+    check_views(views, offered)
+    check_seed(view_seed, "view_seed")
+
+    def eps(den, conds, uncond, scale):
+        vs = [make_view(v, den.sample_size, view_seed) for v in views]
+        return multi_guided(den, conds, uncond, scale, vs)
+
+    return Edit("anagram", list(prompts), eps=eps, meta={"views": list(views), "view_seed": view_seed})
+
+
+def hybrid(prompts: list[str], size: int, split: str = "gaussian", kernel: int | None = None,
+           sigma: float | None = None) -> Edit:
+    """Hybrid image: low frequencies follow prompts[0], high frequencies prompts[-1] (and the
+    middle band prompts[1] with three prompts); split color: grayscale vs colour. kernel and sigma
+    are given at 64 px and scale with the model's `size`, like the defaults."""
+    if len(prompts) not in (2, 3):
+        raise DfeditError(f"a hybrid takes two or three prompts, got {len(prompts)}")
+    frequency_split(split, 64, len(prompts), kernel, sigma)
+    if split == "color" and (kernel is not None or sigma is not None):
+        raise ParamError("kernel", "and {sigma} shape the Gaussian split; {split} color does not use them",
+                         also=("sigma", "split"))
+    if split == "gaussian":
+        check_hybrid_kernel(kernel, sigma, size, len(prompts))
+
+    def eps(den, conds, uncond, scale):
+        f = den.sample_size / 64
+        k = None if kernel is None else max(1, round(kernel * f)) | 1
+        s = None if sigma is None else sigma * f
+        combine = frequency_split(split, den.sample_size, len(prompts), k, s)
+        return multi_guided(den, conds, uncond, scale, combine=combine)
+
+    return Edit("hybrid", list(prompts), eps=eps, meta={"split": split, "kernel": kernel, "sigma": sigma})
 
 # ---- SDEdit --------------------------------------------------------------------------------------
 
@@ -34,13 +151,22 @@ def check_i_start(i_start: int, timesteps: list[int], stride: int | None = None,
 def sdedit_start(image: torch.Tensor, timesteps: list[int], i_start: int, schedule: NoiseSchedule,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, list[int]]:
     """Noise the image to timesteps[i_start] and return (x, the timesteps still to run)."""
-    check_i_start(i_start, timesteps)
+    if not 0 <= i_start < len(timesteps):  # the recipe checked it; a direct caller gets the same sentence
+        check_i_start(i_start, timesteps)
     t = timesteps[i_start]
     x = schedule.add_noise(image, randn(image.shape, generator, image.device, image.dtype), t)
     return x, timesteps[i_start:]
 
 
 # ---- inpainting ----------------------------------------------------------------------------------
+
+
+def check_mask(m: torch.Tensor, invert: bool = False) -> None:
+    """A mask must mark something to regenerate, at the size the model sees it."""
+    if not bool((m > 0.5).any()):
+        colour = "white (keep everything, with {invert_mask})" if invert else "black (keep everything)"
+        raise ParamError("mask", f"is all {colour} at the model's {m.shape[-1]} px, so there is nothing to "
+                                 "inpaint: white marks the part to regenerate", also=("invert_mask",))
 
 
 def inpaint_hook(original: torch.Tensor, mask: torch.Tensor, schedule: NoiseSchedule,

@@ -1,4 +1,4 @@
-"""Images in and out: any input file -> model-sized tensor; tensors -> PNGs that say how they were made.
+"""Images in: any input file (or PIL image, or tensor) -> a model-sized tensor, and tensors -> PIL.
 
 Inputs of any size and mode are handled the same way: EXIF orientation applied, transparency
 composited on white, 16-bit and float images scaled to 8-bit range, grayscale/CMYK/palette converted
@@ -8,18 +8,16 @@ crops never squish a non-square photo; the cost is that the sides of a wide imag
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .cache import atomic_write, write_error
-from .errors import DfeditError, ParamError
+from .errors import DfeditError
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -99,129 +97,27 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in a]
 
 
-# How outputs are shown to a person: a 32 px emoji is a dot in an image viewer. Grids and GIFs
-# show every tile at least GRID_TILE px wide, and a single image below DISPLAY_SIZE px gets a display
-# copy at least DISPLAY_SIZE px wide; both enlarge by a whole factor with nearest-neighbour, so every
-# model pixel becomes a square block (no invented detail), and say so in their metadata.
-GRID_TILE = 128
-DISPLAY_SIZE = 256
-RESAMPLE = "nearest"
+def image_at(image, size: int) -> torch.Tensor:
+    """(1, 3, size, size) in [-1, 1] from a path, a PIL image or a tensor in [-1, 1]. A PIL image
+    or tensor is only resized, so an input decoded once serves every stage's size."""
+    if isinstance(image, torch.Tensor):
+        x = image if image.ndim == 4 else image.unsqueeze(0)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x.float(), (size, size), mode="bicubic", antialias=True, align_corners=False)
+        return x.float().clamp(-1, 1)
+    img = image if isinstance(image, Image.Image) else open_image(image)
+    return pil_to_tensor(center_square(img.convert("RGB"), size))
 
 
-def enlarge_factor(size: int, minimum: int) -> int:
-    """The smallest whole factor that makes `size` at least `minimum` (1 when it already is)."""
-    return max(1, -(-minimum // max(1, size)))
-
-
-def enlarge(img: Image.Image, factor: int) -> Image.Image:
-    if factor == 1:
-        return img
-    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
-
-
-def display_meta(native: int, factor: int) -> dict:
-    """What a display copy or grid records about its enlargement."""
-    return {"native_px": native, "shown_px": native * factor, "scale": factor, "resample": RESAMPLE}
-
-
-def wrap(tiles: list[Image.Image], labels: list[str] | None = None, ncol: int = 8):
-    """One list of tiles as rows of at most ncol (and the labels alike)."""
-    rows = [tiles[i:i + ncol] for i in range(0, len(tiles), ncol)]
-    return rows, (None if labels is None else [labels[i:i + ncol] for i in range(0, len(labels), ncol)])
-
-
-OUTLINE = (128, 128, 128)  # the frame of an `outlined` grid tile: visible on white and on black
-
-
-def grid(rows: list[list[Image.Image]], labels: list[list[str]] | None = None, pad: int = 2,
-         min_tile: int = GRID_TILE, outlined=()) -> Image.Image:
-    """Tiles in rows with optional captions below, on white. Every tile is shown at the largest
-    tile's size times enlarge_factor(that, min_tile) (nearest-neighbour), so a grid of 32 px emoji
-    shows 128 px tiles and one of 256 px IF images shows them as they are. `outlined`: (row, column)
-    of tiles framed by a grey 1 px line in the gap around them (an inpainting mask, whose white
-    would vanish into the page); the tile's own pixels are untouched."""
-    native = max(max(im.size) for row in rows for im in row)
-    size = native * enlarge_factor(native, min_tile)
-    font = ImageFont.load_default()
-    label_h = 14 if labels else 0
-    ncols = max(len(r) for r in rows)
-    W = ncols * size + (ncols + 1) * pad
-    H = len(rows) * (size + label_h) + (len(rows) + 1) * pad
-    canvas = Image.new("RGB", (W, H), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            x, y = pad + c * (size + pad), pad + r * (size + label_h + pad)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.NEAREST)
-            canvas.paste(im, (x, y))
-            if (r, c) in outlined and pad > 0:
-                draw.rectangle((x - 1, y - 1, x + size, y + size), outline=OUTLINE, width=1)
-            if labels and labels[r][c]:
-                text = labels[r][c]
-                while len(text) > 1 and draw.textlength(text, font=font) > size - 4:
-                    text = text[:-2] + "…"
-                draw.text((x + 2, y + size + 1), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def grid_meta(rows: list[list[Image.Image]], min_tile: int = GRID_TILE) -> dict:
-    native = max(max(im.size) for row in rows for im in row)
-    return display_meta(native, enlarge_factor(native, min_tile))
-
-
-def check_output(path: str | os.PathLike, suffix: str = ".png", param: str = "out") -> Path:
-    """Fail before any work is done if the output cannot be written."""
-    if not str(path).strip():
-        raise ParamError(param, f"is empty: give a file name ending in {suffix}")
-    p = Path(path).expanduser()
-    if p.suffix.lower() != suffix:
-        raise ParamError(param, f"{path} must end in {suffix}")
-    if p.is_dir():
-        raise ParamError(param, f"{path} is a directory")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise DfeditError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise DfeditError(f"cannot write {path}: permission denied")
-    return p
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether writing `a` would replace the file `b` (same path, or a link to it)."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
-
-
-def display_path(path: Path) -> Path:
-    """Where the display copy of `path` goes: x.png -> x.display.png."""
-    return path.with_name(path.stem + ".display.png")
-
-
-def save_png(img: Image.Image, path: str | os.PathLike, meta: dict, exclusive: bool = False) -> Path:
-    """Atomic PNG write with every parameter in text chunks (one key each, plus all of it as JSON).
-    exclusive: raise FileExistsError rather than replace an existing file."""
-    p = check_output(path)
-    info = PngImagePlugin.PngInfo()
-    for k, v in meta.items():
-        info.add_text(k, v if isinstance(v, str) else json.dumps(v))
-    info.add_text("dfedit", json.dumps(meta, sort_keys=True))
-    buf = io.BytesIO()  # encoded first: a failed write can then say how much space it needed
-    img.save(buf, format="PNG", pnginfo=info)
-    data = buf.getvalue()
-    try:
-        atomic_write(p, data, exclusive=exclusive)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        raise write_error(e, "the image", path, len(data)) from None
-    return p
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    with Image.open(path) as img:
-        return json.loads(img.text["dfedit"])
+def mask_at(mask, size: int, invert: bool = False) -> torch.Tensor:
+    """(1, 1, size, size) of {0, 1}: 1 (white) = regenerate, 0 (black) = keep. Nearest resize, so
+    the mask stays binary; centre-cropped like the image so the two line up."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.float().reshape(1, 1, *mask.shape[-2:])
+        m = F.interpolate(m, (size, size), mode="nearest")
+        m = (m > 0.5).float()
+    else:
+        img = mask if isinstance(mask, Image.Image) else open_image(mask, "mask")
+        img = center_square(img.convert("L"), size, resample=Image.Resampling.NEAREST)
+        m = (torch.from_numpy(np.asarray(img).copy()).float() > 127).float()[None, None]
+    return 1 - m if invert else m

@@ -16,7 +16,8 @@ from PIL import Image
 
 from .cache import atomic_write, write_error
 from .errors import DfeditError
-from .images import GRID_TILE, check_output, display_meta, enlarge_factor, grid, to_pil, wrap
+from .images import to_pil
+from .outputs import GRID_TILE, check_output, display_meta, enlarge_factor, grid, wrap
 
 
 def save_trajectory(frames: list[torch.Tensor], path: str | Path, meta: dict, duration_ms: int = 120) -> Path:

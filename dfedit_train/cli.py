@@ -421,7 +421,7 @@ def eval_cmd(
 
     from dfedit.cache import writable_dir
     from dfedit.devices import pick_device
-    from dfedit.pipeline import check_seed
+    from dfedit.plan import check_seed
 
     from . import checkpoint as ckpt
     from .evaluate import _default_eval_dir, evaluate
@@ -531,7 +531,7 @@ def recognise_cmd(
     (never a training set) judges samples for a fixed, stratified caption set."""
     import torch
 
-    from dfedit.sampler import get_sampler
+    from dfedit.samplers import get_sampler
 
     get_sampler(sampler)  # an unknown name is one sentence, before anything loads
     if steps is not None and steps < 1:

@@ -135,7 +135,8 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
               n_diversity: int = 50, n_seeds: int = 8) -> dict:
     """The recognisability metric (dfedit_train/recognise.py) of a checkpoint, run or the built-in
     model: a table in `eval.json`'s "recognise" entry and a labelled grid of the samples."""
-    from dfedit.images import grid, save_png, to_pil
+    from dfedit.images import to_pil
+    from dfedit.outputs import grid, save_png
 
     from . import recognise as recmod
 
@@ -217,7 +218,8 @@ def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts
     sets, or of any model on the prompts of one (`prompts_of`: a run or model whose data config
     names the sets and the split; issue 10's model is judged on the new model's prompts so). The
     table goes to eval.json's "generalise" entry, with a labelled sheet of the samples."""
-    from dfedit.images import grid, save_png, to_pil
+    from dfedit.images import to_pil
+    from dfedit.outputs import grid, save_png
 
     from . import generalise, sets as setsmod
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dfedit.images import save_png
+from dfedit.outputs import save_png
 
 
 def read_log(path: Path) -> list[dict]:

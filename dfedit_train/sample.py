@@ -15,7 +15,7 @@ from PIL import Image
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 from dfedit.emoji.denoiser import EmojiDenoiser  # noqa: F401 (re-exported: the trainer's grids use it)
-from dfedit.images import save_png
+from dfedit.outputs import save_png
 from dfedit.progress import progress_bar
 from dfedit.sampler import cfg as cfg_guidance
 from dfedit.sampler import DEFAULT_SAMPLER, denoise_loop, plan_timesteps, randn

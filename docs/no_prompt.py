@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dfedit import DFEdit
-from dfedit.images import grid
+from dfedit.outputs import grid
 
 torch.set_num_threads(1)
 df = DFEdit(model="emoji", quiet=True)

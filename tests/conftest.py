@@ -50,6 +50,22 @@ class OracleDenoiser:
 
 
 @pytest.fixture
+def photo(tmp_path) -> Path:
+    """A non-square RGB photo with structure (so noisy / denoised tiles differ visibly, and a centre
+    crop has something to cut); test files that need another input define their own."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    a = np.zeros((24, 40, 3), np.uint8)
+    a[:, :, 0] = np.linspace(0, 255, 40, dtype=np.uint8)
+    a[:, :, 1] = np.linspace(0, 255, 24, dtype=np.uint8)[:, None]
+    a[:, :, 2] = rng.integers(0, 256, (24, 40), dtype=np.uint8)
+    p = tmp_path / "photo.png"
+    Image.fromarray(a).save(p)
+    return p
+
+
+@pytest.fixture
 def if_schedule():
     from dfedit.schedule import NoiseSchedule
     return NoiseSchedule.from_config(dict(beta_schedule="squaredcos_cap_v2", num_train_timesteps=1000,

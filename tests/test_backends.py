@@ -14,7 +14,7 @@ from PIL import Image
 from dfedit import backends
 from dfedit.backends import ModelInfo
 from dfedit.denoiser import Cond
-from dfedit.images import read_metadata
+from dfedit.outputs import read_metadata
 from dfedit.schedule import NoiseSchedule
 
 FAST = ["--device", "cpu", "--quiet"]
@@ -220,6 +220,45 @@ def test_a_toy_backend_registered_in_the_test_runs_every_edit(cli, toy, tmp_path
         meta = read_metadata(tmp_path / f"{name}.png")
         assert meta["model"] == "toy-oracle" and meta["cfg"] == 2.0, name  # the backend's default guidance
     assert toy.loads == 5  # one load per command
+
+
+@pytest.fixture
+def toy_sampler_and_view():
+    """A sampler and a view registered from the test, as docs/architecture.md says to add one."""
+    from dfedit import samplers, views
+    calls = []
+
+    @samplers.register("toy-x0", "jumps to the x0 estimate, re-noised to t' with the same eps", ode=True)
+    def toy_x0(ctx, x, t, t_prev):
+        calls.append(t)
+        x0, eps = ctx.denoised(x, t)
+        return (x0 if t_prev < 0 else ctx.schedule.add_noise(x0, eps, t_prev)), x0
+
+    class Transpose(views.View):
+        name = "transpose"
+
+        def apply(self, x):
+            return x.transpose(-2, -1)
+
+        inverse = apply
+
+    views.register_view("transpose", Transpose)
+    yield calls
+    samplers.SAMPLERS.pop("toy-x0")
+    views.VIEWS.pop("transpose")
+
+
+def test_a_sampler_and_a_view_registered_in_the_test_run_through_the_cli(cli, toy, toy_sampler_and_view, tmp_path):
+    clean = expected()
+    common = ["--model", "toy", "--stride", "90", "--no-display", *FAST]
+    _ok(cli("sample", "anything", "--sampler", "toy-x0", *common, "-o", tmp_path / "s.png"))
+    assert len(toy_sampler_and_view) == 12  # 990, 900, ..., 0: one call per step
+    assert np.abs(_px(tmp_path / "s.png") - clean).max() <= 1 and read_metadata(tmp_path / "s.png")["sampler"] == "toy-x0"
+    _ok(cli("anagram", "as shown", "transposed", "--view", "transpose", *common, "-o", tmp_path / "a.png"))
+    assert read_metadata(tmp_path / "a.png")["views"] == ["identity", "transpose"]
+    code, _, err = cli("anagram", "a", "b", "--view", "transpose", "--sampler", "no-such", *common,
+                       "-o", tmp_path / "x.png")
+    assert code == 1 and "'no-such' is unknown" in err and "toy-x0" in err  # the registry's names, live
 
 
 def test_a_command_validates_once(cli, toy, tmp_path, photo):

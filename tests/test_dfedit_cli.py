@@ -15,7 +15,8 @@ from PIL import Image
 
 import dfedit
 from dfedit import DFEdit
-from dfedit.images import load_image, read_metadata, to_pil
+from dfedit.images import load_image, to_pil
+from dfedit.outputs import read_metadata
 
 FAST = ["--device", "cpu", "--quiet"]
 
@@ -67,19 +68,6 @@ def _ok(result):
 def models(tiny_models):
     s1, s2 = tiny_models
     return s1, s2, ["--model", s1, "--stage2", s2]
-
-
-@pytest.fixture
-def photo(tmp_path) -> Path:
-    """A non-square RGB photo with structure (so noisy / denoised tiles differ visibly)."""
-    rng = np.random.default_rng(0)
-    a = np.zeros((24, 40, 3), np.uint8)
-    a[:, :, 0] = np.linspace(0, 255, 40, dtype=np.uint8)
-    a[:, :, 1] = np.linspace(0, 255, 24, dtype=np.uint8)[:, None]
-    a[:, :, 2] = rng.integers(0, 256, (24, 40), dtype=np.uint8)
-    p = tmp_path / "photo.png"
-    Image.fromarray(a).save(p)
-    return p
 
 
 # ---- sample ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfedit.images import read_metadata
+from dfedit.outputs import read_metadata
 
 FAST = ["--device", "cpu", "--quiet"]
 

@@ -4,7 +4,7 @@
 import pytest
 
 from dfedit.emoji.names import read_emoji
-from dfedit.images import read_metadata
+from dfedit.outputs import read_metadata
 
 
 @pytest.mark.parametrize("typed,name", [

@@ -10,7 +10,7 @@ import dfedit
 from dfedit.backends.deepfloyd import resolve
 from dfedit.devices import pick_device, pick_dtype
 from dfedit.errors import DfeditError, ParamError
-from dfedit.sampler import check_sampler
+from dfedit.samplers import check_sampler
 
 PACKAGE = Path(dfedit.__file__).parent
 FLAG = re.compile(r"(^|[\s(])--[a-z]")

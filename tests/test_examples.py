@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dfedit.emoji.checkpoint import BUILTIN
-from dfedit.images import read_metadata
+from dfedit.outputs import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

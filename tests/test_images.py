@@ -9,7 +9,8 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from dfedit.errors import DfeditError
-from dfedit.images import grid, load_image, pil_to_tensor, read_metadata, save_png, to_pil
+from dfedit.images import load_image, pil_to_tensor, to_pil
+from dfedit.outputs import grid, read_metadata, save_png
 
 WHITE = (255, 255, 255)
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from dfedit import DFEdit
-from dfedit.images import display_path, grid, load_image, read_metadata, to_pil
+from dfedit.images import load_image, to_pil
+from dfedit.outputs import display_path, grid, read_metadata
 
 FAST = ["--device", "cpu", "--quiet"]
 

@@ -16,7 +16,8 @@ import torch
 from conftest import OracleDenoiser
 from dfedit.constants import SAMPLER_NAMES
 from dfedit.errors import DfeditError
-from dfedit.sampler import SAMPLERS, conditioned, denoise_loop, get_sampler, plan_timesteps
+from dfedit.sampler import conditioned, denoise_loop, plan_timesteps
+from dfedit.samplers import SAMPLERS, get_sampler
 from dfedit.schedule import NoiseSchedule
 
 PROMPT = "an oil painting of a snowy mountain village"

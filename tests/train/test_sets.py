@@ -230,7 +230,7 @@ def test_style_is_refused_by_a_model_without_styles(tmp_path):
 
 def test_a_tiny_run_on_several_sets_trains_and_samples_in_each_style(packages, tiny_encoder, tmp_path):
     from dfedit.cli import app as dfedit_app
-    from dfedit.images import read_metadata
+    from dfedit.outputs import read_metadata
     from dfedit_train.cli import app as train_app
 
     out = tmp_path / "run"

@@ -6,13 +6,21 @@ changes do not, so they are not offered. Every view is checked when it is made:
 inverse(view(x)) == x exactly, and the multiset of |values| is unchanged (a permutation or sign
 flip is norm-preserving). Permutation views are seeded, and scale with the image size, so stage II
 moves the same regions as stage I.
+
+Adding a view is one file here, NAME.py, that calls `register_view("NAME", ...)`: the command line
+lists the files without importing torch (dfedit.constants.VIEW_NAMES). This file holds what
+several views share: the base class, rotations, and pixel permutations built from tiles.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Callable
+
 import torch
 
-from .errors import DfeditError, ParamError
+from ..constants import VIEW_NAMES
+from ..errors import DfeditError, ParamError
 
 
 class View:
@@ -32,15 +40,6 @@ class View:
         return v if self.negates else self.inverse(v)
 
 
-class Flip(View):
-    name = "flip"  # upside down (a flip of H), not a mirror
-
-    def apply(self, x):
-        return x.flip(-2)
-
-    inverse = apply
-
-
 class Rotate(View):
     def __init__(self, size, seed=0, k=1, name="rotate_ccw"):
         super().__init__(size, seed)
@@ -51,15 +50,6 @@ class Rotate(View):
 
     def inverse(self, x):
         return torch.rot90(x, -self.k, dims=(-2, -1))
-
-
-class Negate(View):
-    name, negates = "negate", True
-
-    def apply(self, x):
-        return -x
-
-    inverse = apply
 
 
 class PixelPermutation(View):
@@ -90,13 +80,6 @@ def _untile(tiles: torch.Tensor, size: int) -> torch.Tensor:
     return tiles.reshape(g, g, tile, tile).transpose(1, 2).reshape(size, size)
 
 
-def skew(size: int, seed: int = 0, factor: float = 1.5) -> View:
-    """Roll each column vertically by an amount growing across the image (a shear on a torus)."""
-    shifts = ((torch.arange(size) - size / 2) * factor).round().long()
-    rows = (torch.arange(size).view(-1, 1) - shifts.view(1, -1)) % size
-    return PixelPermutation(size, (rows * size + torch.arange(size).view(1, -1)).flatten(), "skew", seed)
-
-
 def patch_permute(size: int, seed: int, tile: int, name: str = "patch_permute", rotate: bool = False) -> View:
     """Shuffle square tiles (seeded); with rotate=True also turn each tile by a seeded multiple of
     90 degrees, so the pieces must be turned as well as moved, like a jigsaw."""
@@ -111,25 +94,13 @@ def patch_permute(size: int, seed: int, tile: int, name: str = "patch_permute", 
     return PixelPermutation(size, _untile(tiles, size).flatten(), name, seed)
 
 
-def pixel_permute(size: int, seed: int) -> View:
-    perm = torch.randperm(size * size, generator=torch.Generator().manual_seed(seed))
-    return PixelPermutation(size, perm, "pixel_permute", seed)
+VIEWS: dict[str, Callable[[int, int], View]] = {"identity": View}  # name -> (size, seed) -> View
 
 
-VIEWS = {
-    "identity": lambda size, seed: View(size, seed),
-    "flip": lambda size, seed: Flip(size, seed),
-    "rotate_cw": lambda size, seed: Rotate(size, seed, k=-1, name="rotate_cw"),
-    "rotate_ccw": lambda size, seed: Rotate(size, seed, k=1, name="rotate_ccw"),
-    "rotate_180": lambda size, seed: Rotate(size, seed, k=2, name="rotate_180"),
-    "negate": lambda size, seed: Negate(size, seed),
-    "skew": skew,
-    # 8x8 tiles at 64 px (tile = size / 8).
-    "patch_permute": lambda size, seed: patch_permute(size, seed, max(1, size // 8)),
-    "pixel_permute": pixel_permute,
-    # 4x4 square pieces, moved and turned.
-    "jigsaw": lambda size, seed: patch_permute(size, seed, max(1, size // 4), "jigsaw", rotate=True),
-}
+def register_view(name: str, make: Callable[[int, int], View]) -> None:
+    """Offer a view by name (`--view NAME`, `anagram(views=[...])`); `make(size, seed)` builds it,
+    and `make_view` checks it is an exact, norm-preserving permutation every time it is made."""
+    VIEWS[name] = make
 
 
 def check_views(views: list[str], offered=None) -> None:
@@ -154,3 +125,7 @@ def check_view(view: View, size: int) -> None:
         raise DfeditError(f"view {view.name} is not exactly invertible at {size} px")
     if not torch.equal(y.abs().flatten().sort().values, x.abs().flatten().sort().values):
         raise DfeditError(f"view {view.name} does not preserve the noise norm at {size} px")
+
+
+for _name in VIEW_NAMES:  # the built-in views, one module each, registered on import
+    importlib.import_module(f".{_name}", __name__)
