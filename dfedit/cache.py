@@ -1,4 +1,4 @@
-"""On-disk prompt-embedding cache, and the one way dfedit writes files.
+"""The on-disk caches: prompt embeddings, and what every cache of dfedit and dfedit-train shares.
 
 T5-XXL is 11.6 GiB in fp16 and slow to load; the embedding of a prompt is a few hundred KB. So every
 command looks prompts up here first and loads the text encoder only for the ones it has never seen
@@ -11,19 +11,15 @@ dtype, finite values, checksum): a damaged entry is reported in one line, delete
 never used. A cache that cannot be written (read-only, disk full) degrades to no cache with one
 notice; the command still runs.
 
-Writes: every file dfedit or dfedit-train produces (PNG, GIF, checkpoint, export, cache) is
-written by `atomic_write` (dfedit/files.py): to a new temporary with an unpredictable name beside
-the target, fsync'd, then renamed over it, so a reader sees the old file or the new one, a failed
-write (disk full) leaves the previous file intact and no temporary behind, and no write follows a
-link planted in an output directory. `write_error` turns the OSError into one sentence that says
-what could not be written and, for a full disk, how much space it needs.
+The one cache root (`cache_root`) is shared by dfedit and dfedit-train; `notice` says a cache
+problem once; `discard` removes a damaged entry. Cache files are written with dfedit.files'
+`atomic_write`, like every file dfedit writes.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -33,10 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from .errors import DfeditError
-# The writer lives in files.py; re-exported here, where every writer has always imported it from.
-from .files import atomic_write, remove_stale_temps, write_file  # noqa: F401
-from .files import temp_owner as tmp_owner  # noqa: F401
+from .files import atomic_write, clean_stale_temps, write_error
+
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The one cache root of dfedit and dfedit-train (prompt embeddings, caption embeddings, data
@@ -50,53 +44,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(base) / "dfedit"
 
 
-def human_size(n: int | float | None) -> str:
-    if n is None:
-        return "an unknown amount"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
-def free_space(path: str | os.PathLike) -> int | None:
-    """Bytes free for us on the filesystem holding `path` (or its nearest existing parent)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
-
-
-DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in DISK_FULL
-
-
-def write_error(e: OSError, what: str, path: str | os.PathLike, needed: int | None = None,
-                free: int | None = None) -> DfeditError:
-    """One sentence for a failed write: what could not be written, where, and why; for a full disk
-    also how much space it needs and how much is free (measured now unless given)."""
-    where = Path(path)
-    if is_disk_full(e):
-        free = free if free is not None else free_space(where.parent)
-        return DfeditError(f"cannot write {what} {where}: no space left on the device (needs {human_size(needed)}, "
-                           f"{human_size(free)} free in {where.parent}); free some space and run it again")
-    if e.errno == errno.EFBIG:
-        return DfeditError(f"cannot write {what} {where}: the file would be too large for this filesystem or "
-                           f"for the file-size limit (needs {human_size(needed)})")
-    if e.errno == errno.EROFS:
-        return DfeditError(f"cannot write {what} {where}: the filesystem is read-only")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return DfeditError(f"cannot write {what} {where}: permission denied")
-    return DfeditError(f"cannot write {what} {where}: {e.strerror or e}")
-
-
 # ---- notices and litter ------------------------------------------------------------------------
 
 _noticed: set[str] = set()
@@ -107,31 +54,6 @@ def notice(msg: str) -> None:
     if msg not in _noticed:
         _noticed.add(msg)
         print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` is running on this machine (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a writer
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def clean_stale_temps(directory: Path, max_age_s: float = 86400.0) -> int:
-    """Remove our temporaries (dfedit.files.TEMP_RE) that dead writers left in `directory`; returns
-    bytes freed. Nothing of any other name is touched."""
-    return remove_stale_temps(directory, max_age_s)[1]
 
 
 def discard(path: Path, inode: int | None = None) -> None:
@@ -179,22 +101,6 @@ def out_of_memory(e: BaseException) -> bool:
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as h:
         return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
-
-
-def writable_dir(path: Path) -> str | None:
-    """Why `path` cannot be used as a directory to write into (None if it can): it, or the nearest
-    part of it that exists, must be a directory this process may write."""
-    p = Path(path).expanduser()
-    q = p
-    while not q.exists():
-        if q.parent == q:
-            break
-        q = q.parent
-    if not q.is_dir():
-        return f"{q} is not a directory"
-    if not os.access(q, os.W_OK | os.X_OK):
-        return f"{q} is not writable (permission denied)"
-    return None
 
 
 class EmbeddingCache:
@@ -273,21 +179,3 @@ def fingerprint(parts: list[bytes | str]) -> str:
         h.update(p.encode("utf-8") if isinstance(p, str) else p)
         h.update(b"\0")
     return h.hexdigest()[:24]
-
-
-def read_json_file(path: Path, what: str) -> object:
-    """JSON from a file we did not necessarily write: any failure is one sentence naming it."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise DfeditError(f"{what} {path} is missing") from None
-    except IsADirectoryError:
-        raise DfeditError(f"{what} {path} is a directory, not a file") from None
-    except UnicodeDecodeError:
-        raise DfeditError(f"{what} {path} is not text (damaged or not a JSON file)") from None
-    except json.JSONDecodeError as e:
-        raise DfeditError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except RecursionError:  # [[[[... 100,000 deep: what a parser on a stack cannot read is not valid here
-        raise DfeditError(f"{what} {path} is not valid JSON (nested too deeply)") from None
-    except OSError as e:
-        raise DfeditError(f"cannot read {what} {path}: {e.strerror or e}") from None

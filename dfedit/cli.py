@@ -216,7 +216,8 @@ def _check_cache_dir(cache_dir: Optional[Path], must_write: bool = False) -> Non
     that cannot be written costs one warning and the command runs without it (dfedit.cache)."""
     import os
 
-    from .cache import cache_root, writable_dir
+    from .cache import cache_root
+    from .files import writable_dir
     if not must_write:
         return
     root = cache_root(cache_dir)

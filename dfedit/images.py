@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from .cache import atomic_write, write_error
+from .files import atomic_write, write_error
 from .errors import DfeditError, ParamError
 
 

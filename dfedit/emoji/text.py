@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from dfedit.cache import (all_finite, atomic_write, cache_root, clean_stale_temps, discard, notice,
-                          out_of_memory, tensor_digest, write_error)
+from dfedit.cache import all_finite, cache_root, discard, notice, out_of_memory, tensor_digest
+from dfedit.files import atomic_write, clean_stale_temps, write_error
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 
