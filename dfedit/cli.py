@@ -21,7 +21,7 @@ import typer
 from . import cli_errors
 from .cli_errors import OneLineErrors, error_handler
 from .constants import DEFAULT_STAGE1, DEFAULT_STAGE2, SAMPLER_NAMES
-from .errors import DfeditError, ParamError
+from .errors import DfeditError
 
 MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
 
@@ -646,7 +646,6 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     _threads(threads)
     from .backends import resolve
     from .images import load_image
-    from .backends.deepfloyd import check_stage2
     from .pipeline import check_finite, check_seed
     from .sampler import check_sampler
     check_seed(seed)
@@ -658,16 +657,7 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
     _protect_inputs(path, gif, [image], display=False)
     check_sampler(sampler, eta)
     info = resolve(model)
-    if info.upscales:
-        check_stage2(stage2, stage2_steps, noise_level)
-    else:  # no stage II of its own (an emoji model): that is the cause, whatever else is wrong
-        try:
-            check_stage2(stage2, stage2_steps, noise_level, hint="")
-        except DfeditError as e:
-            why = e.cli_message() if isinstance(e, ParamError) else str(e)
-            raise DfeditError(f"--model {model} has no stage II: emoji models have no stage II of their own, and "
-                              "dfedit upscale runs DeepFloyd's IF stage II (--stage2), which upscales IF stage I "
-                              f"images; here it cannot run either ({why})") from None
+    info.backend.check_upscale(info, stage2, stage2_steps, noise_level)
     x = load_image(image, info.sample_size)
     df = _api(model, stage2, device, dtype, offload, cache_dir, quiet, info=info)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)

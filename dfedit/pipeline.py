@@ -230,8 +230,9 @@ class DFEdit:
             check_style(info.styles, self.style, info.name)
         check_sampler(sampler, eta)
         plan_timesteps(info.schedule, sampler, stride, steps)
-        if self.offload and info.no_offload:
-            raise ParamError("offload", info.no_offload)
+        if self.offload and not info.offloads:
+            raise ParamError("offload", f"is for models too large for the GPU's memory; {info.name} is small enough to "
+                             "load whole: leave out {offload}")
         if upscale is None:
             upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
         if upscale and self._s2 is None:  # a loaded stage II was checked when it loaded
