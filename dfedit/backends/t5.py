@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache import EmbeddingCache, fingerprint
+from ..cache import EmbeddingCache, fingerprint, token_counter
 from ..denoiser import Cond
 from ..devices import free_memory
 from ..errors import DfeditError
@@ -73,8 +73,8 @@ class T5PromptEncoder:
                         st = f.stat()
                         parts += [f.name, f"{st.st_size}:{st.st_mtime_ns}"]
             width = _t5_width(root)
-            self._cache = EmbeddingCache("t5-" + fingerprint(parts), self.cache_dir,
-                                         shape=(IF_MAX_TOKENS, width) if width else None, dtype=self.dtype)
+            self._cache = EmbeddingCache("t5-" + fingerprint(parts), self.cache_dir, tokens=IF_MAX_TOKENS if width else None,
+                                         width=width, dtype=self.dtype)
         return self._cache
 
     @staticmethod
@@ -83,14 +83,13 @@ class T5PromptEncoder:
 
     def encode(self, prompts: list[str]) -> Cond:
         texts = [self.preprocess(p) for p in prompts]
-        found = {t: self.cache.get(t) for t in dict.fromkeys(texts)}
-        missing = [t for t, v in found.items() if v is None]
+        found = self.cache.get(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
-            for t, emb in zip(missing, self._run_t5(missing)):
-                self.cache.put(t, {"text": emb})
-                found[t] = {"text": emb}
-        text = torch.stack([found[t]["text"] for t in texts])
-        return Cond(text=text)
+            states = torch.stack(self._run_t5(missing))
+            self.cache.put(missing, states)
+            found.update({t: {"states": states[i]} for i, t in enumerate(missing)})
+        return Cond(text=torch.stack([found[t]["states"] for t in texts]))
 
     def _run_t5(self, texts: list[str]) -> list[torch.Tensor]:
         from transformers import AutoTokenizer, T5EncoderModel
@@ -128,21 +127,21 @@ class T5PromptEncoder:
         return out
 
 
-_TOKENIZERS: dict[str, object] = {}
-
-
 def count_t5_tokens(root: Path, prompts: list[str]) -> list[int]:
     """T5 tokens of each prompt as IF encodes it (preprocessed, with </s>), from the tokenizer of
     the model at `root` alone: what a prompt is checked against before any weights load."""
     if not has_component(root, "tokenizer"):
         return [0] * len(prompts)  # no tokenizer here: the encoder's own check says what is missing
-    key = str((root / "tokenizer").resolve())
-    if key not in _TOKENIZERS:
+    path = str((root / "tokenizer").resolve())
+
+    def load():
         from transformers import AutoTokenizer
         quiet_hf_logging()
         try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(key)
+            tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
-            raise DfeditError(f"could not load the T5 tokenizer from {key}: {str(e).splitlines()[0]}") from None
-    tok = _TOKENIZERS[key]
-    return [len(tok(T5PromptEncoder.preprocess(p), add_special_tokens=True).input_ids) for p in prompts]
+            raise DfeditError(f"could not load the T5 tokenizer from {path}: {str(e).splitlines()[0]}") from None
+        return lambda p: len(tok(p, add_special_tokens=True).input_ids)
+
+    count = token_counter("t5:" + path, load)
+    return [count(T5PromptEncoder.preprocess(p)) for p in prompts]
