@@ -1,22 +1,15 @@
-"""On-disk prompt-embedding cache, and the one way dfedit writes files.
+"""The on-disk caches: prompt embeddings, and what every cache of dfedit and dfedit-train shares.
 
 T5-XXL is 11.6 GiB in fp16 and slow to load; the embedding of a prompt is a few hundred KB. So every
-command looks prompts up here first and loads the text encoder only for the ones it has never seen
-(`dfedit embed` fills the cache ahead of time). Entries are keyed by a fingerprint of the text
-encoder (which files, which dtype) and the exact prompt text after preprocessing, stored as
-safetensors, and written atomically so a killed run never leaves a half-written entry behind.
+command looks prompts up in an `EmbeddingCache` first and loads the text encoder only for the ones
+it has never seen (`dfedit embed` fills the cache ahead of time). A cache is keyed by its text
+encoder (which files, which dtype, how many tokens) and each entry by the exact prompt text after
+preprocessing. T5's entries are one file per prompt, the emoji models' caption cache one shard per
+batch of captions (`Layout`); both are read and validated by the same code.
 
-Every entry carries a checksum of its tensors and is validated when read (its prompt, shape,
-dtype, finite values, checksum): a damaged entry is reported in one line, deleted and recomputed,
-never used. A cache that cannot be written (read-only, disk full) degrades to no cache with one
-notice; the command still runs.
-
-Writes: every file dfedit or dfedit-train produces (PNG, GIF, checkpoint, export, cache) is
-written by `atomic_write` (dfedit/files.py): to a new temporary with an unpredictable name beside
-the target, fsync'd, then renamed over it, so a reader sees the old file or the new one, a failed
-write (disk full) leaves the previous file intact and no temporary behind, and no write follows a
-link planted in an output directory. `write_error` turns the OSError into one sentence that says
-what could not be written and, for a full disk, how much space it needs.
+The one cache root (`cache_root`) is shared by dfedit and dfedit-train; `notice` says a cache
+problem once; `discard` removes a damaged entry. Cache files are written with dfedit.files'
+`atomic_write`, like every file dfedit writes.
 """
 
 from __future__ import annotations
@@ -27,16 +20,16 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from .errors import DfeditError
-# The writer lives in files.py; re-exported here, where every writer has always imported it from.
-from .files import atomic_write, remove_stale_temps, write_file  # noqa: F401
-from .files import temp_owner as tmp_owner  # noqa: F401
+from .files import atomic_write, clean_stale_temps, write_error
+
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The one cache root of dfedit and dfedit-train (prompt embeddings, caption embeddings, data
@@ -50,53 +43,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(base) / "dfedit"
 
 
-def human_size(n: int | float | None) -> str:
-    if n is None:
-        return "an unknown amount"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"  # pragma: no cover
-
-
-def free_space(path: str | os.PathLike) -> int | None:
-    """Bytes free for us on the filesystem holding `path` (or its nearest existing parent)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
-
-
-DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in DISK_FULL
-
-
-def write_error(e: OSError, what: str, path: str | os.PathLike, needed: int | None = None,
-                free: int | None = None) -> DfeditError:
-    """One sentence for a failed write: what could not be written, where, and why; for a full disk
-    also how much space it needs and how much is free (measured now unless given)."""
-    where = Path(path)
-    if is_disk_full(e):
-        free = free if free is not None else free_space(where.parent)
-        return DfeditError(f"cannot write {what} {where}: no space left on the device (needs {human_size(needed)}, "
-                           f"{human_size(free)} free in {where.parent}); free some space and run it again")
-    if e.errno == errno.EFBIG:
-        return DfeditError(f"cannot write {what} {where}: the file would be too large for this filesystem or "
-                           f"for the file-size limit (needs {human_size(needed)})")
-    if e.errno == errno.EROFS:
-        return DfeditError(f"cannot write {what} {where}: the filesystem is read-only")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return DfeditError(f"cannot write {what} {where}: permission denied")
-    return DfeditError(f"cannot write {what} {where}: {e.strerror or e}")
-
-
 # ---- notices and litter ------------------------------------------------------------------------
 
 _noticed: set[str] = set()
@@ -107,31 +53,6 @@ def notice(msg: str) -> None:
     if msg not in _noticed:
         _noticed.add(msg)
         print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` is running on this machine (a zombie counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a writer
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def clean_stale_temps(directory: Path, max_age_s: float = 86400.0) -> int:
-    """Remove our temporaries (dfedit.files.TEMP_RE) that dead writers left in `directory`; returns
-    bytes freed. Nothing of any other name is touched."""
-    return remove_stale_temps(directory, max_age_s)[1]
 
 
 def discard(path: Path, inode: int | None = None) -> None:
@@ -181,90 +102,204 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         return {k: h.get_tensor(k) for k in h.keys()}, dict(h.metadata() or {})
 
 
-def writable_dir(path: Path) -> str | None:
-    """Why `path` cannot be used as a directory to write into (None if it can): it, or the nearest
-    part of it that exists, must be a directory this process may write."""
-    p = Path(path).expanduser()
-    q = p
-    while not q.exists():
-        if q.parent == q:
-            break
-        q = q.parent
-    if not q.is_dir():
-        return f"{q} is not a directory"
-    if not os.access(q, os.W_OK | os.X_OK):
-        return f"{q} is not writable (permission denied)"
-    return None
+@dataclass(frozen=True)
+class Layout:
+    """How an embedding cache's files hold prompts, in one of the two formats on disk.
+
+    per_prompt: one file per prompt, named by a hash of it, the prompt in its metadata ("prompt")
+    and its states unbatched (L, D): T5's entries. Else one shard per batch of new prompts, the
+    prompt list in its metadata ("prompts", JSON) and a row per prompt in each tensor (N, L, D)
+    and mask (N, L): the caption cache, whose 3,781 training captions are one file.
+    """
+
+    folder: str  # below the cache root
+    per_prompt: bool
+    states: str  # the states' tensor name in a file
+    mask: str | None  # the mask's (None: the cache keeps none)
+    what: str  # how a damaged file is named ("cache entry")
+    recomputing: str  # what is recomputed when it is ("it")
+    written: str  # how a file that cannot be written is named
+
+
+ENTRIES = Layout("embeddings", True, "text", None, "cache entry", "it", "the embedding cache entry")
+SHARDS = Layout("text", False, "states", "mask", "caption cache shard", "its prompts", "the caption cache shard")
 
 
 class EmbeddingCache:
-    """embeddings/<encoder fingerprint>/<sha256(prompt)>.safetensors, one validated entry per prompt.
+    """<cache root>/<layout folder>/<name>/*.safetensors: prompt embeddings, validated when read.
 
-    shape / dtype: what every entry's "text" tensor must be (None: not checked).
+    A prompt's row is its states (L, D) and, in a layout that keeps one, its attention mask (L,).
+    Every file carries a checksum of its tensors, and is validated before any of its rows is used
+    (its prompts, shapes, dtype, finite values, checksum): a damaged one is reported in one line,
+    deleted and its prompts recomputed, so it never breaks other prompts. A cache directory that
+    cannot be written degrades to no cache with one notice. Writes are atomic, so a killed run
+    never leaves half a file behind.
+
+    tokens / width / dtype: what every row's states must be (None: not checked; width may also be
+    given per lookup, else a lookup over several files takes the width most of them have).
     """
 
-    def __init__(self, fingerprint: str, cache_dir: str | os.PathLike | None = None,
-                 shape: tuple[int, ...] | None = None, dtype: torch.dtype | None = None):
-        self.dir = cache_root(cache_dir) / "embeddings" / fingerprint
-        self.shape, self.dtype = shape, dtype
+    def __init__(self, name: str, cache_dir: str | os.PathLike | None = None, *, layout: Layout = ENTRIES,
+                 tokens: int | None = None, width: int | None = None, dtype: torch.dtype | None = None):
+        self.dir = cache_root(cache_dir) / layout.folder / name
+        self.layout, self.tokens, self.width, self.dtype = layout, tokens, width, dtype
         self.writable = True
 
     def _path(self, prompt: str) -> Path:
+        """The file of one prompt (per_prompt layouts)."""
         return self.dir / (hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:40] + ".safetensors")
 
-    def problem(self, prompt: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str | None:
-        """Why an entry cannot be used for `prompt`, or None when it is good."""
-        if meta.get("prompt") != prompt:
+    def _damaged(self, path: Path, why: str, inode: int | None) -> None:
+        notice(f"{self.layout.what} {path} is damaged ({why}); recomputing {self.layout.recomputing}")
+        discard(path, inode)
+
+    def _files(self, want: set[str], order: list[str]):
+        """(path, inode, the prompts it lists) of each file that may hold a wanted prompt."""
+        if self.layout.per_prompt:
+            for prompt in order:
+                path = self._path(prompt)
+                try:
+                    yield path, path.lstat().st_ino, [prompt]  # its metadata is checked against it when read
+                except OSError:
+                    continue
+            return
+        if not self.dir.is_dir():
+            return
+        for f in sorted(self.dir.glob("*.safetensors")):
+            inode = None
+            try:
+                inode = f.lstat().st_ino
+                with safe_open(str(f), framework="pt") as h:
+                    meta = h.metadata() or {}
+                listed = json.loads(meta["prompts"])
+                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                    raise ValueError("its prompt list is not a list of strings")
+            except Exception as e:  # truncated, a directory, not safetensors, no prompt list...
+                if out_of_memory(e):  # not damage: the file is kept
+                    raise MemoryError(str(e)) from None
+                self._damaged(f, _unreadable(e), inode)
+                continue
+            if want & set(listed):
+                yield f, inode, listed
+
+    def _common_width(self, files) -> int | None:
+        widths = []
+        for f, *_ in files:
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    widths.append(h.get_slice(self.layout.states).get_shape()[-1])
+            except Exception:
+                pass
+        return max(set(widths), key=widths.count) if widths else None
+
+    def problem(self, listed: list[str], tensors: dict[str, torch.Tensor], meta: dict[str, str],
+                width: int | None) -> str | None:
+        """Why a file listing `listed` cannot be used, or None when it is good."""
+        layout = self.layout
+        if layout.per_prompt and meta.get("prompt") != listed[0]:
             return "it belongs to another prompt" if "prompt" in meta else "its metadata has no prompt"
-        t = tensors.get("text")
-        if t is None:
-            return "it has no 'text' tensor"
-        if not t.is_floating_point() or t.ndim != 2:
-            return f"'text' is {t.dtype} of shape {tuple(t.shape)}, not a 2-D float tensor"
-        if self.shape is not None and tuple(t.shape) != tuple(self.shape):
-            return f"'text' has shape {tuple(t.shape)}, the text encoder gives {tuple(self.shape)}"
-        if self.dtype is not None and t.dtype != self.dtype:
-            return f"'text' is {t.dtype}, expected {self.dtype}"
-        if not all_finite(t):
+        rows, rank = ("", 2) if layout.per_prompt else ("N, ", 3)
+        s = tensors.get(layout.states)
+        if s is None:
+            return f"it has no {layout.states!r} tensor"
+        if s.ndim != rank or not s.is_floating_point():
+            return f"its states are {s.dtype} of shape {tuple(s.shape)}, not ({rows}L, D) floats"
+        m = tensors.get(layout.mask) if layout.mask else None
+        if layout.mask:
+            if m is None:
+                return f"it has no {layout.mask!r} tensor"
+            if m.ndim != s.ndim - 1 or m.dtype not in (torch.uint8, torch.bool):
+                return f"its mask is {m.dtype} of shape {tuple(m.shape)}, not ({rows}L) uint8"
+        if not layout.per_prompt and (s.shape[0] != len(listed) or (m is not None and m.shape[0] != len(listed))):
+            held = f"{s.shape[0]} states" + (f" and {m.shape[0]} masks" if m is not None else "")
+            return f"it lists {len(listed)} prompts but holds {held}"
+        tokens, got = s.shape[-2], s.shape[-1]
+        if (self.tokens is not None and tokens != self.tokens) or (m is not None and m.shape[-1] != tokens):
+            return f"its states have {tokens} tokens, the cache is for {self.tokens or m.shape[-1]}"
+        if width is not None and got != width:
+            expected = (self.tokens, width) if self.tokens is not None else width
+            return f"its states are {got} wide, the text encoder gives {expected}"
+        if self.dtype is not None and s.dtype != self.dtype:
+            return f"its states are {s.dtype}, expected {self.dtype}"
+        if not all_finite(s):
             return "it holds NaN or infinite values"
         if "sha256" in meta and meta["sha256"] != tensor_digest(tensors):
             return "its checksum does not match its data"
         return None
 
-    def get(self, prompt: str) -> dict[str, torch.Tensor] | None:
-        path = self._path(prompt)
-        try:
-            st = path.lstat()
-        except OSError:
-            return None
-        try:
-            tensors, meta = read_safetensors(path)
-            why = self.problem(prompt, tensors, meta)
-        except Exception as e:  # truncated, a directory, not safetensors at all...
-            if out_of_memory(e):
-                raise MemoryError(str(e)) from None
-            tensors, why = None, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
-        if why is not None:
-            notice(f"cache entry {path} is damaged ({why}); recomputing it")
-            discard(path, st.st_ino)
-            return None
-        return tensors
+    def get(self, prompts: list[str], width: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """{prompt: {"states": (L, D), "mask": (L,) bool where kept}} of the prompts found in valid
+        files. `width`: the text encoder's when known (else this cache's, else the common one)."""
+        order = list(dict.fromkeys(prompts))
+        want, out = set(order), {}
+        files = list(self._files(want, order))
+        width = width if width is not None else self.width
+        if width is None and len(files) > 1:
+            width = self._common_width(files)
+        for path, inode, listed in files:
+            rows = [(i, p) for i, p in enumerate(listed) if p in want and p not in out]
+            if not rows:
+                continue
+            try:
+                tensors, meta = read_safetensors(path)
+                why = self.problem(listed, tensors, meta, width)
+            except Exception as e:  # truncated, a directory, not safetensors at all...
+                if out_of_memory(e):
+                    raise MemoryError(str(e)) from None
+                why = _unreadable(e)
+            if why is not None:
+                self._damaged(path, why, inode)
+                continue
+            states = tensors[self.layout.states]
+            mask = tensors[self.layout.mask] if self.layout.mask else None
+            for i, p in rows:
+                out[p] = {"states": states if self.layout.per_prompt else states[i]}
+                if mask is not None:
+                    out[p]["mask"] = mask[i].bool()
+            if len(out) == len(want):
+                break
+        return out
 
-    def put(self, prompt: str, tensors: dict[str, torch.Tensor]) -> None:
-        if not self.writable:
-            return
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        data = st_save(tensors, metadata={"prompt": prompt, "sha256": tensor_digest(tensors)})
-        path = self._path(prompt)
-        try:
-            if self.dir.is_dir():
+    def put(self, prompts: list[str], states: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Store a row per prompt: `states` (N, L, D) and, where the layout keeps one, `mask` (N, L)."""
+        layout = self.layout
+        if layout.per_prompt:
+            files = [(self._path(p), {layout.states: states[i]}, {"prompt": p}) for i, p in enumerate(prompts)]
+        else:
+            name = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:16]
+            files = [(self.dir / f"{name}.safetensors", {layout.states: states, layout.mask: mask.to(torch.uint8)},
+                      {"prompts": json.dumps(prompts)})]
+        for path, tensors, meta in files:
+            if not self.writable:
+                return
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            data = st_save(tensors, metadata={**meta, "sha256": tensor_digest(tensors)})
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
                 clean_stale_temps(self.dir)
-            if path.is_dir() and not path.is_symlink():  # a directory where the entry belongs
-                shutil.rmtree(path)
-            atomic_write(path, data)
-        except OSError as e:
-            self.writable = False
-            notice(f"{write_error(e, 'the embedding cache entry', path, len(data))}; continuing without the cache")
+                if path.is_dir() and not path.is_symlink():  # a directory where the file belongs
+                    discard(path)
+                atomic_write(path, data)  # atomic: readers never see half a file
+            except OSError as e:
+                self.writable = False
+                notice(f"{write_error(e, layout.written, path, len(data))}; continuing without the cache")
+
+
+def _unreadable(e: BaseException) -> str:
+    return f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
+
+
+# Token counters (prompt -> tokens) by tokenizer, each loaded once per process: prompts are checked
+# against their text encoder's limit before any weights load, and that must not load a tokenizer
+# per check.
+TOKEN_COUNTERS: dict[str, Callable[[str], int]] = {}
+
+
+def token_counter(key: str, load: Callable[[], Callable[[str], int]]) -> Callable[[str], int]:
+    """The counter of tokenizer `key`, from `load()` the first time it is asked for."""
+    if key not in TOKEN_COUNTERS:
+        TOKEN_COUNTERS[key] = load()
+    return TOKEN_COUNTERS[key]
 
 
 def fingerprint(parts: list[bytes | str]) -> str:
@@ -273,21 +308,3 @@ def fingerprint(parts: list[bytes | str]) -> str:
         h.update(p.encode("utf-8") if isinstance(p, str) else p)
         h.update(b"\0")
     return h.hexdigest()[:24]
-
-
-def read_json_file(path: Path, what: str) -> object:
-    """JSON from a file we did not necessarily write: any failure is one sentence naming it."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise DfeditError(f"{what} {path} is missing") from None
-    except IsADirectoryError:
-        raise DfeditError(f"{what} {path} is a directory, not a file") from None
-    except UnicodeDecodeError:
-        raise DfeditError(f"{what} {path} is not text (damaged or not a JSON file)") from None
-    except json.JSONDecodeError as e:
-        raise DfeditError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except RecursionError:  # [[[[... 100,000 deep: what a parser on a stack cannot read is not valid here
-        raise DfeditError(f"{what} {path} is not valid JSON (nested too deeply)") from None
-    except OSError as e:
-        raise DfeditError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -23,7 +23,7 @@ from . import cli_errors
 from .cli_errors import OneLineErrors, error_handler
 from .constants import (DEFAULT_SAMPLER, DEFAULT_STAGE1, DEFAULT_STAGE2, DEFAULT_STRIDE, NOISE_LEVEL, SAMPLER_NAMES,
                         STAGE2_CFG, STAGE2_STEPS, VIEW_NAMES)
-from .errors import DfeditError, ParamError
+from .errors import DfeditError
 
 MAX_SAMPLES = 64  # --num-samples: one grid of 8 x 8 tiles; more is another run with another --seed
 
@@ -200,7 +200,8 @@ def _check_cache_dir(cache_dir: Optional[Path]) -> None:
     written costs one warning and the command runs without it (dfedit.cache)."""
     import os
 
-    from .cache import cache_root, writable_dir
+    from .cache import cache_root
+    from .files import writable_dir
     root = cache_root(cache_dir)
     why = writable_dir(root)
     if why is not None:
@@ -494,20 +495,10 @@ def upscale(image: Annotated[Path, typer.Argument(help="Low-res image (centre-cr
             prompt: Annotated[str, typer.Option("--prompt", help="Prompt describing the image.")] = "",
             opts: Options = None):
     """Run IF stage II on an existing low-resolution image (IF models only)."""
-    from .backends.deepfloyd import check_stage2
     from .images import load_image
     from .outputs import save
     info = opts.info
-    if info.upscales:
-        check_stage2(opts.stage2, opts.stage2_steps, opts.noise_level)
-    else:  # no stage II of its own (an emoji model): that is the cause, whatever else is wrong
-        try:
-            check_stage2(opts.stage2, opts.stage2_steps, opts.noise_level, hint="")
-        except DfeditError as e:
-            why = e.cli_message() if isinstance(e, ParamError) else str(e)
-            raise DfeditError(f"--model {opts.model} has no stage II: emoji models have no stage II of their own, "
-                              "and dfedit upscale runs DeepFloyd's IF stage II (--stage2), which upscales IF stage I "
-                              f"images; here it cannot run either ({why})") from None
+    info.backend.check_upscale(info, opts.stage2, opts.stage2_steps, opts.noise_level)
     x = load_image(image, info.sample_size)
     df = _api(opts)
     if info.upscales:  # its stage II reads the prompt with stage I's text encoder (IF's T5)

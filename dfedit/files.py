@@ -15,11 +15,17 @@ into one can plant links in it. So nothing here opens a name it did not just cre
 Clean-up (`remove_stale_temps`) removes only names of exactly that shape (`TEMP_RE`, the `dfedit`
 marker included) that are a plain file or a real directory owned by this user and whose writer no
 longer runs: a user's `.notes.tmp` or `.draft.tmp/` is never touched.
+
+A failed write is one sentence (`write_error`): what could not be written, where and why, and for
+a full disk how much space it needs and how much is free. `writable_dir` says before a run why a
+directory cannot be written into; `read_json_file` reads a JSON file we did not necessarily write,
+any failure one sentence naming it.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
@@ -27,6 +33,8 @@ import shutil
 import stat
 import time
 from pathlib import Path
+
+from .errors import DfeditError
 
 TEMP_RE = re.compile(r"^\.(?P<target>.+)\.dfedit-(?P<pid>\d+)-(?P<rand>[0-9a-f]{16})\.tmp$")
 
@@ -182,9 +190,23 @@ def swap_dir(new: Path, dest: Path) -> None:
     os.replace(old, new)
 
 
-def _pid_alive(pid: int) -> bool:
-    from .cache import pid_alive
-    return pid_alive(pid)
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` is running on this machine (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # Linux: a killed child that nobody reaped yet is a zombie, not a writer
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temps(directory: str | os.PathLike, max_age_s: float = 86400.0,
@@ -208,7 +230,7 @@ def remove_stale_temps(directory: str | os.PathLike, max_age_s: float = 86400.0,
             st = p.lstat()
             if st.st_uid != os.getuid() or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                 continue
-            if (pid != os.getpid() or not mine_too) and _pid_alive(pid) and time.time() - st.st_mtime < max_age_s:
+            if (pid != os.getpid() or not mine_too) and pid_alive(pid) and time.time() - st.st_mtime < max_age_s:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 size = sum(f.lstat().st_size for f in p.rglob("*") if f.is_file())
@@ -220,3 +242,94 @@ def remove_stale_temps(directory: str | os.PathLike, max_age_s: float = 86400.0,
             continue
         n, freed = n + 1, freed + size
     return n, freed
+
+
+def clean_stale_temps(directory: Path, max_age_s: float = 86400.0) -> int:
+    """Remove our temporaries (dfedit.files.TEMP_RE) that dead writers left in `directory`; returns
+    bytes freed. Nothing of any other name is touched."""
+    return remove_stale_temps(directory, max_age_s)[1]
+
+
+# ---- what a failed write says --------------------------------------------------------------
+
+def human_size(n: int | float | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for us on the filesystem holding `path` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL
+
+
+def write_error(e: OSError, what: str, path: str | os.PathLike, needed: int | None = None,
+                free: int | None = None) -> DfeditError:
+    """One sentence for a failed write: what could not be written, where, and why; for a full disk
+    also how much space it needs and how much is free (measured now unless given)."""
+    where = Path(path)
+    if is_disk_full(e):
+        free = free if free is not None else free_space(where.parent)
+        return DfeditError(f"cannot write {what} {where}: no space left on the device (needs {human_size(needed)}, "
+                           f"{human_size(free)} free in {where.parent}); free some space and run it again")
+    if e.errno == errno.EFBIG:
+        return DfeditError(f"cannot write {what} {where}: the file would be too large for this filesystem or "
+                           f"for the file-size limit (needs {human_size(needed)})")
+    if e.errno == errno.EROFS:
+        return DfeditError(f"cannot write {what} {where}: the filesystem is read-only")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return DfeditError(f"cannot write {what} {where}: permission denied")
+    return DfeditError(f"cannot write {what} {where}: {e.strerror or e}")
+
+
+# ---- directories to write into, files to read ----------------------------------------------
+
+def writable_dir(path: Path) -> str | None:
+    """Why `path` cannot be used as a directory to write into (None if it can): it, or the nearest
+    part of it that exists, must be a directory this process may write."""
+    p = Path(path).expanduser()
+    q = p
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    if not q.is_dir():
+        return f"{q} is not a directory"
+    if not os.access(q, os.W_OK | os.X_OK):
+        return f"{q} is not writable (permission denied)"
+    return None
+
+
+def read_json_file(path: Path, what: str) -> object:
+    """JSON from a file we did not necessarily write: any failure is one sentence naming it."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DfeditError(f"{what} {path} is missing") from None
+    except IsADirectoryError:
+        raise DfeditError(f"{what} {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise DfeditError(f"{what} {path} is not text (damaged or not a JSON file)") from None
+    except json.JSONDecodeError as e:
+        raise DfeditError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # [[[[... 100,000 deep: what a parser on a stack cannot read is not valid here
+        raise DfeditError(f"{what} {path} is not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise DfeditError(f"cannot read {what} {path}: {e.strerror or e}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from .cache import atomic_write, write_error
+from .files import atomic_write, write_error
 from .errors import DfeditError, ParamError
 
 

@@ -92,8 +92,9 @@ def make_plan(info: "ModelInfo", prompts: list[str], *, seed: int = 0, cfg: floa
         check_style(info.styles, style, info.name)
     check_sampler(sampler, eta, resampling=resampling)
     timesteps = plan_timesteps(info.schedule, sampler, stride, steps)
-    if offload and info.no_offload:
-        raise ParamError("offload", info.no_offload)
+    if offload and not info.offloads:
+        raise ParamError("offload", f"is for models too large for the GPU's memory; {info.name} is small enough to "
+                         "load whole: leave out {offload}")
     if upscale is None:
         upscale = info.upscales  # the backend's default: IF pairs with stage II, emoji models do not
     s2 = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .cache import atomic_write, write_error
+from .files import atomic_write, write_error
 from .errors import DfeditError
 from .images import to_pil
 from .outputs import GRID_TILE, check_output, display_meta, enlarge_factor, grid, wrap

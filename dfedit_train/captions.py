@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from dfedit.cache import atomic_write
+from dfedit.files import atomic_write
 from dfedit.errors import DfeditError
 
 from . import data as datamod

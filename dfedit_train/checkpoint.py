@@ -37,7 +37,8 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
-from dfedit.cache import atomic_write, all_finite, free_space, human_size, pid_alive, write_error
+from dfedit.cache import all_finite
+from dfedit.files import atomic_write, free_space, human_size, pid_alive, write_error
 from dfedit.files import fsync_dir, make_temp_dir, remove_stale_temps, swap_dir, write_file
 # The read side (the format, completeness checks, loading a denoiser) is dfedit's; re-exported here.
 from dfedit.emoji.checkpoint import (BUILTIN, FORMAT, FORMAT_VERSION, MANIFEST, STEP_RE, WEIGHTS, _latest,  # noqa: F401

@@ -419,7 +419,7 @@ def eval_cmd(
 
     import torch
 
-    from dfedit.cache import writable_dir
+    from dfedit.files import writable_dir
     from dfedit.devices import pick_device
     from dfedit.plan import check_seed
 

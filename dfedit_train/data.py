@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dfedit.cache import atomic_write, cache_root, clean_stale_temps, discard, notice, write_error
+from dfedit.cache import cache_root, discard, notice
+from dfedit.files import atomic_write, clean_stale_temps, write_error
 from dfedit.files import make_temp_dir
 from dfedit.errors import DfeditError
 

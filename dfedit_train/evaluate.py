@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfedit.cache import atomic_write, cache_root
+from dfedit.cache import cache_root
+from dfedit.files import atomic_write
 from dfedit.emoji.text import TextEncoder
 from dfedit.errors import DfeditError
 

@@ -228,7 +228,7 @@ def load_classifier(cfg: ClassifierConfig | None = None, progress: bool = True, 
     from safetensors.torch import load_file
     from safetensors.torch import save as st_save
 
-    from dfedit.cache import atomic_write
+    from dfedit.files import atomic_write
 
     cfg = cfg or ClassifierConfig()
     d = classifier_dir(cfg)

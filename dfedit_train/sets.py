@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfedit.cache import atomic_write, cache_root, discard, notice
+from dfedit.cache import cache_root, discard, notice
+from dfedit.files import atomic_write
 from dfedit.errors import DfeditError
 
 from . import data as datamod

@@ -154,6 +154,7 @@ class Toy:
     """A whole backend, in the test: claims --model toy, never reads a file."""
 
     name = "toy"
+    summary = ("toy (the test's oracle, which knows one image)",)
 
     def __init__(self):
         self.loads = 0
@@ -269,6 +270,16 @@ def test_a_command_validates_once(cli, toy, tmp_path, photo):
     code, _, err = cli("sample", "one two three four five six seven eight nine", "--model", "toy", *FAST,
                        "-o", tmp_path / "long.png")
     assert code == 1 and "is 9 tokens long" in err and toy.loads == 1
+
+
+def test_an_unknown_model_is_told_what_every_backend_takes(cli, toy, tmp_path):
+    """The sentence for a --model no backend claims lists each backend's own summary, the toy's too."""
+    code, _, err = cli("sample", "x", "--model", "bananas", *FAST, "-o", tmp_path / "o.png")
+    line = err.strip()
+    assert code == 1 and "\n" not in line, err
+    assert line.startswith("dfedit: error: --model bananas does not exist: --model takes toy (the test's oracle, "
+                           "which knows one image), emoji (the built-in 32 px emoji model), "), line
+    assert "a dfedit-train run or checkpoint directory" in line and "a Hub id such as" in line
 
 
 # ---- one Result type, saved like the CLI saves ---------------------------------------------------

@@ -276,7 +276,7 @@ def test_default_name_taken_during_the_run_is_not_overwritten(cli, models, tmp_p
 
 
 def test_exclusive_write_falls_back_without_hard_links(tmp_path, monkeypatch):
-    from dfedit.cache import atomic_write
+    from dfedit.files import atomic_write
 
     def no_links(*a):
         raise PermissionError("hard links not supported")

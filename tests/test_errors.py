@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import dfedit
-from dfedit.backends.deepfloyd import resolve
+from dfedit.backends.hub import resolve_snapshot
 from dfedit.devices import pick_device, pick_dtype
 from dfedit.errors import DfeditError, ParamError
 from dfedit.samplers import check_sampler
@@ -30,7 +30,7 @@ def test_param_error_spells_every_named_parameter_both_ways():
     (lambda: check_sampler("plms"), "sampler 'plms' is unknown", "--sampler 'plms' is unknown"),
     (lambda: pick_device("meta"), "device 'meta' is unknown", "--device 'meta' is unknown"),
     (lambda: pick_dtype("int8", None), "dtype 'int8' is unknown", "--dtype 'int8' is unknown"),
-    (lambda: resolve("emoj", ["unet"]), "model emoj does not exist: did you mean model emoji",
+    (lambda: resolve_snapshot("emoj", ["unet"]), "model emoj does not exist: did you mean model emoji",
      "--model emoj does not exist: did you mean --model emoji"),
 ])
 def test_library_errors_name_parameters_and_the_cli_names_flags(call, library, cli):

@@ -181,7 +181,7 @@ def test_the_cpu_out_of_memory_hint_never_suggests_offload(capsys):
 def test_a_cache_read_that_runs_out_of_memory_keeps_the_entry(tmp_path, monkeypatch):
     """Under `ulimit -v` an mmap of a good caption-cache shard fails with ENOMEM: out of memory, one
     line, and the shard is not deleted as if it were damaged."""
-    import dfedit.emoji.text as text
+    import dfedit.cache
 
     cache = tmp_path / "cache"
     args = ["sample", "grinning face", "--model", "emoji", "--stride", "500", "--quiet", "--cache-dir", str(cache),
@@ -193,7 +193,7 @@ def test_a_cache_read_that_runs_out_of_memory_keeps_the_entry(tmp_path, monkeypa
     def no_memory(*a, **k):
         raise OSError(12, "Cannot allocate memory (os error 12)")
 
-    monkeypatch.setattr(text, "safe_open", no_memory)
+    monkeypatch.setattr(dfedit.cache, "safe_open", no_memory)
     r = runner.invoke(app, args)
     assert r.exit_code == 1 and r.stderr.strip().startswith("dfedit: error: out of memory (CPU RAM)"), r.output
     assert sorted(cache.rglob("*.safetensors")) == shards and "damaged" not in r.stderr

@@ -235,7 +235,7 @@ def test_fp16_hub_download_asks_only_for_fp16_weights(tiny_models, monkeypatch):
     """fp16 runs fetch only the fp16 variant (IF-I-XL's fp32 UNet alone is 17 GB); a repo without
     one is fetched again with the full-precision patterns."""
     import huggingface_hub
-    from dfedit.backends.deepfloyd import resolve
+    from dfedit.backends.hub import resolve_snapshot
     p1, _ = tiny_models
     calls = []
 
@@ -244,7 +244,7 @@ def test_fp16_hub_download_asks_only_for_fp16_weights(tiny_models, monkeypatch):
         return str(p1)  # the tiny checkpoint has no fp16 files
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    resolve("DeepFloyd/IF-I-XL-v1.0", ["unet"], fp16=True)
+    resolve_snapshot("DeepFloyd/IF-I-XL-v1.0", ["unet"], fp16=True)
     (first, ign1), (second, ign2) = calls
     import fnmatch
     fp32_file, fp16_file = "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"

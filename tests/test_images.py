@@ -319,7 +319,7 @@ def test_read_metadata_uses_the_json_chunk_not_a_guess(tmp_path):
 def test_every_write_reaches_the_disk_before_it_is_published(tmp_path, monkeypatch, exclusive):
     """The one atomic writer fsyncs the temporary file before it renames (or links) it into place:
     a crash right after the rename cannot leave an empty or partial PNG, checkpoint or cache entry."""
-    from dfedit.cache import atomic_write
+    from dfedit.files import atomic_write
 
     events = []
     real_fsync, real_replace, real_link = os.fsync, os.replace, os.link

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..cache import all_finite, notice, read_json_file
+from ..cache import all_finite, notice
+from ..files import read_json_file
 from ..errors import DfeditError
 from ..constants import BUILTIN_MODELS
 

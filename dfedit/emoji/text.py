@@ -1,7 +1,8 @@
-"""Frozen text encoder, on-disk caption-embedding cache, and the PromptEncoder dfedit calls.
+"""Frozen text encoder behind the caption-embedding cache, and the PromptEncoder dfedit calls.
 
 The encoder never trains, so every caption is embedded once: token states (L x D, fp16) plus the
-attention mask go to a cache keyed by (encoder identity, max_length, prompt). Training then reads
+attention mask go to a cache keyed by (encoder identity, max_length, prompt), shards of dfedit's
+one EmbeddingCache (dfedit/cache.py, layout SHARDS). Training then reads
 one (N, L, D) tensor onto the device and never touches the encoder again.
 
 The empty prompt is special: it is the *null* conditioning (all-zero states, all-zero mask), the
@@ -17,11 +18,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as st_save
 
-from dfedit.cache import (all_finite, atomic_write, cache_root, clean_stale_temps, discard, notice,
-                          out_of_memory, tensor_digest, write_error)
+from dfedit.cache import SHARDS, EmbeddingCache, out_of_memory, token_counter
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 
@@ -77,7 +75,7 @@ class TextEncoder:
         self.name, self.max_length, self.device = name, max_length, torch.device(device)
         self.identity = encoder_identity(name)
         self._model = self._tok = None
-        self.cache = EmbeddingCache(cache_root(cache_dir) / "text" / f"{self.identity}-L{max_length}", max_length)
+        self.cache = EmbeddingCache(f"{self.identity}-L{max_length}", cache_dir, layout=SHARDS, tokens=max_length)
 
     def _load(self):
         if self._model is not None:
@@ -133,7 +131,7 @@ class TextEncoder:
     def embed(self, prompts: list[str], dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings for prompts (cache first); "" gives the null conditioning (zeros, empty mask)."""
         real = sorted({p for p in prompts if p})
-        have = self.cache.get(real, dim)
+        have = {p: (row["states"], row["mask"]) for p, row in self.cache.get(real, dim).items()}
         missing = [p for p in real if p not in have]
         if missing:
             s, m = self._run(missing)
@@ -148,116 +146,6 @@ class TextEncoder:
         return torch.stack([s for s, _ in pairs]), torch.stack([m for _, m in pairs])
 
 
-class EmbeddingCache:
-    """Shards of (states, mask) in safetensors, the prompt list and a checksum in each shard's metadata.
-
-    One shard per batch of new prompts: the dataset's 3,781 captions become one file, a sampling
-    prompt a tiny one. A shard is validated before any of its rows is used (prompt list, shapes,
-    dtypes, finite values, checksum); a damaged one is reported in one line, deleted and its
-    prompts recomputed, so it never breaks other prompts. A cache directory that cannot be
-    written degrades to no cache with one notice.
-    """
-
-    def __init__(self, root: Path, max_length: int | None = None):
-        self.root, self.max_length = root, max_length
-        self.writable = True
-
-    def _shards(self):
-        if not self.root.is_dir():
-            return
-        for f in sorted(self.root.glob("*.safetensors")):
-            try:
-                st = f.lstat()
-                with safe_open(str(f), framework="pt") as h:
-                    meta = h.metadata() or {}
-                listed = json.loads(meta["prompts"])
-                if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-                    raise ValueError("its prompt list is not a list of strings")
-            except Exception as e:  # truncated, a directory, not safetensors, no prompt list...
-                if out_of_memory(e):  # not damage: the entry is kept
-                    raise MemoryError(str(e)) from None
-                self._damaged(f, f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}", None)
-                continue
-            yield f, listed, meta, st.st_ino
-
-    def _damaged(self, f: Path, why: str, inode: int | None) -> None:
-        notice(f"caption cache shard {f} is damaged ({why}); recomputing its prompts")
-        discard(f, inode)
-
-    def _problem(self, listed: list[str], meta: dict, s: torch.Tensor, m: torch.Tensor, dim: int | None) -> str | None:
-        n = len(listed)
-        if s.ndim != 3 or not s.is_floating_point():
-            return f"states are {s.dtype} of shape {tuple(s.shape)}, not (N, L, D) floats"
-        if m.ndim != 2 or m.dtype not in (torch.uint8, torch.bool):
-            return f"mask is {m.dtype} of shape {tuple(m.shape)}, not (N, L) uint8"
-        if s.shape[0] != n or m.shape[0] != n:
-            return f"it lists {n} prompts but holds {s.shape[0]} states and {m.shape[0]} masks"
-        if m.shape[1] != s.shape[1] or (self.max_length is not None and s.shape[1] != self.max_length):
-            return f"states have {s.shape[1]} tokens, the cache is for {self.max_length or m.shape[1]}"
-        if dim is not None and s.shape[2] != dim:
-            return f"states are {s.shape[2]} wide, the text encoder gives {dim}"
-        if not all_finite(s):
-            return "it holds NaN or infinite values"
-        if "sha256" in meta and meta["sha256"] != tensor_digest({"states": s, "mask": m}):
-            return "its checksum does not match its data"
-        return None
-
-    def get(self, prompts: list[str], dim: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Rows for the prompts found in valid shards. `dim`: the encoder's width when known; else
-        the width most shards have (a shard of another width is damaged)."""
-        want, out = set(prompts), {}
-        shards = [x for x in self._shards() if want & set(x[1])]
-        if dim is None and len(shards) > 1:
-            widths = []
-            for f, *_ in shards:
-                try:
-                    with safe_open(str(f), framework="pt") as h:
-                        widths.append(h.get_slice("states").get_shape()[-1])
-                except Exception:
-                    pass
-            dim = max(set(widths), key=widths.count) if widths else None
-        for f, listed, meta, inode in shards:
-            rows = [(i, p) for i, p in enumerate(listed) if p in want and p not in out]
-            if not rows:
-                continue
-            try:
-                with safe_open(str(f), framework="pt") as h:
-                    s, m = h.get_tensor("states"), h.get_tensor("mask")
-                why = self._problem(listed, meta, s, m, dim)
-            except Exception as e:
-                if out_of_memory(e):
-                    raise MemoryError(str(e)) from None
-                why = f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0]}"
-            if why is not None:
-                self._damaged(f, why, inode)
-                continue
-            for i, p in rows:
-                out[p] = (s[i], m[i].bool())
-            if len(out) == len(want):
-                break
-        return out
-
-    def put(self, prompts: list[str], states: torch.Tensor, mask: torch.Tensor) -> None:
-        if not self.writable:
-            return
-        name = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:16]
-        tensors = {"states": states.contiguous(), "mask": mask.to(torch.uint8).contiguous()}
-        data = st_save(tensors, metadata={"prompts": json.dumps(prompts), "sha256": tensor_digest(tensors)})
-        path = self.root / f"{name}.safetensors"
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            clean_stale_temps(self.root)
-            if path.is_dir() and not path.is_symlink():  # a directory where the shard belongs
-                discard(path)
-            atomic_write(path, data)  # atomic: readers never see half a shard
-        except OSError as e:
-            self.writable = False
-            notice(f"{write_error(e, 'the caption cache shard', path, len(data))}; continuing without the cache")
-
-
-_TOKENIZERS: dict[str, object] = {}
-
-
 def count_tokens(name: str, prompts: list[str]) -> list[int]:
     """Tokens (with [CLS]/[SEP]) of each prompt under encoder `name`, from its tokenizer alone.
 
@@ -265,7 +153,7 @@ def count_tokens(name: str, prompts: list[str]) -> list[int]:
     directly: the same fast tokenizer transformers would wrap, the same counts (tested), but ~0.05 s
     instead of importing transformers (~1-2 s), which a `dfedit sample --model emoji` with a cached
     prompt otherwise never needs. Other encoders (a Hub id) go through transformers' AutoTokenizer."""
-    if name not in _TOKENIZERS:
+    def load():
         path = Path(minilm_path(check=False)) if name == DEFAULT_ENCODER else Path(name).expanduser()
         try:
             if (path / "tokenizer.json").is_file():  # the fast tokenizer alone: no transformers import
@@ -273,15 +161,14 @@ def count_tokens(name: str, prompts: list[str]) -> list[int]:
                 tok = Tokenizer.from_file(str(path / "tokenizer.json"))
                 tok.no_truncation()
                 tok.no_padding()
-                _TOKENIZERS[name] = lambda p: len(tok.encode(p).ids)
-            else:
-                from transformers import AutoTokenizer
-                hf = AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
-                _TOKENIZERS[name] = lambda p: len(hf(p, add_special_tokens=True, truncation=False,
-                                                     verbose=False)["input_ids"])
+                return lambda p: len(tok.encode(p).ids)
+            from transformers import AutoTokenizer
+            hf = AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
+            return lambda p: len(hf(p, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
         except Exception as e:
             raise DfeditError(f"could not load the tokenizer of text encoder {name!r}: {str(e).splitlines()[0]}") from None
-    count = _TOKENIZERS[name]
+
+    count = token_counter(name, load)
     return [count(p) for p in prompts]
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import dfedit.cache
+import dfedit.files
 from dfedit.cli import app as dfedit_app
 from dfedit_train import checkpoint as ckpt
 from dfedit_train import data as datamod
@@ -82,7 +82,7 @@ def predictable(monkeypatch):
 def _written(monkeypatch, fn):
     """The final paths every write of fn() produced (files and temporary directories)."""
     seen = []
-    writer = sys.modules[dfedit.cache.atomic_write.__module__]  # dfedit.files (dfedit.cache before issue 24)
+    writer = sys.modules[dfedit.files.atomic_write.__module__]
     real_write, real_dir = writer.write_file, getattr(writer, "make_temp_dir", None)
 
     def write_file(path, data):

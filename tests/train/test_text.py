@@ -66,6 +66,7 @@ def test_token_counts_without_transformers_equal_autotokenizer(tiny_encoder, whi
     `dfedit sample --model emoji`); it must count what transformers' tokenizer counts."""
     from transformers import AutoTokenizer
 
+    from dfedit.cache import TOKEN_COUNTERS
     from dfedit.emoji import text
 
     if which == "minilm":
@@ -74,7 +75,7 @@ def test_token_counts_without_transformers_equal_autotokenizer(tiny_encoder, whi
     else:
         name = path = str(tiny_encoder)
     prompts = ["grinning face", "A big RED heart!!", "thumbs up: dark skin tone", "", "naïve café 😀", "x " * 200]
-    text._TOKENIZERS.pop(name, None)
+    TOKEN_COUNTERS.pop(name, None)
     got = text.count_tokens(name, prompts)
     tok = AutoTokenizer.from_pretrained(path)
     assert got == [len(tok(p, add_special_tokens=True, truncation=False)["input_ids"]) for p in prompts]
