@@ -27,28 +27,6 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DFEDIT_CACHE", str(tmp_path / "cache"))
 
 
-class OracleDenoiser:
-    """Knows the clean image: returns the exact noise eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar).
-
-    With it every edit becomes an exact check (the loop must return x0). Implements the Denoiser
-    protocol with a learned-range variance of zeros (the midpoint of IF's range)."""
-
-    def __init__(self, x0: torch.Tensor, schedule, learned_variance: bool = True):
-        self.x0, self.schedule = x0, schedule
-        self.sample_size, self.channels = x0.shape[-1], x0.shape[1]
-        self.name, self.device, self.dtype = "oracle", x0.device, x0.dtype
-        self.learned_variance = learned_variance
-        self.calls = []
-        self.prompt_encoder = None
-
-    def __call__(self, x, t, cond):
-        self.calls.append((t, x.shape[0]))
-        a = self.schedule.alphas_cumprod[t]
-        x0 = self.x0.expand_as(x)
-        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return eps, (torch.zeros_like(x) if self.learned_variance else None)
-
-
 @pytest.fixture
 def photo(tmp_path) -> Path:
     """A non-square RGB photo with structure (so noisy / denoised tiles differ visibly, and a centre

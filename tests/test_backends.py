@@ -16,19 +16,9 @@ from dfedit.backends import ModelInfo
 from dfedit.denoiser import Cond
 from dfedit.outputs import read_metadata
 from dfedit.schedule import NoiseSchedule
+from helpers import ok, pixels
 
 FAST = ["--device", "cpu", "--quiet"]
-
-
-def _ok(res):
-    code, out, err = res
-    assert code == 0, err
-    return res
-
-
-def _px(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).astype(int)
 
 
 @pytest.fixture
@@ -52,7 +42,7 @@ def test_a_sweep_of_six_starts_with_stage2_loads_each_stage_once(cli, tiny_model
 
     monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", classmethod(counting))
     starts = [a for i in (1, 3, 5, 10, 20, 30) for a in ("--i-start", i)]
-    _ok(cli("sdedit", photo, *starts, "--repeat", "2", "--model", s1, "--stage2", s2, "--stage2-steps", "2",
+    ok(cli("sdedit", photo, *starts, "--repeat", "2", "--model", s1, "--stage2", s2, "--stage2-steps", "2",
             *FAST, "-o", tmp_path / "sweep.png"))
     assert loads == {str(s1): 1, str(s2): 1}
     meta = read_metadata(tmp_path / "sweep.png")
@@ -88,11 +78,11 @@ def test_an_emoji_command_reads_the_models_config_once(cli, tmp_path, photo, mon
             return _real(self, *a, **k)
 
         monkeypatch.setattr(pathlib.Path, name, counting)
-    _ok(cli("sdedit", photo, "--i-start", "1", "--i-start", "3", "--model", "emoji", "--stride", "200", *FAST,
+    ok(cli("sdedit", photo, "--i-start", "1", "--i-start", "3", "--model", "emoji", "--stride", "200", *FAST,
             "-o", tmp_path / "e.png"))
     assert len(reads) == 1
     reads.clear()
-    _ok(cli("sample", "grinning face", "--model", "emoji", "--stride", "200", *FAST, "-o", tmp_path / "s.png"))
+    ok(cli("sample", "grinning face", "--model", "emoji", "--stride", "200", *FAST, "-o", tmp_path / "s.png"))
     assert len(reads) == 1
 
 
@@ -110,7 +100,7 @@ def test_a_hub_id_is_looked_up_once_for_configs_and_once_for_weights(cli, tiny_m
         return str(dirs[repo])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    _ok(cli("sample", "a dog", "--model", "DeepFloyd/IF-I-XL-v1.0", "--stage2", "DeepFloyd/IF-II-L-v1.0",
+    ok(cli("sample", "a dog", "--model", "DeepFloyd/IF-I-XL-v1.0", "--stage2", "DeepFloyd/IF-II-L-v1.0",
             "--stride", "330", "--stage2-steps", "2", *FAST, "-o", tmp_path / "s.png"))
     assert Counter(calls) == {("DeepFloyd/IF-I-XL-v1.0", False): 1, ("DeepFloyd/IF-I-XL-v1.0", True): 1,
                               ("DeepFloyd/IF-II-L-v1.0", False): 1, ("DeepFloyd/IF-II-L-v1.0", True): 1}
@@ -199,20 +189,20 @@ def expected() -> np.ndarray:
 def test_a_toy_backend_registered_in_the_test_runs_every_edit(cli, toy, tmp_path, photo):
     clean = expected()
     common = ["--model", "toy", "--stride", "90", "--no-display", *FAST]
-    _ok(cli("sample", "anything", *common, "-o", tmp_path / "sample.png"))
-    _ok(cli("sdedit", photo, "--i-start", "3", *common, "-o", tmp_path / "sdedit.png"))
-    _ok(cli("hybrid", "low", "high", *common, "-o", tmp_path / "hybrid.png"))
+    ok(cli("sample", "anything", *common, "-o", tmp_path / "sample.png"))
+    ok(cli("sdedit", photo, "--i-start", "3", *common, "-o", tmp_path / "sdedit.png"))
+    ok(cli("hybrid", "low", "high", *common, "-o", tmp_path / "hybrid.png"))
     for name in ("sample", "sdedit", "hybrid"):  # the oracle's image, whatever the edit asked
-        assert np.abs(_px(tmp_path / f"{name}.png") - clean).max() <= 1, name
+        assert np.abs(pixels(tmp_path / f"{name}.png") - clean).max() <= 1, name
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[:, : SIZE // 2] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    _ok(cli("inpaint", photo, "--mask", tmp_path / "mask.png", *common, "-o", tmp_path / "inpaint.png"))
-    out, src = _px(tmp_path / "inpaint.png"), _px(photo)
+    ok(cli("inpaint", photo, "--mask", tmp_path / "mask.png", *common, "-o", tmp_path / "inpaint.png"))
+    out, src = pixels(tmp_path / "inpaint.png"), pixels(photo)
     assert np.array_equal(out[:, SIZE // 2:], src[:, SIZE // 2:])  # kept exactly
     assert np.abs(out[:, : SIZE // 2] - clean[:, : SIZE // 2]).max() <= 1  # regenerated: the oracle's
-    _ok(cli("anagram", "upright", "upside down", "--view", "flip", *common, "-o", tmp_path / "anagram.png"))
-    sheet = _px(tmp_path / "anagram.png")
+    ok(cli("anagram", "upright", "upside down", "--view", "flip", *common, "-o", tmp_path / "anagram.png"))
+    sheet = pixels(tmp_path / "anagram.png")
     tile, step = 128, 128 // SIZE
     for col in (0, 1):  # the image, and the image upside down: both the clean image
         t = sheet[2:2 + tile:step, 2 + col * (tile + 2):2 + col * (tile + 2) + tile:step]
@@ -252,10 +242,10 @@ def toy_sampler_and_view():
 def test_a_sampler_and_a_view_registered_in_the_test_run_through_the_cli(cli, toy, toy_sampler_and_view, tmp_path):
     clean = expected()
     common = ["--model", "toy", "--stride", "90", "--no-display", *FAST]
-    _ok(cli("sample", "anything", "--sampler", "toy-x0", *common, "-o", tmp_path / "s.png"))
+    ok(cli("sample", "anything", "--sampler", "toy-x0", *common, "-o", tmp_path / "s.png"))
     assert len(toy_sampler_and_view) == 12  # 990, 900, ..., 0: one call per step
-    assert np.abs(_px(tmp_path / "s.png") - clean).max() <= 1 and read_metadata(tmp_path / "s.png")["sampler"] == "toy-x0"
-    _ok(cli("anagram", "as shown", "transposed", "--view", "transpose", *common, "-o", tmp_path / "a.png"))
+    assert np.abs(pixels(tmp_path / "s.png") - clean).max() <= 1 and read_metadata(tmp_path / "s.png")["sampler"] == "toy-x0"
+    ok(cli("anagram", "as shown", "transposed", "--view", "transpose", *common, "-o", tmp_path / "a.png"))
     assert read_metadata(tmp_path / "a.png")["views"] == ["identity", "transpose"]
     code, _, err = cli("anagram", "a", "b", "--view", "transpose", "--sampler", "no-such", *common,
                        "-o", tmp_path / "x.png")
@@ -264,7 +254,7 @@ def test_a_sampler_and_a_view_registered_in_the_test_run_through_the_cli(cli, to
 
 def test_a_command_validates_once(cli, toy, tmp_path, photo):
     """The CLI checks every option before anything loads; `generate` does not check them again."""
-    _ok(cli("sdedit", photo, "--prompt", "a red fox", "--i-start", "3", "--i-start", "5", "--model", "toy",
+    ok(cli("sdedit", photo, "--prompt", "a red fox", "--i-start", "3", "--i-start", "5", "--model", "toy",
             "--stride", "90", *FAST, "-o", tmp_path / "o.png"))
     assert toy.token_counts == [["a red fox"]] and toy.loads == 1
     code, _, err = cli("sample", "one two three four five six seven eight nine", "--model", "toy", *FAST,
@@ -290,7 +280,7 @@ def test_result_save_writes_what_the_cli_writes(cli, tiny_models, tmp_path, comm
     from dfedit.pipeline import Result
     s1, s2 = tiny_models
     prompts = ["a dog"] if command == "sample" else ["a dog", "a cat"]
-    _ok(cli(command, *prompts, "--model", s1, "--stage2", s2, "--stride", "330", "--stage2-steps", "2", "--seed",
+    ok(cli(command, *prompts, "--model", s1, "--stage2", s2, "--stride", "330", "--stage2-steps", "2", "--seed",
             "5", "--no-display", *FAST, "-o", tmp_path / "cli.png"))
     df = DFEdit(model=str(s1), stage2=str(s2), device="cpu", quiet=True)
     kw = dict(seed=5, stride=330, stage2_steps=2)
@@ -303,7 +293,7 @@ def test_result_save_writes_what_the_cli_writes(cli, tiny_models, tmp_path, comm
     with Image.open(tmp_path / "cli.png") as a, Image.open(tmp_path / "api.png") as b:
         assert {k: v for k, v in a.text.items() if k not in ("command_line", "dfedit")} == \
             {k: v for k, v in b.text.items() if k != "dfedit"}
-    assert np.array_equal(_px(tmp_path / "cli.png"), _px(tmp_path / "api.png"))
+    assert np.array_equal(pixels(tmp_path / "cli.png"), pixels(tmp_path / "api.png"))
 
 
 # ---- the core speaks of parameters, the CLI of options --------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import OracleDenoiser
+from helpers import OracleDenoiser
 from dfedit import edits
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError

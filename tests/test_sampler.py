@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import OracleDenoiser
+from helpers import OracleDenoiser
 from dfedit.sampler import cfg, conditioned, denoise_loop, step_pairs
 from dfedit.schedule import NoiseSchedule
 

@@ -13,7 +13,7 @@ import inspect
 import pytest
 import torch
 
-from conftest import OracleDenoiser
+from helpers import OracleDenoiser
 from dfedit.constants import SAMPLER_NAMES
 from dfedit.errors import DfeditError
 from dfedit.sampler import conditioned, denoise_loop, plan_timesteps

@@ -16,7 +16,8 @@ from PIL import Image
 
 from dfedit import DFEdit
 from dfedit.images import load_image, to_pil
-from dfedit.outputs import display_path, grid, read_metadata
+from dfedit.outputs import grid, read_metadata
+from helpers import ok, pixels
 
 FAST = ["--device", "cpu", "--quiet"]
 
@@ -34,18 +35,6 @@ def _forbid_weights(monkeypatch):
 
     monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", boom)
     monkeypatch.setattr(transformers.T5EncoderModel, "from_pretrained", boom)
-
-
-def _px(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
-
-
-def _ok(res):
-    code, out, err = res
-    assert code == 0, err
-    assert "Traceback" not in out + err
-    return out, err
 
 
 @pytest.fixture
@@ -257,10 +246,10 @@ def test_out_of_cpu_memory_is_one_line(cli, tiny_models, tmp_path, monkeypatch):
 
 def test_float16_on_the_cpu_gets_a_note(cli, tiny_models, tmp_path):
     s1, _ = tiny_models
-    _, err = _ok(cli("sample", "a", "--model", s1, "--no-upscale", "--stride", "330", "--dtype", "float16", *FAST,
+    _, err = ok(cli("sample", "a", "--model", s1, "--no-upscale", "--stride", "330", "--dtype", "float16", *FAST,
                      "-o", tmp_path / "h.png"))
     assert "note: float16 is many times slower than float32 on a CPU" in err
-    _, err = _ok(cli("sample", "a", "--model", s1, "--no-upscale", "--stride", "330", *FAST, "-o", tmp_path / "f.png"))
+    _, err = ok(cli("sample", "a", "--model", s1, "--no-upscale", "--stride", "330", *FAST, "-o", tmp_path / "f.png"))
     assert "note" not in err
 
 
@@ -268,11 +257,11 @@ def test_float16_on_the_cpu_gets_a_note(cli, tiny_models, tmp_path):
 
 def test_single_image_is_native_plus_an_enlarged_display_copy(cli, m, tmp_path):
     s1 = m[1]
-    _, err = _ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", "--device", "cpu",
+    _, err = ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", "--device", "cpu",
                      "-o", tmp_path / "a.png"))
-    a = _px(tmp_path / "a.png")
+    a = pixels(tmp_path / "a.png")
     assert a.shape == (16, 16, 3)  # native: what the next command reads
-    d = _px(tmp_path / "a.display.png")
+    d = pixels(tmp_path / "a.display.png")
     assert d.shape == (256, 256, 3)  # 16 px x 16, nearest-neighbour: every model pixel a 16 x 16 block
     assert np.array_equal(d, np.kron(a, np.ones((16, 16, 1), np.uint8)))
     meta = read_metadata(tmp_path / "a.display.png")
@@ -281,16 +270,16 @@ def test_single_image_is_native_plus_an_enlarged_display_copy(cli, m, tmp_path):
     assert meta["prompt"] == "a dog" and meta["model"] == str(s1)
     assert "a.png (16x16)" in err and "a.display.png (256x256, a display copy)" in err
     # --no-display: the native image only; stage II's 32 px is still under 128 px: a copy by default
-    _ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", *FAST, "--no-display", "-o", tmp_path / "b.png"))
-    assert not (tmp_path / "b.display.png").exists() and np.array_equal(_px(tmp_path / "b.png"), a)
-    _ok(cli("sample", "a dog", *m, "--stride", "90", "--stage2-steps", "3", *FAST, "-o", tmp_path / "c.png"))
-    assert _px(tmp_path / "c.png").shape == (32, 32, 3) and _px(tmp_path / "c.display.png").shape == (256, 256, 3)
+    ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", *FAST, "--no-display", "-o", tmp_path / "b.png"))
+    assert not (tmp_path / "b.display.png").exists() and np.array_equal(pixels(tmp_path / "b.png"), a)
+    ok(cli("sample", "a dog", *m, "--stride", "90", "--stage2-steps", "3", *FAST, "-o", tmp_path / "c.png"))
+    assert pixels(tmp_path / "c.png").shape == (32, 32, 3) and pixels(tmp_path / "c.display.png").shape == (256, 256, 3)
 
 
 def test_default_names_skip_a_taken_display_copy(cli, m, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dfedit-sample.display.png").write_bytes(b"someone's file")
-    _, err = _ok(cli("sample", "a", *m, "--no-upscale", "--stride", "330", "--device", "cpu"))
+    _, err = ok(cli("sample", "a", *m, "--no-upscale", "--stride", "330", "--device", "cpu"))
     assert "wrote dfedit-sample-1.png" in err and (tmp_path / "dfedit-sample-1.display.png").is_file()
     assert (tmp_path / "dfedit-sample.display.png").read_bytes() == b"someone's file"
     assert not (tmp_path / "dfedit-sample.png").exists()
@@ -314,8 +303,8 @@ def _tile(g, row, col, native, tile=128, pad=2):
 
 
 def test_sdedit_sweep_labels_the_original_as_original(cli, m, tmp_path, photo):
-    _ok(cli("sdedit", photo, "--i-start", "10", "--i-start", "20", *m, "--no-upscale", *FAST, "-o", tmp_path / "s.png"))
-    g = _px(tmp_path / "s.png")
+    ok(cli("sdedit", photo, "--i-start", "10", "--i-start", "20", *m, "--no-upscale", *FAST, "-o", tmp_path / "s.png"))
+    g = pixels(tmp_path / "s.png")
     for row, (i, t) in enumerate([(10, 690), (20, 390)]):
         assert np.array_equal(_strip(g, row, 0), _caption("original"))
         assert np.array_equal(_strip(g, row, 1), _caption(f"i_start={i} (t={t})"))
@@ -325,8 +314,8 @@ def test_sdedit_sweep_labels_the_original_as_original(cli, m, tmp_path, photo):
 
 
 def test_sdedit_single_display_is_original_beside_result(cli, m, tmp_path, photo):
-    _ok(cli("sdedit", photo, "--i-start", "20", *m, "--no-upscale", *FAST, "-o", tmp_path / "s.png"))
-    out, d = _px(tmp_path / "s.png"), _px(tmp_path / "s.display.png")
+    ok(cli("sdedit", photo, "--i-start", "20", *m, "--no-upscale", *FAST, "-o", tmp_path / "s.png"))
+    out, d = pixels(tmp_path / "s.png"), pixels(tmp_path / "s.display.png")
     assert out.shape == (16, 16, 3) and d.shape == (128 + 14 + 4, 2 * 128 + 3 * 2, 3)
     assert np.array_equal(_tile(d, 0, 0, 16), np.asarray(to_pil(load_image(photo, 16))[0]))
     assert np.array_equal(_tile(d, 0, 1, 16), out)
@@ -337,9 +326,9 @@ def test_sdedit_single_display_is_original_beside_result(cli, m, tmp_path, photo
 @pytest.mark.parametrize("upscale,size", [("--no-upscale", 16), ("--upscale", 32)])
 def test_inpaint_shows_original_mask_result(cli, m, tmp_path, photo, upscale, size):
     mask = _mask(tmp_path)
-    _ok(cli("inpaint", photo, "--mask", mask, *m, upscale, "--stride", "90", "--stage2-steps", "3", *FAST,
+    ok(cli("inpaint", photo, "--mask", mask, *m, upscale, "--stride", "90", "--stage2-steps", "3", *FAST,
             "-o", tmp_path / "i.png"))
-    out, d = _px(tmp_path / "i.png"), _px(tmp_path / "i.display.png")
+    out, d = pixels(tmp_path / "i.png"), pixels(tmp_path / "i.display.png")
     assert out.shape == (size, size, 3)  # the result itself stays at the output size
     assert d.shape == (128 + 14 + 4, 3 * 128 + 4 * 2, 3)
     assert np.array_equal(_tile(d, 0, 0, size), np.asarray(to_pil(load_image(photo, size))[0]))
@@ -353,33 +342,33 @@ def test_inpaint_shows_original_mask_result(cli, m, tmp_path, photo, upscale, si
 
 
 def test_inpaint_grid_with_several_samples(cli, m, tmp_path, photo):
-    _ok(cli("inpaint", photo, "--mask", _mask(tmp_path), *m, "--no-upscale", "--stride", "90", "-n", "2", *FAST,
+    ok(cli("inpaint", photo, "--mask", _mask(tmp_path), *m, "--no-upscale", "--stride", "90", "-n", "2", *FAST,
             "-o", tmp_path / "i.png"))
-    g = _px(tmp_path / "i.png")
+    g = pixels(tmp_path / "i.png")
     assert g.shape == (128 + 14 + 4, 4 * 128 + 5 * 2, 3)  # original | mask | result #1 | result #2
     assert np.array_equal(_strip(g, 0, 3), _caption("result #2"))
 
 
 def test_trajectory_gif_uses_the_grid_tile_size(cli, m, tmp_path):
-    _ok(cli("sample", "a", *m, "--no-upscale", "--stride", "90", *FAST, "-o", tmp_path / "a.png",
+    ok(cli("sample", "a", *m, "--no-upscale", "--stride", "90", *FAST, "-o", tmp_path / "a.png",
             "--trajectory", tmp_path / "a.gif"))
     with Image.open(tmp_path / "a.gif") as g:
         assert g.size == (128, 128)
-    _ok(cli("sample", "a", *m, "--no-upscale", "--stride", "90", "-n", "2", *FAST, "-o", tmp_path / "b.png",
+    ok(cli("sample", "a", *m, "--no-upscale", "--stride", "90", "-n", "2", *FAST, "-o", tmp_path / "b.png",
             "--trajectory", tmp_path / "b.gif"))
     with Image.open(tmp_path / "b.gif") as g:
         assert g.size == (2 * 128 + 3 * 2, 128 + 2 * 2)
 
 
 def test_hybrid_grid_is_enlarged_and_labelled(cli, m, tmp_path):
-    _ok(cli("hybrid", "a", "b", *m, "--no-upscale", "--stride", "330", "-n", "2", *FAST, "-o", tmp_path / "h.png"))
-    g = _px(tmp_path / "h.png")
+    ok(cli("hybrid", "a", "b", *m, "--no-upscale", "--stride", "330", "-n", "2", *FAST, "-o", tmp_path / "h.png"))
+    g = pixels(tmp_path / "h.png")
     assert g.shape == (128 + 14 + 4, 2 * 128 + 3 * 2, 3)
     assert np.array_equal(_strip(g, 0, 1), _caption("a + b #2"))
 
 
 def test_model_default_prompt_for_edits_is_ifs_photo_prompt(cli, m, tmp_path, photo):
-    _ok(cli("inpaint", photo, "--mask", _mask(tmp_path), *m, "--no-upscale", "--stride", "330", *FAST,
+    ok(cli("inpaint", photo, "--mask", _mask(tmp_path), *m, "--no-upscale", "--stride", "330", *FAST,
             "-o", tmp_path / "i.png"))
     assert read_metadata(tmp_path / "i.png")["prompt"] == "a high quality photo"
 
@@ -406,8 +395,8 @@ def test_inpaint_display_frames_the_mask_tile(cli, m, tmp_path, photo, n):
     around the mask tile, on all four sides, and none around the other tiles (issue 23)."""
     mask = _mask(tmp_path, fill=255)  # all white: the case where the tile is invisible without a frame
     out = tmp_path / "i.png"
-    _ok(cli("inpaint", photo, "--mask", mask, *m, "--no-upscale", "--stride", "90", "-n", n, *FAST, "-o", out))
-    d = _px(tmp_path / "i.display.png" if n == 1 else out).astype(int)
+    ok(cli("inpaint", photo, "--mask", mask, *m, "--no-upscale", "--stride", "90", "-n", n, *FAST, "-o", out))
+    d = pixels(tmp_path / "i.display.png" if n == 1 else out).astype(int)
     tile, pad = 128, 2
     x0, y0 = pad + 1 * (tile + pad), pad  # the mask tile: row 0, column 1
     white = np.array([255, 255, 255])

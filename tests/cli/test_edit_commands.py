@@ -6,19 +6,9 @@ import pytest
 from PIL import Image
 
 from dfedit.outputs import read_metadata
+from helpers import ok, pixels
 
 FAST = ["--device", "cpu", "--quiet"]
-
-
-def _px(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).astype(int)
-
-
-def _ok(res):
-    code, out, err = res
-    assert code == 0, err
-    return res
 
 
 @pytest.fixture
@@ -58,13 +48,13 @@ def _mask_at(path, size):
 
 @pytest.mark.parametrize("upscale", ["--no-upscale", "--upscale"])
 def test_hybrid_of_one_prompt_equals_sample(cli, m, tmp_path, upscale):
-    _ok(cli("sample", "a skull", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "s.png"))
-    _ok(cli("hybrid", "a skull", "a skull", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "h.png"))
-    s, h = _px(tmp_path / "s.png"), _px(tmp_path / "h.png")
+    ok(cli("sample", "a skull", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "s.png"))
+    ok(cli("hybrid", "a skull", "a skull", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "h.png"))
+    s, h = pixels(tmp_path / "s.png"), pixels(tmp_path / "h.png")
     assert s.shape == h.shape
     assert np.abs(s - h).max() <= 1  # low + high of one estimate is the identity (up to rounding)
-    _ok(cli("hybrid", "a skull", "a forest", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "x.png"))
-    assert np.abs(s - _px(tmp_path / "x.png")).max() > 10  # two prompts do make a different image
+    ok(cli("hybrid", "a skull", "a forest", *m, upscale, "--seed", "7", "--stride", "90", "-o", tmp_path / "x.png"))
+    assert np.abs(s - pixels(tmp_path / "x.png")).max() > 10  # two prompts do make a different image
     meta = read_metadata(tmp_path / "x.png")
     assert meta["command"] == "hybrid" and meta["prompts"] == ["a skull", "a forest"] and meta["seed"] == 7
 
@@ -74,48 +64,48 @@ def test_hybrid_of_one_prompt_equals_sample(cli, m, tmp_path, upscale):
 def test_inpainting_keeps_pixels_outside_the_mask(cli, m, tmp_path, photo, mask, upscale, size, jumps):
     """The input is at the output size, so outside the mask the output must equal it exactly."""
     src = photo(size)
-    _ok(cli("inpaint", src, "--mask", mask, *m, upscale, "--stride", "90", *jumps, "-o", tmp_path / "i.png"))
-    out, inp, hole = _px(tmp_path / "i.png"), _px(src), _mask_at(mask, size)
+    ok(cli("inpaint", src, "--mask", mask, *m, upscale, "--stride", "90", *jumps, "-o", tmp_path / "i.png"))
+    out, inp, hole = pixels(tmp_path / "i.png"), pixels(src), _mask_at(mask, size)
     assert out.shape == inp.shape
     assert np.array_equal(out[~hole], inp[~hole])
     assert np.abs(out[hole] - inp[hole]).mean() > 5  # the hole was regenerated
-    _ok(cli("inpaint", src, "--mask", mask, "--invert-mask", *m, upscale, "--stride", "90", "-o", tmp_path / "j.png"))
-    inv = _px(tmp_path / "j.png")
+    ok(cli("inpaint", src, "--mask", mask, "--invert-mask", *m, upscale, "--stride", "90", "-o", tmp_path / "j.png"))
+    inv = pixels(tmp_path / "j.png")
     assert np.array_equal(inv[hole], inp[hole]) and not np.array_equal(inv[~hole], inp[~hole])
 
 
 def test_sdedit_at_the_last_index_returns_the_input(cli, m, tmp_path, photo):
     src = photo(16)
-    _ok(cli("sdedit", src, "--i-start", "33", *m, "--no-upscale", "-o", tmp_path / "last.png"))
-    _ok(cli("sdedit", src, "--i-start", "1", *m, "--no-upscale", "-o", tmp_path / "first.png"))
-    inp = _px(src)
+    ok(cli("sdedit", src, "--i-start", "33", *m, "--no-upscale", "-o", tmp_path / "last.png"))
+    ok(cli("sdedit", src, "--i-start", "1", *m, "--no-upscale", "-o", tmp_path / "first.png"))
+    inp = pixels(src)
     # within the last step's noise (sqrt(1 - abar_0) ~ 0.006 of the [-1, 1] range, times the estimate)
-    assert np.abs(_px(tmp_path / "last.png") - inp).max() <= 16
-    assert np.abs(_px(tmp_path / "first.png") - inp).mean() > 20  # from t=960 the input is mostly gone
+    assert np.abs(pixels(tmp_path / "last.png") - inp).max() <= 16
+    assert np.abs(pixels(tmp_path / "first.png") - inp).mean() > 20  # from t=960 the input is mostly gone
     meta = read_metadata(tmp_path / "last.png")
     assert meta["command"] == "sdedit" and meta["i_start"] == [33] and meta["prompt"] == "a high quality photo"
 
 
 def test_sdedit_sweep_grid_and_repeat(cli, m, tmp_path, photo):
     src = photo(40)
-    _ok(cli("sdedit", src, "--i-start", "1", "--i-start", "10", "--i-start", "20", *m, "--no-upscale",
+    ok(cli("sdedit", src, "--i-start", "1", "--i-start", "10", "--i-start", "20", *m, "--no-upscale",
             "-o", tmp_path / "sweep.png"))
-    g = _px(tmp_path / "sweep.png")
+    g = pixels(tmp_path / "sweep.png")
     tile, label_h, pad = 128, 14, 2
     assert g.shape == (3 * (tile + label_h) + 4 * pad, 2 * tile + 3 * pad, 3)  # original | result per row
-    _ok(cli("sdedit", src, "--i-start", "20", "--repeat", "2", *m, "--no-upscale", "-o", tmp_path / "r2.png"))
-    _ok(cli("sdedit", src, "--i-start", "20", *m, "--no-upscale", "-o", tmp_path / "r1.png"))
-    assert not np.array_equal(_px(tmp_path / "r1.png"), _px(tmp_path / "r2.png"))
+    ok(cli("sdedit", src, "--i-start", "20", "--repeat", "2", *m, "--no-upscale", "-o", tmp_path / "r2.png"))
+    ok(cli("sdedit", src, "--i-start", "20", *m, "--no-upscale", "-o", tmp_path / "r1.png"))
+    assert not np.array_equal(pixels(tmp_path / "r1.png"), pixels(tmp_path / "r2.png"))
 
 
 @pytest.mark.parametrize("upscale", ["--no-upscale", "--upscale"])
 def test_anagram_shows_every_view_and_is_deterministic(cli, m, tmp_path, upscale):
     args = ["anagram", "an old man", "a campfire", "a dog", "--view", "flip", "--view", "negate", *m, upscale,
             "--stride", "90", "-n", "2"]
-    _ok(cli(*args, "-o", tmp_path / "a.png", "--trajectory", tmp_path / "a.gif"))
-    _ok(cli(*args, "-o", tmp_path / "b.png"))
-    a = _px(tmp_path / "a.png")
-    assert np.array_equal(a, _px(tmp_path / "b.png"))
+    ok(cli(*args, "-o", tmp_path / "a.png", "--trajectory", tmp_path / "a.gif"))
+    ok(cli(*args, "-o", tmp_path / "b.png"))
+    a = pixels(tmp_path / "a.png")
+    assert np.array_equal(a, pixels(tmp_path / "b.png"))
     tile = 128
     assert a.shape == (2 * (tile + 14) + 3 * 2, 3 * tile + 4 * 2, 3)  # 2 samples x 3 views
     # column 1 is column 0 upside down (the flip view of the same image)
@@ -138,9 +128,9 @@ def test_anagram_runs_with_every_view(cli, m, tmp_path, view):
     import torch
 
     from dfedit.views import make_view
-    _ok(cli("anagram", "a dog", "a cat", "--view", view, *m, "--no-upscale", "--stride", "330",
+    ok(cli("anagram", "a dog", "a cat", "--view", view, *m, "--no-upscale", "--stride", "330",
             "-o", tmp_path / "v.png"))
-    a = _px(tmp_path / "v.png")
+    a = pixels(tmp_path / "v.png")
     tile, size = 128, 16
     assert a.shape == (tile + 14 + 2 * 2, 2 * tile + 3 * 2, 3)  # 1 sample x (identity, view)
     step = tile // size
@@ -159,7 +149,7 @@ def test_every_generating_command_writes_a_trajectory(cli, m, tmp_path, photo, m
     for cmd in (["sample", "a dog"], ["sdedit", src], ["inpaint", src, "--mask", mask],
                 ["hybrid", "a dog", "a cat"], ["anagram", "a dog", "a cat"]):
         gif = tmp_path / f"{cmd[0]}.gif"
-        _ok(cli(*cmd, *m, "--no-upscale", "--stride", "90", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
+        ok(cli(*cmd, *m, "--no-upscale", "--stride", "90", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
         with Image.open(gif) as g:
             assert g.n_frames >= 3, cmd
     s1 = m[m.index("--model") + 1]
@@ -167,7 +157,7 @@ def test_every_generating_command_writes_a_trajectory(cli, m, tmp_path, photo, m
     for cmd in (["noise", src, "--model", s1], ["denoise", src, "--model", s1, "--t", "300", "--device", "cpu"],
                 ["upscale", src, "--model", s1, "--stage2", s2, "--stage2-steps", "10", "--device", "cpu"]):
         gif = tmp_path / f"{cmd[0]}.gif"
-        _ok(cli(*cmd, "--quiet", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
+        ok(cli(*cmd, "--quiet", "-o", tmp_path / f"{cmd[0]}.png", "--trajectory", gif))
         with Image.open(gif) as g:
             assert g.n_frames >= 3, cmd
 

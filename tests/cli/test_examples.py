@@ -13,7 +13,7 @@ import pytest
 from dfedit.emoji.checkpoint import BUILTIN
 from dfedit.outputs import read_metadata
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.sh") if p.name != "common.sh")
 # what each script writes (besides display copies)

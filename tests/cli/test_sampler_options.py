@@ -15,7 +15,7 @@ from dfedit.constants import SAMPLER_NAMES
 from dfedit.images import to_pil
 from dfedit.outputs import read_metadata
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--device", "cpu", "--quiet"]
 
 
