@@ -166,7 +166,7 @@ def test_a_deleted_working_directory_is_one_line_before_torch_loads(tmp_path):
 def test_the_cpu_out_of_memory_hint_never_suggests_offload(capsys):
     import typer
 
-    from dfedit.cli import handle_errors
+    from dfedit.cli_options import handle_errors
 
     for exc in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9e10 bytes"),
                 ImportError("libtorch_cpu.so: failed to map segment from shared object")):  # ulimit -v 500 MB
