@@ -27,9 +27,8 @@ from safetensors.torch import load_file
 from ..cache import all_finite, notice, read_json_file
 from ..errors import DfeditError
 from ..constants import BUILTIN_MODELS
+from .config import FORMAT
 
-FORMAT = "dfedit-train/emoji-unet"
-FORMAT_VERSION = 1
 WEIGHTS = ("model", "ema", "optimizer")
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Written last into every checkpoint and export: the sha256 of each of its other files, so that a

@@ -14,8 +14,9 @@ from dataclasses import dataclass, fields
 
 from ..errors import DfeditError, ParamError
 
-# What a network can be trained to predict (the scheduler config's prediction_type).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
+# What every config.json says it is: the reader refuses another format, or a newer version of this one.
+FORMAT = "dfedit-train/emoji-unet"
+FORMAT_VERSION = 1
 
 
 @dataclass

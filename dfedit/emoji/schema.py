@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DfeditError
-from .config import PREDICTION_TYPES, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
+from ..schedule import PREDICTION_TYPES
+from .config import FORMAT, FORMAT_VERSION, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
 
 
 def _int(v) -> bool:
@@ -101,10 +102,6 @@ def _each(lo: int, hi: int, most: int, what: str) -> tuple[Callable[[Any], bool]
 LEVELS = 8
 
 
-def _objectives() -> set[str]:
-    return set(PREDICTION_TYPES)
-
-
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.image_size": between(1, 1024),
     "model.channels": _each(1, 4096, LEVELS, "a non-empty list of widths"),
@@ -119,8 +116,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "diffusion.num_train_timesteps": between(2, 100_000),
     "diffusion.beta_schedule": (lambda v: v in ("squaredcos_cap_v2", "linear", "sigmoid", "scaled_linear", "flow"),
                                 "one of squaredcos_cap_v2 (cosine), linear, sigmoid, flow"),
-    "diffusion.prediction_type": (lambda v: v in _objectives(),
-                                  "a known objective (epsilon, v_prediction, sample, flow_prediction)"),
+    "diffusion.prediction_type": (lambda v: v in PREDICTION_TYPES,
+                                  f"a known objective ({', '.join(PREDICTION_TYPES)})"),
     "diffusion.min_snr_gamma": NON_NEGATIVE,
     "diffusion.cfg_dropout": PROBABILITY,
     "train.epochs": between(1, 10_000_000),
@@ -240,8 +237,6 @@ def check_config(cfg, path: str | Path, purpose: str = "model") -> dict:
     purpose: "model" (what loading a denoiser needs) or "resume" (also train, state, optimizer).
     Returns cfg; raises DfeditError naming `path` and the key.
     """
-    from .checkpoint import FORMAT, FORMAT_VERSION
-
     c = _Checker(str(path))
     if not isinstance(cfg, dict):
         raise DfeditError(f"{path} must hold a JSON object, not {type(cfg).__name__}")
