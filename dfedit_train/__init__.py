@@ -6,7 +6,9 @@ this package imports dfedit, never the reverse.
   config.py      presets and option aliases (the checkpoint's dataclasses: dfedit.emoji.config)
   data.py        emoji sources (npm tarball, Kaggle layout, folder + CSV) -> one cached uint8 array
   diffusion.py   objectives and the training loss, on dfedit.emoji's preconditioning
-  checkpoint.py  writing: safetensors + JSON, atomic writes, rotation, lock, resume, export
+  checkpoint.py  writing: safetensors + JSON, atomic writes, rotation; the checkpoint a run resumes from
+  rundir.py      the run directory: lock, epoch log, --restart's archive, temporaries of dead writers
+  export.py      a run's EMA weights as a small inference-only model directory
   sample.py      validation grids through dfedit's one sampling loop
   train.py       the training loop (accelerate)
   evaluate.py    offline metrics: per-band held-out loss, nearest-neighbour memorisation check

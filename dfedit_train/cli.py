@@ -238,10 +238,10 @@ def emoji(
 ):
     """Train (or resume) the emoji U-Net. Several processes: torchrun --nproc_per_node N -m dfedit_train.cli
     emoji ..., or accelerate launch (also --cpu --num_processes N)."""
-    from . import checkpoint as ckpt
     from dfedit.emoji import schema
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
     from .config import preset as get_preset
+    from .rundir import RunLock, archive_run
     from .train import resolve_configs
 
     given, flags = {}, {}
@@ -336,12 +336,12 @@ def emoji(
     echo = functools.partial(typer.echo, err=True)
     # One trainer per run directory (with several processes, the first one holds it for all).
     first = int(os.environ.get("RANK", "0") or 0) == 0
-    lock = ckpt.RunLock(out, log=echo) if first else None
+    lock = RunLock(out, log=echo) if first else None
     if lock is not None:
         lock.acquire()
     try:
         if restart and first:
-            ckpt.archive_run(out, log=echo)
+            archive_run(out, log=echo)
         mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo if first else (lambda m: None),
                                                  preset_name=preset, fresh=restart, repair=first)
         _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn,
@@ -423,7 +423,8 @@ def eval_cmd(
     from dfedit.devices import pick_device
     from dfedit.pipeline import check_seed
 
-    from . import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
+
     from .evaluate import _default_eval_dir, evaluate
 
     if weights not in ("ema", "model"):
@@ -546,7 +547,7 @@ def recognise_cmd(
     if stride < 1 or stride > 1000:
         raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from . import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
     if prompts_of is not None or ckpt.load(checkpoint)[1]["data"].get("sets"):
         return _generalise(checkpoint, weights, prompts_of, n_train, pairs, n_heldout, diversity_captions, seeds,
                            stride, guidance, seed, out, dev, quiet, sampler, steps)
@@ -588,8 +589,8 @@ def export(
     """Export a run's EMA weights as a small inference-only model directory (dfedit --model DEST)."""
     import math
 
-    from .checkpoint import check_export_dest
-    from .checkpoint import export as export_run
+    from .export import check_export_dest
+    from .export import export as export_run
 
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise DfeditError(f"--guidance must be a finite number >= 0, got {guidance}")

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from dfedit.cache import atomic_write, cache_root
+from dfedit.emoji import checkpoint as ckpt
 from dfedit.emoji.text import TextEncoder
 from dfedit.errors import DfeditError
 
-from . import checkpoint as ckpt
 from . import data as datamod
 from .data import images_to_tensor
 from .config import data_config

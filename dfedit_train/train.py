@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfedit.emoji import checkpoint as eck
 from dfedit.emoji.text import TextEncoder
 from dfedit.emoji.unet import UNet
 from dfedit.errors import DfeditError
@@ -31,6 +32,7 @@ from dfedit.progress import progress_bar
 
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import rundir
 from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, data_config, from_dict
 from .diffusion import Diffusion, Objective
 from .sample import EmojiDenoiser, sample, save_grid, to_uint8
@@ -57,13 +59,6 @@ def lr_at(step: int, total: int, tc: TrainConfig) -> float:
         return tc.lr
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # Decay kernels and matrices only: decaying norms, biases and the null token just shrinks them.
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset_name: str | None = None,
@@ -335,7 +330,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     out.mkdir(parents=True, exist_ok=True)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     if acc.is_main_process:
-        ckpt.clean_temps(out, log)
+        rundir.clean_temps(out, log)
     with acc.main_process_first():  # rank 0 fetches/caches data and captions; the others then read them
         D = prepare_data(dac, mc.image_size, device, progress, styles=tuple(mc.styles))
     mc = replace(mc, text_dim=D["text_dim"])
@@ -353,11 +348,11 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     if saved is None and tc.init_from:
         warm_start(net, tc.init_from, log if acc.is_main_process else (lambda *_: None))
     ema = copy.deepcopy(net).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    opt = torch.optim.AdamW(ckpt.param_groups(net, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
     step, skipped, scaler_state, cpu_before = 0, 0, None, 0.0
     ck = None
     if saved is not None:
-        ck = Path(saved["_checkpoint_dir"]) if "_checkpoint_dir" in saved else ckpt.resolve(out)
+        ck = Path(saved["_checkpoint_dir"]) if "_checkpoint_dir" in saved else eck.resolve(out)
         _load_state(ck, saved, net, ema, opt)
         st = saved["state"]
         step, skipped, scaler_state = st["step"], st["skipped_steps"], st.get("scaler")
@@ -440,7 +435,7 @@ def train(out: Path, mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac:
     losses, t_train, cpu_train, imgs_done, stopped = [], 0.0, 0.0, 0, False
     bar = _TrainBar(total_steps, step, enabled=progress and acc.is_main_process)
     if acc.is_main_process:
-        ckpt.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
+        rundir.trim_log(out, step, log)  # lines past the checkpoint resumed from will be written again
     logf = _Log(out / "log.jsonl", log) if acc.is_main_process else None
     bad_run, first_step = 0, step
     stop = StopRequest()
@@ -535,8 +530,6 @@ def _plot_loss(out: Path, log) -> None:
 
 def warm_start(net: torch.nn.Module, source: str, log=print) -> None:
     """Copy another model's EMA weights into `net` wherever name and shape match (TrainConfig.init_from)."""
-    from dfedit.emoji import checkpoint as eck
-
     ck, _ = eck.load(source)
     src = eck.load_tensors(ck, "ema")
     own = net.state_dict()
@@ -553,9 +546,9 @@ def warm_start(net: torch.nn.Module, source: str, log=print) -> None:
 def _load_state(ck: Path, saved: dict, net, ema, opt) -> None:
     """Weights, EMA and AdamW moments of the checkpoint resumed from; a mismatch is one sentence."""
     try:
-        net.load_state_dict(ckpt.load_tensors(ck, "model"))
-        ema.load_state_dict(ckpt.load_tensors(ck, "ema"))
-        opt.load_state_dict(ckpt.optimizer_from_flat(ckpt.load_tensors(ck, "optimizer"), saved["optimizer"]))
+        net.load_state_dict(eck.load_tensors(ck, "model"))
+        ema.load_state_dict(eck.load_tensors(ck, "ema"))
+        opt.load_state_dict(ckpt.optimizer_from_flat(eck.load_tensors(ck, "optimizer"), saved["optimizer"]))
     except (RuntimeError, ValueError, KeyError) as e:
         raise DfeditError(f"{ck} does not match the model its config.json describes: "
                           f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None

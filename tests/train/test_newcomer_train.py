@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from dfedit.cli import app as dfedit_app
 from dfedit.images import read_metadata
-from dfedit_train import checkpoint
+from dfedit.emoji import checkpoint
 from dfedit_train.cli import app as train_app
 
 runner = CliRunner()

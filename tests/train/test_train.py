@@ -12,7 +12,7 @@ from PIL import Image
 from dfedit.denoiser import Denoiser
 from dfedit.errors import DfeditError
 from dfedit.sampler import cfg, denoise_loop, randn
-from dfedit_train import checkpoint as ckpt
+from dfedit.emoji import checkpoint as ckpt
 from dfedit_train.diffusion import Diffusion
 from dfedit_train.sample import sample
 from dfedit_train.train import lr_at, resolve_configs, train
