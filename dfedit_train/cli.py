@@ -241,8 +241,8 @@ def emoji(
     from dfedit.emoji import schema
     from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
     from .config import preset as get_preset
+    from .config import resolve_configs
     from .rundir import RunLock, archive_run
-    from .train import resolve_configs
 
     given, flags = {}, {}
 

@@ -27,7 +27,8 @@ from dfedit.emoji import checkpoint as eck
 from dfedit_train import checkpoint as ckpt
 from dfedit_train.rundir import RunLock
 from dfedit_train.cli import app
-from dfedit_train.train import resolve_configs, train
+from dfedit_train.config import resolve_configs
+from dfedit_train.train import train
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -640,9 +641,9 @@ def test_cpu_out_of_memory_is_recognised(tmp_path, monkeypatch, npm_tarball, tin
 def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, monkeypatch, npm_tarball, tiny_encoder):
     """Library code with a bare `except:` may swallow the KeyboardInterrupt / Terminated a signal
     raises while data is prepared; the run must still stop before training, not carry on."""
-    from dfedit_train import train as train_mod
+    from dfedit_train import data as data_mod
 
-    real = train_mod.prepare_data
+    real = data_mod.prepare_data
 
     def prepare_then_swallow(*a, **k):
         d = real(*a, **k)
@@ -653,7 +654,7 @@ def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, mon
             pass
         return d
 
-    monkeypatch.setattr(train_mod, "prepare_data", prepare_then_swallow)
+    monkeypatch.setattr(data_mod, "prepare_data", prepare_then_swallow)
     out = tmp_path / "run"
     r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
                "--out", out, "--quiet", "--sample-every", "0")

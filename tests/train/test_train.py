@@ -15,7 +15,8 @@ from dfedit.sampler import cfg, denoise_loop, randn
 from dfedit.emoji import checkpoint as ckpt
 from dfedit_train.diffusion import Diffusion
 from dfedit_train.sample import sample
-from dfedit_train.train import lr_at, resolve_configs, train
+from dfedit_train.config import resolve_configs
+from dfedit_train.train import lr_at, train
 
 
 def run(out, cfgs, **kw):
