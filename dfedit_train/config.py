@@ -68,13 +68,10 @@ def data_config(saved: dict) -> DataConfig:
 
 SCHEDULE_ALIASES = {"cosine": "squaredcos_cap_v2", "linear": "linear", "sigmoid": "sigmoid",
                     "squaredcos_cap_v2": "squaredcos_cap_v2"}
-OBJECTIVE_ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction",
-                     "x0": "sample", "sample": "sample", "flow": "flow_prediction", "flow_prediction": "flow_prediction"}
 
 
 # Options that may change when a run is resumed; anything else must match the checkpoint.
 RESUMABLE = {"epochs", "save_every", "sample_every", "keep_checkpoints", "compile", "grid_prompts"}
-
 
 
 def resolve_configs(out: Path, preset_cfgs: tuple, given: dict, log=None, preset_name: str | None = None,

@@ -298,13 +298,25 @@ def _check_optimizer(c: _Checker, cfg: dict) -> None:
         c.fail("optimizer.scalars", "must be a JSON object")
 
 
+def check_given(given: dict, flags: dict) -> None:
+    """The value rules for the options a user typed, before any file is touched: `given` maps
+    config keys ("train.save_every") to values, `flags` names the option each came from."""
+    for key, v in given.items():
+        rule = RULES.get(key)
+        if rule is not None and not rule[0](v):
+            raise DfeditError(f"{flags[key]} must be {rule_text(rule, v)}, got {v!r}")
+
+
 def check_options(mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: DataConfig,
-                  flag: Callable[[str, str], str]) -> None:
-    """The same value rules for the configs of a run about to start: `flag(section, field)` names
-    the option ("--save-every") or the config key a bad value came from."""
+                  flag: Callable[[str, str], str], checked=()) -> None:
+    """The same rules for the configs of a run about to start, and how they go together:
+    `flag(section, field)` names the option ("--save-every") or the config key a bad value came
+    from; `checked`: keys whose values check_given has passed already."""
     for name, obj in (("model", mc), ("diffusion", dc), ("train", tc), ("data", dac)):
         for f in fields(obj):
             key = f"{name}.{f.name}"
+            if key in checked:
+                continue
             v = getattr(obj, f.name)
             kind = KINDS.get(key) or _kind_of(_default(f))
             where = flag(name, f.name)
