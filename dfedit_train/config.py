@@ -24,8 +24,8 @@ PRESETS: dict[str, dict] = {
         train=dict(epochs=2, batch_size=8, lr=1e-3, warmup_steps=5, ema_decay=0.9, save_every=1,
                    sample_every=1, grid_prompts=4, sample_stride=100, mixed_precision="no"),
     ),
-    # 32 px on a 2-core CPU, the recipe of the shipped `--model emoji` (docs/train.md, issue 10's
-    # equal-CPU ablation): a 2x2 pixel-unshuffle stem so the top level runs at 16 px, which buys 4x
+    # 32 px on a 2-core CPU, the recipe of the shipped `--model emoji` (docs/train.md: it won an
+    # ablation at equal CPU time): a 2x2 pixel-unshuffle stem so the top level runs at 16 px, which buys 4x
     # the parameters of a plain 32/64/128 net (19.8 M) for 0.8x its step time; attention at 8 and 4 px,
     # cross-attention at every level; the pooled caption in the time embedding, so the text reaches
     # every ResNet block (each of these two levers alone took the top-5 ratio from 0.30 to 0.53-0.60).

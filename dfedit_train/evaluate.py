@@ -215,7 +215,7 @@ def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts
                    steps: int | None = None) -> dict:
     """The generalisation table (dfedit_train/generalise.py) of a model trained on several drawing
     sets, or of any model on the prompts of one (`prompts_of`: a run or model whose data config
-    names the sets and the split; issue 10's model is judged on the new model's prompts so). The
+    names the sets and the split: a one-set model is judged on a several-sets model's prompts so). The
     table goes to eval.json's "generalise" entry, with a labelled sheet of the samples."""
     from dfedit.images import grid, save_png, to_pil
 

@@ -53,8 +53,8 @@ LICENCES = {
 }
 FLUENT_PACKAGE, FLUENT_VERSION = "@iconify-json/fluent-emoji-flat", "1.2.6"
 EMOJIBASE_PACKAGE, EMOJIBASE_VERSION = "emojibase-data", "16.0.3"
-# 2: tone variants take their base emoji's keywords (a version-1 table lacks them: its cache key did
-# not change when the rule did, so a table cached before the rule was served after it)
+# Part of every table's cache key: raised whenever what a table holds changes without its inputs
+# changing (2: tone variants take their base emoji's keywords), so an older table is never served.
 SETS_CACHE_VERSION = 2
 SPLITS = ("", "unseen", "tone-pair", "style-pair")  # "" = trained on
 

@@ -329,15 +329,6 @@ def describe(path: str | Path):
         int(cfg["model"]["image_size"])
 
 
-def prompt_tokens(path: str | Path, prompts: list[str]) -> tuple[int, list[int]]:
-    """(the model's caption token limit, tokens of each prompt), from the tokenizer alone."""
-    from .text import count_tokens
-
-    _, cfg = load(path)
-    te = cfg["text_encoder"]
-    return int(te["max_length"]), count_tokens(te["name"], prompts)
-
-
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:
     f = ck / f"{which}.safetensors"
     why = safetensors_problem(f)

@@ -171,7 +171,7 @@ class DataConfig:
     subset: int = 0  # >0: train on this many base emoji of the training split only (for short ablations)
     max_length: int = 24
     # Several drawing sets of the same emoji (dfedit_train/sets.py), e.g. ("google", "twitter",
-    # "fluent"); empty: the one `vendor` set read by `source`, as before.
+    # "fluent"); empty: the one `vendor` set read by `source`.
     sets: tuple[str, ...] = ()
     pair_holdout: float = 0.0  # held-out (emoji, skin tone) and (emoji, set) pairs, by hash (sets only)
     caption_variants: bool = False  # each step draws one of the emoji's captions (name, keywords, ...)
