@@ -13,7 +13,7 @@ none of it:
 - `scheduler_config()`: the noise schedule it implies, the dict written into every checkpoint and
   read by `dfedit.schedule.NoiseSchedule.from_config` (built by the format, dfedit.emoji.config);
 - `sample_t(...)`: how noise levels are drawn for a batch (uniformly over the schedule's T levels,
-  for all four here; train.draw_batch calls it first, so the random stream is fixed);
+  for all four here; step.draw_batch calls it first, so the random stream is fixed);
 - `target(...)`: what the network predicts (its output becomes a noise estimate through
   dfedit.schedule.output_to_eps, the same code in training, evaluation and sampling);
 - `loss(...)`: per-sample MSE on the target, with min-SNR-gamma weighting (Hang et al.) through

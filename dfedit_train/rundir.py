@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dfedit.cache import atomic_write, human_size, pid_alive
 from dfedit.errors import DfeditError
-from dfedit.files import remove_stale_temps
+from dfedit.files import open_append, remove_stale_temps
 
 
 def stderr_line(msg: str) -> None:
@@ -216,3 +216,33 @@ def read_log(run: Path) -> list[dict]:
         if isinstance(e, dict):
             rows.append(e)
     return rows
+
+
+class EpochLog:
+    """log.jsonl, one line per epoch; a failed write (disk full) is reported once, training goes on."""
+
+    def __init__(self, path: Path, log):
+        self.path, self.log, self.failed, self.f = path, log, False, None
+        try:  # never through a link planted at log.jsonl; a directory there is a warning, as a full disk is
+            self.f = open_append(path)
+        except OSError as e:
+            self.failed = True
+            kind = "a directory" if path.is_dir() else "a link" if path.is_symlink() else (e.strerror or str(e))
+            log(f"warning: cannot append to {path} ({kind}); epochs are not logged, training goes on")
+
+    def write(self, entry: dict) -> None:
+        if self.failed:
+            return
+        try:
+            self.f.write(json.dumps(entry) + "\n")
+            self.f.flush()
+        except OSError as e:
+            self.failed = True
+            self.log(f"warning: cannot append to {self.path} ({e.strerror or e}); epochs are no longer logged")
+
+    def close(self) -> None:
+        try:
+            if self.f is not None:
+                self.f.close()
+        except OSError:
+            pass

@@ -1,11 +1,8 @@
 """The training loop: accelerate for devices/precision, everything else explicit.
 
-Determinism and resume: every random draw of optimizer step s (batch order, timesteps, noise, CFG
-dropout, flips, nn.Dropout) comes from generators seeded by (seed, epoch) or (seed, step, rank), not
-from a stream that runs through the whole run. The training RNG state at step s is therefore a
-function of s, so a checkpoint that stores step, weights, EMA and AdamW moments (the learning rate
-is a function of s too) resumes to exactly the run that was never interrupted; tests check it
-bit-for-bit on CPU.
+One optimizer step, and why a resumed run is bit-exact, is step.py's; here the session around the
+steps: model and optimizer (fresh or resumed), epochs, checkpoints, log lines, validation grids and
+the stops (signals, limits, divergence).
 
 The dataset (as float32 at training resolution) and the caption embeddings sit on the training
 device: 3.5k emoji are ~170 MB at 64 px, far cheaper than a DataLoader feeding a GPU per step.
@@ -13,9 +10,7 @@ device: 3.5k emoji are ~170 MB at 64 px, far cheaper than a DataLoader feeding a
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
 import os
 import time
@@ -26,6 +21,7 @@ import numpy as np
 import torch
 
 from dfedit.emoji import checkpoint as eck
+from dfedit.emoji.denoiser import EmojiDenoiser
 from dfedit.emoji.unet import UNet
 from dfedit.errors import DfeditError
 from dfedit.progress import progress_bar
@@ -35,75 +31,10 @@ from . import data as datamod
 from . import rundir
 from . import sets as setsmod
 from .config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig
-from .diffusion import Diffusion, Objective
-from .sample import EmojiDenoiser, sample, save_grid, to_uint8
+from .diffusion import Diffusion
+from .sample import NullOnlyEncoder, sample, save_grid, to_uint8
 from .signals import StopRequest
-
-
-def mix(*xs: int) -> int:
-    """A 63-bit seed from integers (splitmix-style), so nearby (seed, step) pairs are unrelated."""
-    h = 0x9E3779B97F4A7C15
-    for x in xs:
-        h = (h ^ (int(x) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def lr_at(step: int, total: int, tc: TrainConfig) -> float:
-    """Linear warmup to tc.lr, then constant, or cosine decay to tc.min_lr at the last step."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    if tc.lr_schedule == "constant":
-        return tc.lr
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
-    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def epoch_order(D: dict, n: int, seed: int, epoch: int, device) -> torch.Tensor:
-    """The rows of one epoch: a permutation, or n weighted draws when rows carry sampling weights."""
-    g = torch.Generator().manual_seed(mix(seed, 1, epoch))
-    if "weights" in D:
-        return torch.multinomial(D["weights"], n, replacement=True, generator=g).to(device)
-    return torch.randperm(n, generator=g).to(device)
-
-
-def draw_batch(D: dict, idx: torch.Tensor, g: torch.Generator, objective: Objective, cfg_dropout: float,
-               flip_prob: float):
-    """One training batch from the device-resident data: indexing and on-device draws only, no host
-    work, so feeding the GPU never waits on a loader (benchmarks/bench_train.py times this).
-    Draw order, all from g: the objective's timesteps, noise, CFG dropout, flips."""
-    b, device = idx.shape[0], idx.device
-    S = D["x"].shape[-1]
-    t = objective.sample_t(b, g, device)
-    noise = torch.randn((b, 3, S, S), generator=g, device=device)
-    drop = torch.rand((b,), generator=g, device=device) < cfg_dropout
-    flip = (torch.rand((b,), generator=g, device=device) < flip_prob) & D["flip_ok"][idx]
-    x0 = torch.where(flip[:, None, None, None], D["x"][idx].flip(-1), D["x"][idx])
-    mask = D["mask"][idx] & ~drop[:, None]  # an empty mask is the null prompt
-    return x0, t, noise, D["text"][idx], mask
-
-
-def draw_conditioning(D: dict, idx: torch.Tensor, g: torch.Generator, text, mask, style_dropout: float):
-    """The caption variant and drawing-set index of each sample, for data that has them; drawn from
-    g after draw_batch's draws, so runs without them keep their random stream. Which variant: the
-    CLDR name with probability name_share, else one of the others uniformly. The null prompt (CFG
-    dropout, an empty mask) stays null. Style index 0 ("any style") with probability style_dropout."""
-    b, device = idx.shape[0], idx.device
-    style = None
-    if "vidx" in D:
-        u = torch.rand((b,), generator=g, device=device)
-        r = torch.rand((b,), generator=g, device=device)
-        cnt = D["vcount"][idx]
-        alt = 1 + torch.minimum((r * (cnt - 1).clamp(min=1)).long(), (cnt - 2).clamp(min=0))
-        col = torch.where((u < D["name_share"]) | (cnt < 2), torch.zeros_like(alt), alt)
-        vi = D["vidx"][idx, col]
-        keep = mask.any(dim=1)  # not dropped to the null prompt
-        text = D["vtext"][vi].to(text.dtype)
-        mask = D["vmask"][vi] & keep[:, None]
-    if "style" in D:
-        drop = torch.rand((b,), generator=g, device=device) < style_dropout
-        style = torch.where(drop, torch.zeros_like(D["style"][idx]), D["style"][idx])
-    return text, mask, style
+from .step import ema_update, epoch_order, lr_at, mix, train_step
 
 
 def grid_indices(n_train: int, n_val: int, k: int, seed: int) -> tuple[list[int], list[int]]:
@@ -120,49 +51,6 @@ class Stopped(DfeditError):
     def __init__(self, msg: str, exit_code: int):
         super().__init__(msg)
         self.exit_code = exit_code
-
-
-def train_step(acc, net, fwd, opt, diff: Diffusion, D: dict, micro: list[torch.Tensor], lr: float, step: int,
-               rank: int, dc: DiffusionConfig, tc: TrainConfig) -> tuple[float, float, bool]:
-    """One optimizer step, and nothing of the loop's bookkeeping (logging, EMA, checkpoints, signals).
-
-    Every random draw comes from generators seeded by (seed, step, rank) (module docstring): the
-    batch draws from `g`, nn.Dropout from the global seed. `micro`: the index tensors of this
-    process's micro-batches (gradient accumulation). Each is drawn (draw_batch), noised and scored
-    by the run's objective (diff.loss); the gradient is clipped, and AdamW steps unless the loss or
-    the gradient is non-finite (with fp16 the grad scaler decides). Returns (loss, gradient norm,
-    whether the step was finite), the loss averaged over every process.
-    """
-    g = torch.Generator(acc.device).manual_seed(mix(tc.seed, 2, step, rank))
-    torch.manual_seed(mix(tc.seed, 3, step, rank))  # nn.Dropout, if configured
-    for group in opt.param_groups:
-        group["lr"] = lr
-    n = len(micro)
-    total = torch.zeros((), device=acc.device)
-    for j, idx in enumerate(micro):
-        x0, t, noise, text, mask = draw_batch(D, idx, g, diff.objective, dc.cfg_dropout, tc.flip_prob)
-        text, mask, style = draw_conditioning(D, idx, g, text, mask, dc.style_dropout)
-        sync = acc.no_sync(net) if j < n - 1 else contextlib.nullcontext()
-        with sync, acc.autocast():
-            loss = diff.loss(fwd, x0, t, noise, text, mask, style=style).mean() / n
-        acc.backward(loss)
-        total += loss.detach()
-    gnorm = acc.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-    if acc.num_processes > 1:  # the loss of the whole step, so every rank logs and skips alike
-        total = acc.reduce(total, reduction="mean")
-    loss_v, gnorm_v = float(total), float(gnorm)  # one host sync per step
-    ok = math.isfinite(loss_v) and math.isfinite(gnorm_v)
-    if ok or acc.scaler is not None:  # fp16: the grad scaler skips overflowed steps itself
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return loss_v, gnorm_v, ok
-
-
-def _ema_update(ema_params: list, net_params: list, ema_decay: float, step: int) -> None:
-    """EMA of the weights after optimizer step `step`, with the usual warm-up of the decay."""
-    decay = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        torch._foreach_lerp_(ema_params, net_params, 1 - decay)
 
 
 MAX_BAD_STEPS = 50  # non-finite steps in a row before a run stops (fp16's scaler needs ~16 at most)
@@ -267,7 +155,7 @@ class _Run:
         self.bar = _TrainBar(self.total_steps, self.step, enabled=progress and main)
         if main:
             rundir.trim_log(self.out, self.step, self.log)  # lines past the checkpoint resumed from will be written again
-        self.logf = _Log(self.out / "log.jsonl", self.log) if main else None
+        self.logf = rundir.EpochLog(self.out / "log.jsonl", self.log) if main else None
         first_step, stop = self.step, StopRequest()
         try:
             with self.bar, stop:
@@ -335,7 +223,7 @@ class _Run:
         loss_v, gnorm_v, ok = train_step(self.acc, self.net, self.fwd, self.opt, self.diff, self.D, micro, self.lr,
                                          self.step, self.rank, self.dc, tc)
         if ok:
-            _ema_update(self.ema_params, self.net_params, tc.ema_decay, self.step)
+            ema_update(self.ema_params, self.net_params, tc.ema_decay, self.step)
             self.losses.append(loss_v)
             self.bad_run = 0
             self.clean_steps += 1
@@ -428,7 +316,7 @@ class _Run:
         prompts = [D["captions"][i] for i in gt] + [D["val_captions"][i] for i in gv]
         cond = Cond(text=torch.cat([D["text"][gt], D["val_text"][gv]]).float(),
                     text_mask=torch.cat([D["mask"][gt], D["val_mask"][gv]]))
-        den = EmojiDenoiser(copy.deepcopy(self.ema), self.diff, _NullOnly(mc.text_dim, self.dac.max_length, self.device),
+        den = EmojiDenoiser(copy.deepcopy(self.ema), self.diff, NullOnlyEncoder(mc.text_dim, self.dac.max_length, self.device),
                             mc.image_size, str(self.out), self.device, torch.float32)
         x = sample(den, prompts, seed=tc.seed, stride=tc.sample_stride, guidance=tc.guidance, cond=cond)
         try:
@@ -498,54 +386,6 @@ def _stop_requested(stop: StopRequest, acc) -> bool:
     if got and stop.signum is None:
         stop.signum = got
     return got > 0
-
-
-class _Log:
-    """log.jsonl, one line per epoch; a failed write (disk full) is reported once, training goes on."""
-
-    def __init__(self, path: Path, log):
-        from dfedit.files import open_append
-
-        self.path, self.log, self.failed, self.f = path, log, False, None
-        try:  # never through a link planted at log.jsonl; a directory there is a warning, as a full disk is
-            self.f = open_append(path)
-        except OSError as e:
-            self.failed = True
-            kind = "a directory" if path.is_dir() else "a link" if path.is_symlink() else (e.strerror or str(e))
-            log(f"warning: cannot append to {path} ({kind}); epochs are not logged, training goes on")
-
-    def write(self, entry: dict) -> None:
-        if self.failed:
-            return
-        try:
-            self.f.write(json.dumps(entry) + "\n")
-            self.f.flush()
-        except OSError as e:
-            self.failed = True
-            self.log(f"warning: cannot append to {self.path} ({e.strerror or e}); epochs are no longer logged")
-
-    def close(self) -> None:
-        try:
-            if self.f is not None:
-                self.f.close()
-        except OSError:
-            pass
-
-
-class _NullOnly:
-    """Prompt encoder for in-training grids: prompts arrive pre-embedded; only "" is ever encoded."""
-
-    def __init__(self, dim: int, length: int, device):
-        self.dim, self.length, self.device = dim, length, device
-
-    def encode(self, prompts: list[str]):
-        from dfedit.denoiser import Cond
-
-        if any(prompts):
-            raise ValueError("validation grids pass their conditioning in directly")
-        b = len(prompts)
-        return Cond(text=torch.zeros(b, self.length, self.dim, device=self.device),
-                    text_mask=torch.zeros(b, self.length, dtype=torch.bool, device=self.device))
 
 
 class _TrainBar:

@@ -16,7 +16,8 @@ from dfedit.emoji import checkpoint as ckpt
 from dfedit_train.diffusion import Diffusion
 from dfedit_train.sample import sample
 from dfedit_train.config import resolve_configs
-from dfedit_train.train import lr_at, train
+from dfedit_train.step import lr_at
+from dfedit_train.train import train
 
 
 def run(out, cfgs, **kw):
@@ -245,7 +246,7 @@ def test_train_step_is_one_optimizer_step_and_a_non_finite_one_moves_nothing():
     from accelerate import Accelerator
 
     from dfedit_train.config import DiffusionConfig, TrainConfig
-    from dfedit_train.train import train_step
+    from dfedit_train.step import train_step
 
     acc = Accelerator(mixed_precision="no")
     dev = acc.device
