@@ -26,10 +26,8 @@ from dfedit.errors import DfeditError  # noqa: E402
 
 from dfedit.sampler import SAMPLERS  # noqa: E402
 
-from .config import SCHEDULE_ALIASES  # noqa: E402
-from .diffusion import OBJECTIVES, objective_choices  # noqa: E402
 from .launch import is_rank0, relaunch_under_torchrun  # noqa: E402
-from .options import given_options  # noqa: E402
+from .options import given_options, objective_help, schedule_name  # noqa: E402
 from .options import preset_defaults as _presets  # noqa: E402
 from .signals import Terminated, install_raising_handlers  # noqa: E402
 
@@ -88,12 +86,6 @@ def _on_off(v) -> str:
     return "on" if v else "off"
 
 
-# How --help names a preset's schedule and objective: by the option's own words.
-_SCHEDULE = {v: k for k, v in SCHEDULE_ALIASES.items() if k != v}
-_OBJECTIVE_HELP = ("what the network predicts: " + objective_choices() + " (" +
-                   _presets("diffusion", "prediction_type", lambda pt: OBJECTIVES[pt].alias) + ")")
-
-
 # Options of `emoji` that set no config field.
 _NOT_CONFIG = ("out", "preset", "restart", "cpu", "quiet", "threads", "max_steps", "max_cpu_seconds")
 
@@ -138,8 +130,8 @@ def emoji(
     mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16 (" +
                                                   _presets("train", "mixed_precision") + ")"),
     schedule: Optional[str] = typer.Option(None, help="cosine, linear or sigmoid (" +
-                                           _presets("diffusion", "beta_schedule", _SCHEDULE.get) + ")"),
-    objective: Optional[str] = typer.Option(None, help=_OBJECTIVE_HELP),
+                                           _presets("diffusion", "beta_schedule", schedule_name) + ")"),
+    objective: Optional[str] = typer.Option(None, help=objective_help()),
     min_snr: Optional[float] = typer.Option(None, help="min-SNR-gamma loss weighting (default: 0 = off)"),
     cfg_dropout: Optional[float] = typer.Option(None, help="probability of the null prompt in training "
                                                 "(default: 0.1)"),

@@ -124,6 +124,9 @@ def register(cls: type[Objective]) -> type[Objective]:
     """Make `cls` a training objective: --objective ALIAS, or its prediction_type, trains it."""
     if cls.prediction_type not in PREDICTION_TYPES:  # dfedit could not sample the model it trains
         raise TypeError(f"{cls.__name__}: dfedit.schedule has no conversion for {cls.prediction_type!r}")
+    taken = {n for o in OBJECTIVES.values() for n in (o.prediction_type, o.alias)}
+    if {cls.prediction_type, cls.alias} & taken:  # a checkpoint names its objective by prediction_type
+        raise TypeError(f"{cls.__name__}: {cls.prediction_type!r} or {cls.alias!r} names another objective")
     OBJECTIVES[cls.prediction_type] = cls
     OBJECTIVE_ALIASES.update({cls.alias: cls.prediction_type, cls.prediction_type: cls.prediction_type})
     return cls

@@ -119,6 +119,17 @@ def given_options(opts: dict) -> tuple[dict, dict]:
     return given, flags
 
 
+def schedule_name(beta_schedule: str) -> str:
+    """What --schedule calls a beta schedule (cosine for squaredcos_cap_v2)."""
+    return next((k for k, v in SCHEDULE_ALIASES.items() if v == beta_schedule), beta_schedule)
+
+
+def objective_help() -> str:
+    """--objective's help: the registered objectives, and each preset's."""
+    return (f"what the network predicts: {objective_choices()} (" +
+            preset_defaults("diffusion", "prediction_type", lambda pt: OBJECTIVES[pt].alias) + ")")
+
+
 def preset_defaults(section: str, field: str, fmt=str) -> str:
     """'default: the preset's: tiny 2, cpu 40, gpu 500': what --help shows for preset-set options."""
     base = SECTIONS[section]()

@@ -87,7 +87,7 @@ def size_estimate(m: ModelConfig) -> tuple[int, int]:
 class DiffusionConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine; "linear" and "sigmoid" too; "flow" goes with flow_prediction
-    prediction_type: str = "epsilon"  # "v_prediction", "sample" (x0) and "flow_prediction" (flow matching) too
+    prediction_type: str = "epsilon"  # what the network predicts: one of dfedit.schedule.PREDICTION_TYPES
     min_snr_gamma: float = 0.0  # 0: plain MSE on the target; >0: min-SNR-gamma weighting
     cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
     style_dropout: float = 0.0  # probability of training a sample with "any style" (models with styles)
