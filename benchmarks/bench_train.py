@@ -124,7 +124,7 @@ def data_ms(mc, device, batch_size: int, n_images: int = 3457, reps: int = 50) -
     """Milliseconds to assemble one batch with the trainer's own `draw_batch` from device-resident
     data the size of the emoji train split: what feeding the network costs per step."""
     from dfedit_train.diffusion import EpsObjective
-    from dfedit_train.train import draw_batch
+    from dfedit_train.step import draw_batch
 
     g = torch.Generator(device).manual_seed(0)
     S = mc.image_size

@@ -24,7 +24,11 @@ import typer  # noqa: E402
 from dfedit.cli_errors import OneLineErrors, error_handler  # noqa: E402
 from dfedit.errors import DfeditError  # noqa: E402
 
-from .config import PRESETS, DiffusionConfig, ModelConfig, TrainConfig  # noqa: E402
+from dfedit.constants import DEFAULT_SAMPLER, SAMPLER_NAMES  # noqa: E402
+
+from .launch import is_rank0, relaunch_under_torchrun  # noqa: E402
+from .options import given_options, objective_help, schedule_name  # noqa: E402
+from .options import preset_defaults as _presets  # noqa: E402
 from .signals import Terminated, install_raising_handlers  # noqa: E402
 
 
@@ -78,81 +82,12 @@ def check_out_dir(out: Path) -> None:
         raise DfeditError(f"cannot write --out {out}: {parent} is not writable (permission denied)")
 
 
-def _ints(s: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in s.split(","))
-    except ValueError:
-        raise DfeditError(f"{what} must be comma-separated integers, got {s!r}") from None
-
-
 def _on_off(v) -> str:
     return "on" if v else "off"
 
 
-def _presets(section: str, field: str, fmt=str) -> str:
-    """'default: the preset's: tiny 2, cpu 40, gpu 500': what --help shows for preset-set options."""
-    base = {"train": TrainConfig, "diffusion": DiffusionConfig, "model": ModelConfig}[section]()
-    vals = []
-    for name, p in PRESETS.items():
-        v = p.get(section, {}).get(field, getattr(base, field))
-        vals.append(f"{name} {fmt(v)}")
-    return f"default: the preset's: {', '.join(vals)}"
-
-
-_OBJECTIVE = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "flow"}
-_SCHEDULE = {"squaredcos_cap_v2": "cosine", "linear": "linear", "sigmoid": "sigmoid", "flow": "flow"}
-
-
-def _is_main() -> bool:
-    """Rank 0 of a multi-process run (or the only process): the one that talks."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _accelerate_cpu_processes() -> int:
-    """`accelerate launch --cpu --num_processes N` starts ONE process when MPI is not set up (its
-    simple launcher; measured with accelerate 1.15), leaving MASTER_ADDR set and no WORLD_SIZE. Then
-    this returns the N the user asked for, read from the launcher's own command line (0 if it
-    cannot be read); 1 in every other situation."""
-    env = os.environ
-    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1", "yes") or "MASTER_ADDR" not in env:
-        return 1
-    if any(k in env for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
-        return 1
-    try:
-        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-            argv = [a.decode() for a in f.read().split(b"\0") if a]
-        at = next(i for i, a in enumerate(argv) if a == "launch" or a.endswith("accelerate.commands.launch")
-                  or a.endswith(os.path.join("commands", "launch.py")))
-        rest = argv[at + 1:]
-        from accelerate.commands.launch import launch_command_parser
-        ns, _ = launch_command_parser().parse_known_args(rest)
-        return int(ns.num_processes or 0)
-    except (OSError, ValueError, SystemExit, UnicodeDecodeError, StopIteration):
-        return 0
-
-
-def _multi_cpu_relaunch() -> None:
-    """Turn the one process of `accelerate launch --cpu --num_processes N` into N gloo processes
-    (torch.distributed.run, what `accelerate launch --multi_gpu` uses): the same command, N ranks."""
-    n = _accelerate_cpu_processes()
-    if n == 1:
-        return
-    if n < 1:
-        raise DfeditError("accelerate launch --cpu started a single process (without MPI it does not start more): "
-                          "run torchrun --nproc_per_node N -m dfedit_train.cli emoji ... for N processes on the CPU")
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-            "-m", "dfedit_train.cli", *sys.argv[1:]]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvpe(sys.executable, argv, env)
-
-
-def _bools(s: str, what: str) -> tuple[bool, ...]:
-    vals = _ints(s, what)
-    if any(v not in (0, 1) for v in vals):
-        raise DfeditError(f"{what} must be comma-separated 0/1 flags, got {s!r}")
-    return tuple(bool(v) for v in vals)
+# Options of `emoji` that set no config field.
+_NOT_CONFIG = ("out", "preset", "restart", "cpu", "quiet", "threads", "max_steps", "max_cpu_seconds")
 
 
 @app.command()
@@ -195,10 +130,8 @@ def emoji(
     mixed_precision: Optional[str] = typer.Option(None, help="no, bf16 or fp16 (" +
                                                   _presets("train", "mixed_precision") + ")"),
     schedule: Optional[str] = typer.Option(None, help="cosine, linear or sigmoid (" +
-                                           _presets("diffusion", "beta_schedule", _SCHEDULE.get) + ")"),
-    objective: Optional[str] = typer.Option(None, help="what the network predicts: eps, v, x0, or flow (flow "
-                                            "matching: velocity target, its own noise schedule) (" +
-                                            _presets("diffusion", "prediction_type", _OBJECTIVE.get) + ")"),
+                                           _presets("diffusion", "beta_schedule", schedule_name) + ")"),
+    objective: Optional[str] = typer.Option(None, help=objective_help()),
     min_snr: Optional[float] = typer.Option(None, help="min-SNR-gamma loss weighting (default: 0 = off)"),
     cfg_dropout: Optional[float] = typer.Option(None, help="probability of the null prompt in training "
                                                 "(default: 0.1)"),
@@ -238,87 +171,15 @@ def emoji(
 ):
     """Train (or resume) the emoji U-Net. Several processes: torchrun --nproc_per_node N -m dfedit_train.cli
     emoji ..., or accelerate launch (also --cpu --num_processes N)."""
-    from . import checkpoint as ckpt
+    opts = dict(locals())  # first: every option of this command by name, None where it was not given
     from dfedit.emoji import schema
-    from .config import OBJECTIVE_ALIASES, SCHEDULE_ALIASES
+
     from .config import preset as get_preset
-    from .train import resolve_configs
+    from .config import resolve_configs
+    from .rundir import RunLock, archive_run
 
-    given, flags = {}, {}
-
-    def put(key, value, flag=None):
-        if value is not None:
-            given[key] = value
-            flags[key] = flag or "--" + key.split(".")[1].replace("_", "-")
-
-    put("data.source", data, "--data")
-    put("data.vendor", vendor)
-    put("data.base_only", base_only)
-    put("data.text_encoder", text_encoder)
-    put("data.max_length", max_length)
-    put("data.val_fraction", val_fraction)
-    if sets is not None:
-        from .sets import SETS
-        names = tuple(x.strip() for x in sets.split(",") if x.strip())
-        bad = [x for x in names if x not in SETS]
-        if not names or bad:
-            raise DfeditError(f"--sets takes drawing sets from {', '.join(SETS)}, got {sets!r}")
-        if data is not None or vendor is not None:
-            raise DfeditError("--sets fetches its own drawing sets: leave out --data and --vendor")
-        put("data.sets", names)
-        put("data.caption_variants", True if caption_variants is None else caption_variants, "--caption-variants")
-        put("data.pair_holdout", 0.1 if pair_holdout is None else pair_holdout, "--pair-holdout")
-        if styles is None or styles:
-            put("model.styles", names, "--styles")
-            put("diffusion.style_dropout", 0.3 if style_dropout is None else style_dropout, "--style-dropout")
-    else:
-        for flag, v in (("--styles", styles), ("--caption-variants", caption_variants), ("--pair-holdout", pair_holdout),
-                        ("--tone-share", tone_share), ("--style-dropout", style_dropout)):
-            if v is not None:
-                raise DfeditError(f"{flag} applies to --sets only")
-    put("data.tone_share", tone_share)
-    put("train.init_from", init_from)
-    put("model.dropout", dropout)
-    for f, v in dict(epochs=epochs, seed=seed, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                     warmup_steps=warmup_steps, mixed_precision=mixed_precision, ema_decay=ema_decay,
-                     flip_prob=flip_prob, save_every=save_every, sample_every=sample_every,
-                     keep_checkpoints=keep_checkpoints, compile=compile).items():
-        put(f"train.{f}", v)
-    if schedule is not None:
-        if schedule not in SCHEDULE_ALIASES:
-            raise DfeditError(f"--schedule must be cosine, linear or sigmoid, got {schedule!r}")
-        put("diffusion.beta_schedule", SCHEDULE_ALIASES[schedule], "--schedule")
-    if objective is not None:
-        if objective not in OBJECTIVE_ALIASES:
-            raise DfeditError(f"--objective must be eps, v, x0 or flow, got {objective!r}")
-        put("diffusion.prediction_type", OBJECTIVE_ALIASES[objective], "--objective")
-        if OBJECTIVE_ALIASES[objective] == "flow_prediction":
-            if schedule is not None:
-                raise DfeditError("--objective flow has its own noise schedule (flow times): drop --schedule")
-            put("diffusion.beta_schedule", "flow", "--objective")
-    put("diffusion.min_snr_gamma", min_snr, "--min-snr")
-    put("diffusion.cfg_dropout", cfg_dropout)
-    put("model.image_size", image_size)
-    if num_res_blocks is not None:
-        nrb = _ints(num_res_blocks, "--num-res-blocks")
-        put("model.num_res_blocks", nrb[0] if len(nrb) == 1 else nrb)
-    put("model.pooled_text", pooled_text)
-    put("model.patch", patch)
-    if lr_schedule is not None and lr_schedule not in ("cosine", "constant"):
-        raise DfeditError(f"--lr-schedule must be cosine or constant, got {lr_schedule!r}")
-    put("train.lr_schedule", lr_schedule)
-    put("data.subset", subset)
-    if channels is not None:
-        put("model.channels", _ints(channels, "--channels"))
-    if self_attn is not None:
-        put("model.self_attn", _bools(self_attn, "--self-attn"))
-    if cross_attn is not None:
-        put("model.cross_attn", _bools(cross_attn, "--cross-attn"))
-    # Every option, before any file is touched: the same rules as a checkpoint's config.json.
-    for key, v in given.items():
-        rule = schema.RULES.get(key)
-        if rule is not None and not rule[0](v):
-            raise DfeditError(f"{flags[key]} must be {schema.rule_text(rule, v)}, got {v!r}")
+    given, flags = given_options({k: v for k, v in opts.items() if k not in _NOT_CONFIG})
+    schema.check_given(given, flags)  # every option, before any file is touched
     for name, v in (("--threads", threads), ("--max-steps", max_steps)):
         if v is not None and v < 1:
             raise DfeditError(f"{name} must be at least 1, got {v}")
@@ -328,20 +189,20 @@ def emoji(
     auto_preset = preset or ("gpu" if torch.cuda.is_available() and not cpu else "cpu")
     presets = get_preset(auto_preset)
     check_out_dir(out)
-    _multi_cpu_relaunch()  # after every check, so that an error is reported once, by this process
+    relaunch_under_torchrun()  # after every check, so that an error is reported once, by this process
 
     if threads:
         import torch
         torch.set_num_threads(threads)  # on a shared CPU, fewer threads than cores avoids thrashing
     echo = functools.partial(typer.echo, err=True)
     # One trainer per run directory (with several processes, the first one holds it for all).
-    first = int(os.environ.get("RANK", "0") or 0) == 0
-    lock = ckpt.RunLock(out, log=echo) if first else None
+    first = is_rank0()
+    lock = RunLock(out, log=echo) if first else None
     if lock is not None:
         lock.acquire()
     try:
         if restart and first:
-            ckpt.archive_run(out, log=echo)
+            archive_run(out, log=echo)
         mc, dc, tc, dac, saved = resolve_configs(out, presets, given, log=echo if first else (lambda m: None),
                                                  preset_name=preset, fresh=restart, repair=first)
         _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_attn, cross_attn,
@@ -358,7 +219,7 @@ def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_at
     from dfedit.emoji import schema
     from .train import train
 
-    say = echo if _is_main() else (lambda m: None)  # several processes: rank 0 talks
+    say = echo if is_rank0() else (lambda m: None)  # several processes: rank 0 talks
     n_levels = len(mc.channels)
     if channels is not None and self_attn is None and len(mc.self_attn) != n_levels:  # keep flags in step
         mc.self_attn = tuple(mc.self_attn[-n_levels:]) if len(mc.self_attn) > n_levels else \
@@ -367,7 +228,8 @@ def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_at
         mc.cross_attn = tuple(mc.cross_attn[-n_levels:]) if len(mc.cross_attn) > n_levels else \
             (False,) * (n_levels - len(mc.cross_attn)) + tuple(mc.cross_attn)
     mc.validate()
-    schema.check_options(mc, dc, tc, dac, lambda sec, f: flags.get(f"{sec}.{f}", f"the preset's {sec}.{f}"))
+    schema.check_options(mc, dc, tc, dac, lambda sec, f: flags.get(f"{sec}.{f}", f"the preset's {sec}.{f}"),
+                         checked=given)
     import torch
     if not cpu and not torch.cuda.is_available() and tc.mixed_precision == "fp16":
         raise DfeditError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 or no on the CPU")
@@ -392,7 +254,7 @@ def _train_resolved(out, mc, dc, tc, dac, saved, given, flags, channels, self_at
     res = train(out, mc, dc, tc, dac, saved=saved, progress=not quiet, max_steps=max_steps, cpu=cpu, log=echo,
                 max_cpu_seconds=max_cpu_seconds)
     ips = res.get("images_per_s")
-    if _is_main():
+    if is_rank0():
         typer.echo(f"step {res['step']}" + (f", {ips:.1f} images/s" if ips else "") +
                    (f", {res['skipped']} skipped steps" if res["skipped"] else "") +
                    (f", {res['world_size']} processes" if res.get("world_size", 1) > 1 else "") +
@@ -423,7 +285,8 @@ def eval_cmd(
     from dfedit.devices import pick_device
     from dfedit.plan import check_seed
 
-    from . import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
+
     from .evaluate import _default_eval_dir, evaluate
 
     if weights not in ("ema", "model"):
@@ -515,7 +378,7 @@ def recognise_cmd(
     n_heldout: int = typer.Option(200, help="held-out captions (stratified; all of them if fewer)"),
     stride: int = typer.Option(30, help="DDPM stride for samples (30: dfedit sample's default, 34 steps)"),
     guidance: Optional[float] = typer.Option(None, help="default: the model's own"),
-    sampler: str = typer.Option("ddpm", help="any of dfedit's --sampler names (ddpm, ddim, dpmpp-2m, euler, heun)"),
+    sampler: str = typer.Option(DEFAULT_SAMPLER, help=f"any of dfedit's --sampler names ({', '.join(SAMPLER_NAMES)})"),
     steps: Optional[int] = typer.Option(None, help="model calls per sample instead of --stride"),
     diversity_captions: int = typer.Option(50, help="training captions sampled with several seeds for diversity"),
     seeds: int = typer.Option(8, help="seeds per diversity caption (0 or 1: no diversity)"),
@@ -546,7 +409,7 @@ def recognise_cmd(
     if stride < 1 or stride > 1000:
         raise DfeditError(f"--stride must be between 1 and 1000, got {stride}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from . import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
     if prompts_of is not None or ckpt.load(checkpoint)[1]["data"].get("sets"):
         return _generalise(checkpoint, weights, prompts_of, n_train, pairs, n_heldout, diversity_captions, seeds,
                            stride, guidance, seed, out, dev, quiet, sampler, steps)
@@ -588,8 +451,8 @@ def export(
     """Export a run's EMA weights as a small inference-only model directory (dfedit --model DEST)."""
     import math
 
-    from .checkpoint import check_export_dest
-    from .checkpoint import export as export_run
+    from .export import check_export_dest
+    from .export import export as export_run
 
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise DfeditError(f"--guidance must be a finite number >= 0, got {guidance}")

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dfedit.cache import cache_root, discard, notice
+
 from dfedit.files import atomic_write, clean_stale_temps, write_error
+from dfedit.emoji.text import TextEncoder
 from dfedit.files import make_temp_dir
 from dfedit.errors import DfeditError
 
@@ -589,3 +592,43 @@ _NO_FLIP = re.compile(r"\b(left|right|flag|keycap|letter|clock|o.clock|arrow|but
 def flippable(captions: list[str]) -> np.ndarray:
     """Which images a horizontal flip leaves correct: nothing with a side, text, digits or a flag."""
     return np.array([_NO_FLIP.search(c) is None for c in captions], dtype=bool)
+
+
+# ---- what a run trains from ----------------------------------------------------------------------
+
+def prepare_data(dac, size: int, device) -> dict:
+    """What a run of one drawing set trains from (DataConfig `dac`): the train/val tensors on the
+    device at training resolution, caption embeddings and channel statistics (on_device).
+    Several drawing sets: sets.prepare_sets."""
+    d = load(dac.source, dac.vendor, dac.base_only, dac.val_fraction)
+    if dac.vendor in LICENCE_WARNINGS:
+        print(f"warning: {LICENCE_WARNINGS[dac.vendor]}", file=sys.stderr)
+    if dac.subset:
+        d = d.subset(subset_mask(d, dac.subset))
+    train = d.subset(~d.val)
+    if len(train) == 0:
+        raise DfeditError("the training split is empty: add images or lower --val-fraction")
+    enc = TextEncoder(dac.text_encoder, dac.max_length, device="cpu")
+    states, mask = enc.embed(d.captions)
+    tr, va = np.flatnonzero(~d.val), np.flatnonzero(d.val)
+    return on_device(d.images, d.captions, tr, va, (states[tr], mask[tr]), (states[va], mask[va]), d.source, enc,
+                     size, device)
+
+
+def on_device(images, captions, tr, va, train_text, val_text, source: str, enc, size: int, device) -> dict:
+    """What every run trains from: the rows `tr` and `va` of (images, captions) at training
+    resolution on the device, their caption states and masks (`train_text`, `val_text`: (states,
+    mask) aligned with tr and va), which rows a flip leaves correct, and the channel statistics."""
+    def to_device(idx):
+        return images_to_tensor(images[idx], size).contiguous().to(device)
+
+    x_train = to_device(tr)
+    return {
+        "x": x_train, "text": train_text[0].to(device), "mask": train_text[1].to(device),
+        "flip_ok": torch.from_numpy(flippable([captions[i] for i in tr])).to(device),
+        "captions": [captions[i] for i in tr],
+        "val_x": to_device(va), "val_text": val_text[0].to(device), "val_mask": val_text[1].to(device),
+        "val_captions": [captions[i] for i in va],
+        "mean": x_train.mean(dim=(0, 2, 3)).tolist(), "std": x_train.std(dim=(0, 2, 3)).tolist(),
+        "source": source, "text_identity": enc.identity, "text_dim": int(train_text[0].shape[-1]),
+    }

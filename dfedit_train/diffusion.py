@@ -13,8 +13,9 @@ none of it:
 - `scheduler_config()`: the noise schedule it implies, the dict written into every checkpoint and
   read by `dfedit.schedule.NoiseSchedule.from_config` (built by the format, dfedit.emoji.config);
 - `sample_t(...)`: how noise levels are drawn for a batch (uniformly over the schedule's T levels,
-  for all four here; train.draw_batch calls it first, so the random stream is fixed);
-- `target(...)`: what the network predicts, and `to_eps(...)`: how its output becomes a noise estimate;
+  for all four here; step.draw_batch calls it first, so the random stream is fixed);
+- `target(...)`: what the network predicts (its output becomes a noise estimate through
+  dfedit.schedule.output_to_eps, the same code in training, evaluation and sampling);
 - `loss(...)`: per-sample MSE on the target, with min-SNR-gamma weighting (Hang et al.) through
   `x0_weight`, the weight plain MSE on the target puts on the x0 error.
 
@@ -29,8 +30,10 @@ none of it:
                 The course draws s ~ U[0, 1]; here s takes the T = 1000 values dfedit's loop runs
                 at, so the network is trained exactly where it is evaluated.
 
-A new objective is one subclass of `Objective` registered in `OBJECTIVES` (and its --objective
-name in config.OBJECTIVE_ALIASES).
+A new objective is one subclass of `Objective` here, decorated with `@register`: its
+`prediction_type`, `alias` (the --objective name) and `help` give the CLI its choices, help text and
+messages. Only a network output of a new kind also needs dfedit/schedule.py: its conversion to a
+noise estimate and its name in PREDICTION_TYPES, which the checkpoint schema reads.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 
 from dfedit.emoji.precondition import Preconditioning
 from dfedit.errors import DfeditError
-from dfedit.schedule import NoiseSchedule, noise_to
+from dfedit.schedule import PREDICTION_TYPES, NoiseSchedule, noise_to
 
 from .config import DiffusionConfig
 
@@ -53,9 +56,14 @@ def _snr(ab: Tensor) -> Tensor:
 class Objective:
     """What the network is trained to predict, given x_t = alpha x0 + sigma eps (alpha = sqrt(abar)),
     and everything that follows from it (module docstring). Subclasses set `prediction_type` (the
-    name in the scheduler config, which dfedit reads) and define `target` and `x0_weight`."""
+    name in the scheduler config, which dfedit reads), `alias` (--objective NAME) and define
+    `target` and `x0_weight`."""
 
     prediction_type: str = ""
+    alias: str = ""
+    help: str = ""  # a note for --help, where the name alone does not say enough
+    # A noise schedule of its own (DiffusionConfig.beta_schedule), or None: --schedule chooses one.
+    own_schedule: str | None = None
 
     def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
                  min_snr_gamma: float = 0.0):
@@ -87,11 +95,6 @@ class Objective:
     def target(self, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """The network's output at per-sample timesteps t as a noise estimate: the conversion dfedit's
-        loop applies to this objective's models (NoiseSchedule.model_output_to_eps), the same code."""
-        return self.schedule.model_output_to_eps(out, x_t, t)
-
     # ---- the loss ------------------------------------------------------------------------------
     def x0_weight(self, ab: Tensor) -> Tensor:
         """SNR-style weight that plain MSE on the target puts on the x0 error, |d target|^2 = w |d x0|^2
@@ -111,8 +114,27 @@ class Objective:
         return per
 
 
+# One class per objective, by the prediction_type the scheduler config names; and the names
+# --objective takes (each one's alias and its prediction_type) -> prediction_type.
+OBJECTIVES: dict[str, type[Objective]] = {}
+OBJECTIVE_ALIASES: dict[str, str] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Make `cls` a training objective: --objective ALIAS, or its prediction_type, trains it."""
+    if cls.prediction_type not in PREDICTION_TYPES:  # dfedit could not sample the model it trains
+        raise TypeError(f"{cls.__name__}: dfedit.schedule has no conversion for {cls.prediction_type!r}")
+    taken = {n for o in OBJECTIVES.values() for n in (o.prediction_type, o.alias)}
+    if {cls.prediction_type, cls.alias} & taken:  # a checkpoint names its objective by prediction_type
+        raise TypeError(f"{cls.__name__}: {cls.prediction_type!r} or {cls.alias!r} names another objective")
+    OBJECTIVES[cls.prediction_type] = cls
+    OBJECTIVE_ALIASES.update({cls.alias: cls.prediction_type, cls.prediction_type: cls.prediction_type})
+    return cls
+
+
+@register
 class EpsObjective(Objective):
-    prediction_type = "epsilon"
+    prediction_type, alias = "epsilon", "eps"
 
     def target(self, x0, eps, alpha, sigma):
         return eps
@@ -121,8 +143,9 @@ class EpsObjective(Objective):
         return _snr(ab)
 
 
+@register
 class VObjective(Objective):
-    prediction_type = "v_prediction"
+    prediction_type, alias = "v_prediction", "v"
 
     def target(self, x0, eps, alpha, sigma):
         return alpha * eps - sigma * x0
@@ -131,8 +154,9 @@ class VObjective(Objective):
         return _snr(ab) + 1
 
 
+@register
 class X0Objective(Objective):
-    prediction_type = "sample"
+    prediction_type, alias = "sample", "x0"
 
     def target(self, x0, eps, alpha, sigma):
         return x0
@@ -141,8 +165,11 @@ class X0Objective(Objective):
         return torch.ones_like(ab)
 
 
+@register
 class FlowObjective(Objective):
-    prediction_type = "flow_prediction"
+    prediction_type, alias = "flow_prediction", "flow"
+    help = "flow matching: velocity target, its own noise schedule"
+    own_schedule = "flow"
 
     def target(self, x0, eps, alpha, sigma):
         return eps - x0
@@ -153,9 +180,16 @@ class FlowObjective(Objective):
         return ((a + s) / s) ** 2
 
 
-# One class per objective, by the prediction_type the scheduler config names.
-OBJECTIVES: dict[str, type[Objective]] = {o.prediction_type: o for o in
-                                          (EpsObjective, VObjective, X0Objective, FlowObjective)}
+def objective_named(name: str) -> type[Objective] | None:
+    """The objective --objective NAME means (its alias or its prediction_type); None if none."""
+    return OBJECTIVES.get(OBJECTIVE_ALIASES.get(name, ""))
+
+
+def objective_choices(notes: bool = True) -> str:
+    """'eps, v, x0, or flow (...)': the objectives by --objective name, with their notes (`help`)
+    for --help, without them for a message."""
+    names = [o.alias + (f" ({o.help})" if notes and o.help else "") for o in OBJECTIVES.values()]
+    return ", ".join(names[:-1]) + ", or " + names[-1] if len(names) > 1 else names[0]
 
 
 class Diffusion(Preconditioning):

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from dfedit.cache import cache_root
+
 from dfedit.files import atomic_write
+from dfedit.emoji import checkpoint as ckpt
 from dfedit.emoji.text import TextEncoder
 from dfedit.errors import DfeditError
 
-from . import checkpoint as ckpt
 from . import data as datamod
 from .data import images_to_tensor
 from .config import data_config
@@ -217,7 +218,7 @@ def generalisation(path: str | Path, device="cpu", weights: str = "ema", prompts
                    steps: int | None = None) -> dict:
     """The generalisation table (dfedit_train/generalise.py) of a model trained on several drawing
     sets, or of any model on the prompts of one (`prompts_of`: a run or model whose data config
-    names the sets and the split; issue 10's model is judged on the new model's prompts so). The
+    names the sets and the split: a one-set model is judged on a several-sets model's prompts so). The
     table goes to eval.json's "generalise" entry, with a labelled sheet of the samples."""
     from dfedit.images import to_pil
     from dfedit.outputs import grid, save_png

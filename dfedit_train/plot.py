@@ -10,22 +10,13 @@ display and no global pyplot state are touched.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from PIL import Image
 
 from dfedit.outputs import save_png
 
-
-def read_log(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except (ValueError, RecursionError):  # a line cut short by a kill (or garbage): skip it
-            continue
-    return [r for r in rows if isinstance(r, dict) and "step" in r and "loss" in r]
+from .rundir import read_log
 
 
 def loss_curve(run: Path) -> Path | None:
@@ -35,7 +26,7 @@ def loss_curve(run: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     log = run / "log.jsonl"
-    rows = read_log(log) if log.is_file() else []
+    rows = [r for r in read_log(run) if "step" in r and "loss" in r]
     if not rows:
         return None
     steps = [r["step"] for r in rows]

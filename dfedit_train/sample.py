@@ -14,7 +14,6 @@ from PIL import Image
 
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
-from dfedit.emoji.denoiser import EmojiDenoiser  # noqa: F401 (re-exported: the trainer's grids use it)
 from dfedit.outputs import save_png
 from dfedit.progress import progress_bar
 from dfedit.sampler import cfg as cfg_guidance
@@ -63,3 +62,17 @@ def save_grid(images: np.ndarray, path: Path, params: dict, ncol: int = 8, scale
         raise DfeditError(f"cannot write {path}: {path.parent} is not a directory"
                           if path.parent.exists() else f"cannot write {path}: {e.strerror or e}") from None
     return save_png(img, path, params)  # dfedit's writer: atomic, same metadata layout as every output
+
+
+class NullOnlyEncoder:
+    """Prompt encoder for in-training grids: prompts arrive pre-embedded; only "" is ever encoded."""
+
+    def __init__(self, dim: int, length: int, device):
+        self.dim, self.length, self.device = dim, length, device
+
+    def encode(self, prompts: list[str]) -> Cond:
+        if any(prompts):
+            raise ValueError("validation grids pass their conditioning in directly")
+        b = len(prompts)
+        return Cond(text=torch.zeros(b, self.length, self.dim, device=self.device),
+                    text_mask=torch.zeros(b, self.length, dtype=torch.bool, device=self.device))

@@ -35,9 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dfedit.cache import cache_root, discard, notice
+
 from dfedit.files import atomic_write
+from dfedit.emoji.text import TextEncoder
 from dfedit.errors import DfeditError
 
 from . import data as datamod
@@ -52,8 +55,8 @@ LICENCES = {
 }
 FLUENT_PACKAGE, FLUENT_VERSION = "@iconify-json/fluent-emoji-flat", "1.2.6"
 EMOJIBASE_PACKAGE, EMOJIBASE_VERSION = "emojibase-data", "16.0.3"
-# 2: tone variants take their base emoji's keywords (a version-1 table lacks them: its cache key did
-# not change when the rule did, so a table cached before the rule was served after it)
+# Part of every table's cache key: raised whenever what a table holds changes without its inputs
+# changing (2: tone variants take their base emoji's keywords), so an older table is never served.
 SETS_CACHE_VERSION = 2
 SPLITS = ("", "unseen", "tone-pair", "style-pair")  # "" = trained on
 
@@ -429,3 +432,38 @@ def row_weights(ms: MultiSet, rows, tone_share: float) -> np.ndarray:
         if ms.tones[i]:
             count[(ms.groups[i], ms.styles[i])] = count.get((ms.groups[i], ms.styles[i]), 0) + 1
     return np.array([tone_share / count[(ms.groups[i], ms.styles[i])] if ms.tones[i] else 1.0 for i in rows])
+
+
+def prepare_sets(dac, size: int, device, styles: tuple[str, ...]) -> dict:
+    """What a run of several drawing sets trains from: data.prepare_data's tensors, plus every caption
+    variant embedded once ("vtext"; "vidx"/"vcount" say which rows each training row may draw), the
+    style index of each row (1-based into `styles`; absent when the model has no styles) and the
+    sampling weight of each row (tone variants share their base's weight)."""
+    ms = load_sets(tuple(dac.sets), dac.base_only)
+    split = run_split(ms, dac)
+    tr = [i for i, s in enumerate(split) if not s]
+    va = [i for i, s in enumerate(split) if s and s != "excluded"]
+    if not tr:
+        raise DfeditError("the training split is empty: add images or lower --val-fraction")
+    rows = tr + va
+    per_row = [ms.variants[i] if dac.caption_variants else [ms.captions[i]] for i in rows]
+    unique = sorted({v for vs in per_row for v in vs})
+    where = {v: j for j, v in enumerate(unique)}
+    enc = TextEncoder(dac.text_encoder, dac.max_length, device="cpu")
+    states, mask = enc.embed(unique)  # fp16: the step draws a few rows and casts them
+    K = max(len(vs) for vs in per_row)
+    vidx = torch.tensor([[where[v] for v in vs] + [where[vs[0]]] * (K - len(vs)) for vs in per_row])
+    vcount = torch.tensor([len(vs) for vs in per_row])
+    prim, ntr = vidx[:, 0], len(tr)  # each row's CLDR name: the validation grid's caption
+    D = datamod.on_device(ms.images, ms.captions, tr, va, (states[prim[:ntr]].float(), mask[prim[:ntr]]),
+                          (states[prim[ntr:]].float(), mask[prim[ntr:]]), ms.source, enc, size, device)
+    D["weights"] = torch.from_numpy(row_weights(ms, tr, dac.tone_share)).double()
+    if dac.caption_variants:
+        D.update(vtext=states.to(device), vmask=mask.to(device), vidx=vidx[:ntr].to(device),
+                 vcount=vcount[:ntr].to(device), name_share=dac.caption_name_share)
+    if styles:
+        unknown = sorted({ms.styles[i] for i in rows} - set(styles))
+        if unknown:
+            raise DfeditError(f"the model's styles ({', '.join(styles)}) do not name the drawing sets {', '.join(unknown)}")
+        D["style"] = torch.tensor([styles.index(ms.styles[i]) + 1 for i in tr], device=device)
+    return D

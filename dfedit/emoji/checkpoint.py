@@ -28,9 +28,8 @@ from ..cache import all_finite, notice
 from ..files import read_json_file
 from ..errors import DfeditError
 from ..constants import BUILTIN_MODELS
+from .config import FORMAT
 
-FORMAT = "dfedit-train/emoji-unet"
-FORMAT_VERSION = 1
 WEIGHTS = ("model", "ema", "optimizer")
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Written last into every checkpoint and export: the sha256 of each of its other files, so that a
@@ -329,15 +328,6 @@ def describe(path: str | Path):
     _, cfg = load(path)
     return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
         int(cfg["model"]["image_size"])
-
-
-def prompt_tokens(path: str | Path, prompts: list[str]) -> tuple[int, list[int]]:
-    """(the model's caption token limit, tokens of each prompt), from the tokenizer alone."""
-    from .text import count_tokens
-
-    _, cfg = load(path)
-    te = cfg["text_encoder"]
-    return int(te["max_length"]), count_tokens(te["name"], prompts)
 
 
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, fields
 
 from ..errors import DfeditError, ParamError
 
-# What a network can be trained to predict (the scheduler config's prediction_type).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
+# What every config.json says it is: the reader refuses another format, or a newer version of this one.
+FORMAT = "dfedit-train/emoji-unet"
+FORMAT_VERSION = 1
 
 
 @dataclass
@@ -86,7 +87,7 @@ def size_estimate(m: ModelConfig) -> tuple[int, int]:
 class DiffusionConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine; "linear" and "sigmoid" too; "flow" goes with flow_prediction
-    prediction_type: str = "epsilon"  # "v_prediction", "sample" (x0) and "flow_prediction" (flow matching) too
+    prediction_type: str = "epsilon"  # what the network predicts: one of dfedit.schedule.PREDICTION_TYPES
     min_snr_gamma: float = 0.0  # 0: plain MSE on the target; >0: min-SNR-gamma weighting
     cfg_dropout: float = 0.1  # probability of training a sample with the null (empty-prompt) conditioning
     style_dropout: float = 0.0  # probability of training a sample with "any style" (models with styles)
@@ -170,7 +171,7 @@ class DataConfig:
     subset: int = 0  # >0: train on this many base emoji of the training split only (for short ablations)
     max_length: int = 24
     # Several drawing sets of the same emoji (dfedit_train/sets.py), e.g. ("google", "twitter",
-    # "fluent"); empty: the one `vendor` set read by `source`, as before.
+    # "fluent"); empty: the one `vendor` set read by `source`.
     sets: tuple[str, ...] = ()
     pair_holdout: float = 0.0  # held-out (emoji, skin tone) and (emoji, set) pairs, by hash (sets only)
     caption_variants: bool = False  # each step draws one of the emoji's captions (name, keywords, ...)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DfeditError
-from .config import PREDICTION_TYPES, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
+from ..schedule import PREDICTION_TYPES
+from .config import FORMAT, FORMAT_VERSION, DataConfig, DiffusionConfig, ModelConfig, TrainConfig, from_dict
 
 
 def _int(v) -> bool:
@@ -101,10 +102,6 @@ def _each(lo: int, hi: int, most: int, what: str) -> tuple[Callable[[Any], bool]
 LEVELS = 8
 
 
-def _objectives() -> set[str]:
-    return set(PREDICTION_TYPES)
-
-
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.image_size": between(1, 1024),
     "model.channels": _each(1, 4096, LEVELS, "a non-empty list of widths"),
@@ -119,8 +116,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "diffusion.num_train_timesteps": between(2, 100_000),
     "diffusion.beta_schedule": (lambda v: v in ("squaredcos_cap_v2", "linear", "sigmoid", "scaled_linear", "flow"),
                                 "one of squaredcos_cap_v2 (cosine), linear, sigmoid, flow"),
-    "diffusion.prediction_type": (lambda v: v in _objectives(),
-                                  "a known objective (epsilon, v_prediction, sample, flow_prediction)"),
+    "diffusion.prediction_type": (lambda v: v in PREDICTION_TYPES,
+                                  f"a known objective ({', '.join(PREDICTION_TYPES)})"),
     "diffusion.min_snr_gamma": NON_NEGATIVE,
     "diffusion.cfg_dropout": PROBABILITY,
     "train.epochs": between(1, 10_000_000),
@@ -240,8 +237,6 @@ def check_config(cfg, path: str | Path, purpose: str = "model") -> dict:
     purpose: "model" (what loading a denoiser needs) or "resume" (also train, state, optimizer).
     Returns cfg; raises DfeditError naming `path` and the key.
     """
-    from .checkpoint import FORMAT, FORMAT_VERSION
-
     c = _Checker(str(path))
     if not isinstance(cfg, dict):
         raise DfeditError(f"{path} must hold a JSON object, not {type(cfg).__name__}")
@@ -303,13 +298,25 @@ def _check_optimizer(c: _Checker, cfg: dict) -> None:
         c.fail("optimizer.scalars", "must be a JSON object")
 
 
+def check_given(given: dict, flags: dict) -> None:
+    """The value rules for the options a user typed, before any file is touched: `given` maps
+    config keys ("train.save_every") to values, `flags` names the option each came from."""
+    for key, v in given.items():
+        rule = RULES.get(key)
+        if rule is not None and not rule[0](v):
+            raise DfeditError(f"{flags[key]} must be {rule_text(rule, v)}, got {v!r}")
+
+
 def check_options(mc: ModelConfig, dc: DiffusionConfig, tc: TrainConfig, dac: DataConfig,
-                  flag: Callable[[str, str], str]) -> None:
-    """The same value rules for the configs of a run about to start: `flag(section, field)` names
-    the option ("--save-every") or the config key a bad value came from."""
+                  flag: Callable[[str, str], str], checked=()) -> None:
+    """The same rules for the configs of a run about to start, and how they go together:
+    `flag(section, field)` names the option ("--save-every") or the config key a bad value came
+    from; `checked`: keys whose values check_given has passed already."""
     for name, obj in (("model", mc), ("diffusion", dc), ("train", tc), ("data", dac)):
         for f in fields(obj):
             key = f"{name}.{f.name}"
+            if key in checked:
+                continue
             v = getattr(obj, f.name)
             kind = KINDS.get(key) or _kind_of(_default(f))
             where = flag(name, f.name)

@@ -18,13 +18,14 @@ torch.set_num_threads(1)
 from emoji_synth import tiny_configs  # noqa: E402
 
 from dfedit_train import checkpoint as ckpt  # noqa: E402
+from dfedit_train import step as stepmod  # noqa: E402
 from dfedit_train import train as trainmod  # noqa: E402
 
 
 def main(out: str, tarball: str, encoder: str, batch: int) -> None:
     rank = int(os.environ["RANK"])
     drawn, saves = [], []
-    real_draw, real_save = trainmod.draw_batch, ckpt.save
+    real_draw, real_save = stepmod.draw_batch, ckpt.save
 
     def draw(D, idx, *a, **k):
         drawn.append(idx.tolist())
@@ -34,7 +35,7 @@ def main(out: str, tarball: str, encoder: str, batch: int) -> None:
         saves.append(a[1])  # the step saved
         return real_save(*a, **k)
 
-    trainmod.draw_batch, ckpt.save = draw, save
+    stepmod.draw_batch, ckpt.save = draw, save
     mc, dc, tc, dac = tiny_configs(encoder, tarball, epochs=1, batch_size=batch, sample_every=0)
     res = trainmod.train(Path(out), mc, dc, tc, dac, progress=False)
     Path(out, f"probe-rank{rank}.json").write_text(json.dumps(

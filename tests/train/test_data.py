@@ -77,7 +77,7 @@ def test_one_cache_root_for_dfedit_and_the_trainer(folder_dir, tmp_path, monkeyp
     """Every cache of both packages sits below one root: $DFEDIT_CACHE (~ expanded), else
     $XDG_CACHE_HOME/dfedit, else ~/.cache/dfedit."""
     from dfedit.cache import EmbeddingCache
-    from dfedit_train import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
     from dfedit_train.evaluate import _default_eval_dir
     from dfedit_train.recognise import ClassifierConfig, classifier_dir
 

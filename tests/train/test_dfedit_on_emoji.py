@@ -135,7 +135,7 @@ def test_export_and_the_builtin_alias(run_dir, tmp_path, monkeypatch):
     """`dfedit-train export` writes an fp16 inference-only model; `--model emoji` names the built-in one."""
     from safetensors.torch import load_file
 
-    from dfedit_train import checkpoint
+    from dfedit.emoji import checkpoint
 
     dest = tmp_path / "shipped"
     r = runner.invoke(train_app, ["export", str(run_dir), str(dest), "--device", "test CPU", "--guidance", "4.5"])
@@ -168,7 +168,7 @@ def test_missing_if_model_points_at_the_builtin_emoji_model(tmp_path):
 
 def test_the_shipped_emoji_model_samples_offline(tmp_path):
     """The model in dfedit/weights/emoji: loads offline, 32 px, fp16 EMA under 40 MB, with its record."""
-    from dfedit_train import checkpoint
+    from dfedit.emoji import checkpoint
 
     d = checkpoint.BUILTIN["emoji"]
     assert (d / "ema.safetensors").stat().st_size < 40 * 2**20

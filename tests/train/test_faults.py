@@ -23,9 +23,12 @@ from typer.testing import CliRunner
 import dfedit.cache
 import dfedit.files
 from dfedit.errors import DfeditError
+from dfedit.emoji import checkpoint as eck
 from dfedit_train import checkpoint as ckpt
+from dfedit_train.rundir import RunLock
 from dfedit_train.cli import app
-from dfedit_train.train import resolve_configs, train
+from dfedit_train.config import resolve_configs
+from dfedit_train.train import train
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -75,7 +78,7 @@ def latest(out):
 
 
 def steps(out):
-    return [s for s, _ in ckpt.step_dirs(out / "checkpoints")]
+    return [s for s, _ in eck.step_dirs(out / "checkpoints")]
 
 
 def litter(out):
@@ -136,7 +139,7 @@ def test_todays_format_is_written_unchanged_and_resumes_bit_exact(tmp_path, tiny
     assert_same_weights(latest(reference), latest(old))
     # the shipped model's config (written by main's export) passes the schema check unchanged
     from dfedit.emoji.schema import check_config
-    check_config(json.loads((ckpt.BUILTIN["emoji"] / "config.json").read_text()), "shipped", "model")
+    check_config(json.loads((eck.BUILTIN["emoji"] / "config.json").read_text()), "shipped", "model")
 
 
 # ---- kills -----------------------------------------------------------------------------------------
@@ -206,13 +209,13 @@ def test_latest_json_damaged_resumes_from_the_newest_good_step(two_checkpoints, 
     assert saved["state"]["step"] == 4, msgs
     assert len(msgs) == 1 and msgs[0].startswith("note: ") and "step-00000004" in msgs[0], msgs
     assert json.loads(lj.read_text()) == {"checkpoint": "checkpoints/step-00000004", "step": 4}  # repaired
-    assert ckpt.resolve(out).name == "step-00000004"
+    assert eck.resolve(out).name == "step-00000004"
 
 
 def test_dfedit_reads_a_run_whose_latest_json_is_garbage(two_checkpoints, capsys):
     (two_checkpoints / "latest.json").write_bytes(b"\x00\x9f garbage")
-    assert ckpt.is_checkpoint_dir(two_checkpoints)
-    ck, cfg = ckpt.load(two_checkpoints)
+    assert eck.is_checkpoint_dir(two_checkpoints)
+    ck, cfg = eck.load(two_checkpoints)
     assert ck.name == "step-00000004" and cfg["state"]["step"] == 4
     assert "using the newest complete checkpoint" in capsys.readouterr().err
 
@@ -227,7 +230,7 @@ def test_cli_says_which_checkpoint_and_why(two_checkpoints, npm_tarball, tiny_en
 
 
 def test_checkpoints_but_none_resumable_never_restarts_silently(two_checkpoints, tiny, npm_tarball, tiny_encoder):
-    for _, ck in ckpt.step_dirs(two_checkpoints / "checkpoints"):
+    for _, ck in eck.step_dirs(two_checkpoints / "checkpoints"):
         (ck / "ema.safetensors").write_bytes(b"short")
     common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
               "--out", two_checkpoints, "--quiet", "--epochs", "1"]
@@ -243,7 +246,7 @@ def test_checkpoints_but_none_resumable_never_restarts_silently(two_checkpoints,
 
 # ---- two trainers ----------------------------------------------------------------------------------
 
-HOLD_LOCK = ("import sys, time; from pathlib import Path; from dfedit_train.checkpoint import RunLock; "
+HOLD_LOCK = ("import sys, time; from pathlib import Path; from dfedit_train.rundir import RunLock; "
              "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)")
 
 
@@ -270,10 +273,10 @@ def test_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(tmp_path, n
 
 def test_lock_refuses_while_held_in_process(tmp_path):
     out = tmp_path / "run"
-    with ckpt.RunLock(out):
+    with RunLock(out):
         # the same file locked through another descriptor: flock says busy
         with pytest.raises(DfeditError, match="in use by another dfedit-train"):
-            ckpt.RunLock(out).acquire()
+            RunLock(out).acquire()
     assert not out.exists()  # created by the lock, nothing else written: removed again
 
 
@@ -286,7 +289,7 @@ def test_nan_weights_are_skipped_and_healthy_checkpoints_survive(two_checkpoints
         t = tensors(newest, which)
         save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in t.items()},
                   str(newest / f"{which}.safetensors"))
-    (newest / ckpt.MANIFEST).unlink()  # as a checkpoint written before manifests: the NaN check finds it
+    (newest / eck.MANIFEST).unlink()  # as a checkpoint written before manifests: the NaN check finds it
     r, saved, msgs = resume(out, configs(tiny), given={"train.epochs": 3})
     assert saved["state"]["step"] == 2
     assert any("skipping step-00000004: model.safetensors holds NaN or infinite values" in m for m in msgs), msgs
@@ -410,8 +413,8 @@ def test_weights_of_another_preset_are_not_resumed(tmp_path, tiny, two_checkpoin
     newest = two_checkpoints / "checkpoints" / "step-00000004"
     (newest / "optimizer.safetensors").write_bytes((latest(wide) / "optimizer.safetensors").read_bytes())
     # without their manifests (as checkpoints written before manifests), the shape checks find it
-    (newest / ckpt.MANIFEST).unlink()
-    (latest(other) / ckpt.MANIFEST).unlink()
+    (newest / eck.MANIFEST).unlink()
+    (latest(other) / eck.MANIFEST).unlink()
     _, saved, msgs = resume(two_checkpoints, configs(tiny), given={"train.epochs": 3}, max_steps=5)
     assert saved["state"]["step"] == 2
     assert any("skipping step-00000004: optimizer.safetensors is for another model" in m for m in msgs), msgs
@@ -584,7 +587,7 @@ def test_bad_options_fail_before_data_preparation(tmp_path, monkeypatch, args, f
 
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data prepared before the options were checked"))
     if "15" not in args:  # a bad value of one option is refused before the run directory is even locked
-        monkeypatch.setattr(ckpt.RunLock, "acquire", lambda self: pytest.fail("--out touched before the check"))
+        monkeypatch.setattr(RunLock, "acquire", lambda self: pytest.fail("--out touched before the check"))
     out = tmp_path / "new" / "run"
     one_line_error(invoke("emoji", "--preset", "tiny", "--out", out, *args), fragment)
     assert not (tmp_path / "new").exists()  # no empty --out left behind
@@ -638,9 +641,9 @@ def test_cpu_out_of_memory_is_recognised(tmp_path, monkeypatch, npm_tarball, tin
 def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, monkeypatch, npm_tarball, tiny_encoder):
     """Library code with a bare `except:` may swallow the KeyboardInterrupt / Terminated a signal
     raises while data is prepared; the run must still stop before training, not carry on."""
-    from dfedit_train import train as train_mod
+    from dfedit_train import data as data_mod
 
-    real = train_mod.prepare_data
+    real = data_mod.prepare_data
 
     def prepare_then_swallow(*a, **k):
         d = real(*a, **k)
@@ -651,7 +654,7 @@ def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, mon
             pass
         return d
 
-    monkeypatch.setattr(train_mod, "prepare_data", prepare_then_swallow)
+    monkeypatch.setattr(data_mod, "prepare_data", prepare_then_swallow)
     out = tmp_path / "run"
     r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
                "--out", out, "--quiet", "--sample-every", "0")

@@ -174,7 +174,7 @@ def px(p):
 
 
 def test_a_tiny_flow_run_trains_and_describes_its_schedule(flow_run):
-    from dfedit_train import checkpoint as ckpt
+    from dfedit.emoji import checkpoint as ckpt
 
     ck, cfg = ckpt.load(flow_run)
     assert cfg["diffusion"]["prediction_type"] == "flow_prediction" and cfg["schedule"]["flow_matching"] is True

@@ -25,6 +25,7 @@ import dfedit.files
 from dfedit.cli import app as dfedit_app
 from dfedit_train import checkpoint as ckpt
 from dfedit_train import data as datamod
+from dfedit_train import export as exportmod
 from dfedit_train.cli import app as train_app
 from dfedit_train.train import train
 
@@ -96,6 +97,8 @@ def _written(monkeypatch, fn):
     monkeypatch.setattr(writer, "write_file", write_file)
     monkeypatch.setattr(ckpt, "write_file", write_file)
     monkeypatch.setattr(ckpt, "make_temp_dir", make_temp_dir, raising=False)
+    monkeypatch.setattr(exportmod, "write_file", write_file)
+    monkeypatch.setattr(exportmod, "make_temp_dir", make_temp_dir)
     monkeypatch.setattr(datamod, "make_temp_dir", make_temp_dir, raising=False)
     fn()
     monkeypatch.undo()
@@ -114,7 +117,7 @@ def test_links_planted_at_every_temp_name_leave_the_victims_intact(tmp_path, tin
     # a rehearsal in other directories: which files does such a run write?
     monkeypatch.setenv("DFEDIT_CACHE", str(tmp_path / "c1"))
     rehearsal = _written(monkeypatch, lambda: (train(tmp_path / "r1", *cfgs, progress=False),
-                                                ckpt.export(tmp_path / "r1", tmp_path / "e1")))
+                                                exportmod.export(tmp_path / "r1", tmp_path / "e1")))
     monkeypatch.setenv("DFEDIT_CACHE", str(tmp_path / "c2"))
     moves = {str(tmp_path / a): str(tmp_path / b) for a, b in (("c1", "c2"), ("r1", "r2"), ("e1", "e2"))}
     victim, victim_dir = tmp_path / "victim.txt", tmp_path / "victim-dir"
@@ -145,7 +148,7 @@ def test_links_planted_at_every_temp_name_leave_the_victims_intact(tmp_path, tin
                 planted += 1
     assert planted > 20
     train(tmp_path / "r2", *cfgs, progress=False)
-    ckpt.export(tmp_path / "r2", tmp_path / "e2")
+    exportmod.export(tmp_path / "r2", tmp_path / "e2")
     assert victim.read_bytes() == b"precious" and sorted(os.listdir(victim_dir)) == ["keep"]
     assert (victim_dir / "keep").read_bytes() == b"also precious"
     assert steps(tmp_path / "r2") == [2, 4] and (tmp_path / "e2" / "ema.safetensors").is_file()
@@ -209,17 +212,17 @@ def exported(tmp_path_factory, npm_tarball, tiny_encoder):
 
     root = tmp_path_factory.mktemp("exp")
     train(root / "run", *tiny_configs(tiny_encoder, npm_tarball, **{**CONFIG, "epochs": 1}), progress=False)
-    ckpt.export(root / "run", root / "a")
-    ckpt.export(root / "run", root / "b", fp16=False)
+    exportmod.export(root / "run", root / "a")
+    exportmod.export(root / "run", root / "b", fp16=False)
     return root
 
 
 KILL_EXPORT = """
 import os, signal, sys
 from pathlib import Path
-from dfedit_train import checkpoint as ckpt
+from dfedit_train import export as exportmod
 run, dest, where = sys.argv[1:4]
-real_write, real_replace = ckpt.write_file, os.replace
+real_write, real_replace = exportmod.write_file, os.replace
 def write_file(path, data):
     real_write(path, data)
     if where == "before-swap" and Path(path).name == "record.json":
@@ -228,8 +231,8 @@ def replace(src, dst, *a, **k):
     real_replace(src, dst, *a, **k)
     if where == "between-replaces" and Path(dst).parent == Path(dest):  # a file replaced inside DEST
         os.kill(os.getpid(), signal.SIGKILL)
-ckpt.write_file, os.replace = write_file, replace
-ckpt.export(run, dest, fp16=False)
+exportmod.write_file, os.replace = write_file, replace
+exportmod.export(run, dest, fp16=False)
 """
 
 
@@ -246,7 +249,7 @@ def test_an_export_is_swapped_in_whole_and_a_mixed_one_is_refused(exported, tmp_
     assert snap(dest) in (before, snap(exported / "b")), sorted(snap(dest))
     if where == "before-swap":
         assert p.returncode == -signal.SIGKILL and snap(dest) == before
-    ckpt.export(exported / "run", dest, fp16=False)  # the next export removes what a killed one left
+    exportmod.export(exported / "run", dest, fp16=False)  # the next export removes what a killed one left
     assert snap(dest) == snap(exported / "b") and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     # what exporting file by file could leave: new weights beside the old config and record
     shutil.copy(exported / "a" / "ema.safetensors", dest / "ema.safetensors")
@@ -296,7 +299,7 @@ def test_a_pickle_only_text_encoder_is_refused_without_being_opened(exported, tm
 def test_an_export_carries_a_local_text_encoder_inside_it(exported, tiny_encoder):
     d = exported / "a"
     assert sorted(p.name for p in (d / "text_encoder").iterdir()) == sorted(
-        f.name for f in tiny_encoder.iterdir() if ckpt.ENCODER_FILES.match(f.name))
+        f.name for f in tiny_encoder.iterdir() if exportmod.ENCODER_FILES.match(f.name))
     assert json.loads((d / "config.json").read_text())["text_encoder"]["name"] == "text_encoder"
 
 

@@ -138,7 +138,7 @@ def test_the_shipped_emoji_model_still_samples_as_before(tmp_path):
     r = runner.invoke(dfedit_app, ["sample", "grinning face", "--model", "emoji", "--seed", "0", "--stride", "90",
                                    "-o", str(tmp_path / "e.png"), "--quiet"])
     assert r.exit_code == 0, r.output
-    from dfedit_train.checkpoint import BUILTIN
+    from dfedit.emoji.checkpoint import BUILTIN
 
     weights = hashlib.sha256((BUILTIN["emoji"] / "ema.safetensors").read_bytes()).hexdigest()
     assert weights in SHIPPED_SAMPLE_PIXELS, "a new shipped model: record its sample with the old code"

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from dfedit_train.cli import app
-from dfedit_train.train import mix
+from dfedit_train.step import mix
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = Path(sys.executable).parent / "accelerate"

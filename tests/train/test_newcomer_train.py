@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from dfedit.cli import app as dfedit_app
 from dfedit.outputs import read_metadata
-from dfedit_train import checkpoint
+from dfedit.emoji import checkpoint
 from dfedit_train.cli import app as train_app
 
 runner = CliRunner()
@@ -238,14 +238,14 @@ def test_cache_dir_reaches_the_emoji_caption_cache(run_dir, tmp_path):
 def test_accelerate_cpu_single_process_without_a_readable_launcher_is_one_line(tmp_path, monkeypatch):
     """`accelerate launch --cpu --num_processes N` leaves MASTER_ADDR and no WORLD_SIZE; when the
     launcher's command line cannot be read, training alone would be a silent lie: say so."""
-    from dfedit_train import cli as train_cli
+    from dfedit_train import launch
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(train_cli.os, "getppid", lambda: 2**22 + 12345)  # no such process
+    monkeypatch.setattr(launch.os, "getppid", lambda: 2**22 + 12345)  # no such process
     line = one_line(train("emoji", "--preset", "tiny", "--out", tmp_path / "o"), "dfedit-train: error: ")
     assert "single process" in line and "torchrun --nproc_per_node" in line
     assert not (tmp_path / "o").exists()
     monkeypatch.delenv("MASTER_ADDR")  # a plain `accelerate launch --cpu` (one process asked for)
-    assert train_cli._accelerate_cpu_processes() == 1
+    assert launch.accelerate_cpu_processes() == 1

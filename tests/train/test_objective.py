@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dfedit.schedule import NoiseSchedule
-from dfedit_train.config import OBJECTIVE_ALIASES, DiffusionConfig
-from dfedit_train.diffusion import OBJECTIVES, Diffusion, EpsObjective, Objective
-from dfedit_train.train import draw_batch
+from dfedit_train.config import DiffusionConfig
+from dfedit_train.diffusion import OBJECTIVE_ALIASES, OBJECTIVES, Diffusion, EpsObjective, Objective
+from dfedit_train.step import draw_batch
 
 CASES = {  # --objective name: (DiffusionConfig fields, prediction type dfedit reads)
     "eps": ({}, "epsilon"),

@@ -17,7 +17,7 @@ from emoji_synth import FACES, HANDS, TONES, emoji_png, npm_entries, npm_files
 from typer.testing import CliRunner
 
 from dfedit_train import sets
-from dfedit_train.train import draw_conditioning
+from dfedit_train.step import draw_conditioning
 
 runner = CliRunner()
 

@@ -12,10 +12,12 @@ from PIL import Image
 from dfedit.denoiser import Denoiser
 from dfedit.errors import DfeditError
 from dfedit.sampler import cfg, denoise_loop, randn
-from dfedit_train import checkpoint as ckpt
+from dfedit.emoji import checkpoint as ckpt
 from dfedit_train.diffusion import Diffusion
 from dfedit_train.sample import sample
-from dfedit_train.train import lr_at, resolve_configs, train
+from dfedit_train.config import resolve_configs
+from dfedit_train.step import lr_at
+from dfedit_train.train import train
 
 
 def run(out, cfgs, **kw):
@@ -244,7 +246,7 @@ def test_train_step_is_one_optimizer_step_and_a_non_finite_one_moves_nothing():
     from accelerate import Accelerator
 
     from dfedit_train.config import DiffusionConfig, TrainConfig
-    from dfedit_train.train import train_step
+    from dfedit_train.step import train_step
 
     acc = Accelerator(mixed_precision="no")
     dev = acc.device
