@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dfedit.constants import DEFAULT_SAMPLER
+
 from . import recognise as rec
 from . import sets as setsmod
 from .data import images_to_tensor
@@ -187,7 +189,7 @@ def evaluate(den, ms: setsmod.MultiSet, split: list[str], *, classifier=None, n_
             [s for s in real_r if real_r[s][i] >= 0]
         return float(np.mean([float(real_r[s][i] < k) for s in use])) if use else 0.0
 
-    result = {"resolution": size, "sampler": sampler or "ddpm", "stride": None if steps else stride, "steps": steps,
+    result = {"resolution": size, "sampler": sampler or DEFAULT_SAMPLER, "stride": None if steps else stride, "steps": steps,
               "guidance": guidance, "seed": seed, "styles": list(styles), "sets": list(real), "rows": {},
               "left_out_no_class": len(every) - len(prompts)}
     groups: dict[str, list[int]] = {}

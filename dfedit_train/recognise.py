@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfedit.constants import DEFAULT_SAMPLER
 from dfedit.cache import cache_root
 from dfedit.errors import DfeditError
 
@@ -605,7 +606,7 @@ def recognisability(den, d: datamod.EmojiData, train_mask: np.ndarray, cats: dic
     bank = copy_bank if copy_bank is not None else bank_own
     flags = copy_flags(xs, bank, size)
     pos = {r: i for i, r in enumerate(train_rows)}
-    result = {"resolution": size, "sampler": sampler or "ddpm", "stride": None if steps else stride, "steps": steps,
+    result = {"resolution": size, "sampler": sampler or DEFAULT_SAMPLER, "stride": None if steps else stride, "steps": steps,
               "guidance": guidance, "seed": seed, "style": style, "real_sets": list(real_sets), "rows": {},
               "left_out_no_class": len(every) - len(prompts)}
     for split in SPLITS:

@@ -41,11 +41,11 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(call, library, c
 
 
 def test_no_library_error_message_names_a_flag():
-    """Every string in a `raise` outside the two CLI modules, and every module-level string constant
+    """Every string in a `raise` outside the CLI modules, and every module-level string constant
     (hints that messages are built from), is free of `--option`: flags are the CLI's business."""
     found = []
     for f in sorted(PACKAGE.rglob("*.py")):
-        if f.name in ("cli.py", "cli_errors.py"):
+        if f.name in ("cli.py", "cli_options.py", "cli_errors.py"):
             continue
         tree = ast.parse(f.read_text())
         nodes = [n.exc for n in ast.walk(tree) if isinstance(n, ast.Raise) and n.exc is not None]
