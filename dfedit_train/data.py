@@ -24,6 +24,7 @@ import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -488,30 +489,67 @@ def _identity(path: Path) -> dict:
     return {"path": str(path.resolve()), "stats": stats}
 
 
-def resolve_source(source: str, vendor: str) -> tuple[Path, str]:
-    """(path, layout) for a --data value; layout is 'npm', 'kaggle' or 'folder'."""
+@dataclass(frozen=True)
+class Layout:
+    """A data source: how to recognise its files and how to read them into rows.
+
+    `detect(path)` says whether a path given to --data is laid out this way; `read(path, vendor,
+    base_only)` returns (images, captions, groups): 64 px RGB arrays, one caption each, and the
+    group each belongs to (the held-out split never separates a group)."""
+
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, str, bool], tuple[list[np.ndarray], list[str], list[str]]]
+
+
+LAYOUTS: list[Layout] = []  # tried in order; the first whose detect() says yes reads the path
+
+
+def register_layout(name: str, detect: Callable[[Path], bool], read) -> Layout:
+    """Add a data source (one reader plus this line): --data PATH picks it when `detect` says yes."""
+    if any(lay.name == name for lay in LAYOUTS):
+        raise ValueError(f"a data layout named {name!r} is already registered")
+    layout = Layout(name, detect, read)
+    LAYOUTS.insert(len(LAYOUTS) - 1 if LAYOUTS and LAYOUTS[-1].name == "folder" else len(LAYOUTS), layout)
+    return layout
+
+
+def _is_npm(path: Path) -> bool:
+    if path.is_file():
+        return tarfile.is_tarfile(path)
+    return (path / "emoji.json").exists() or (path / "package" / "emoji.json").exists()
+
+
+register_layout("npm", _is_npm, read_npm)
+register_layout("kaggle", lambda path: path.is_dir() and (path / "full_emoji.csv").exists(), read_kaggle)
+register_layout("folder", lambda path: path.is_dir(), lambda path, vendor, base_only: read_folder(path, base_only))
+
+
+def resolve_source(source: str, vendor: str) -> tuple[Path, Layout]:
+    """(path, layout) for a --data value: the npm download by default, else the first registered
+    layout that recognises the path (a plain folder of images last)."""
     if vendor not in VENDORS:
         raise DfeditError(f"unknown vendor {vendor!r}: choose one of {', '.join(VENDORS)}")
     if source in ("", "npm"):
-        return fetch_npm_package(vendor), "npm"
+        return fetch_npm_package(vendor), layout_named("npm")
     path = Path(source).expanduser()
     if not path.exists():
         raise DfeditError(f"data path {path} does not exist")
-    if path.is_file():
-        if tarfile.is_tarfile(path):
-            return path, "npm"
-        raise DfeditError(f"{path} is a file but not an npm tarball: pass a .tgz or a data folder")
-    if (path / "emoji.json").exists() or (path / "package" / "emoji.json").exists():
-        return path, "npm"
-    if (path / "full_emoji.csv").exists():
-        return path, "kaggle"
-    return path, "folder"
+    for layout in LAYOUTS:
+        if layout.detect(path):
+            return path, layout
+    raise DfeditError(f"{path} is a file but not an npm tarball: pass a .tgz or a data folder")
+
+
+def layout_named(name: str) -> Layout:
+    return next(lay for lay in LAYOUTS if lay.name == name)
 
 
 def load(source: str = "npm", vendor: str = "google", base_only: bool = False, val_fraction: float = 0.1,
          use_cache: bool = True) -> EmojiData:
     """Build (or read from the compressed cache) the dataset for one source."""
-    path, layout = resolve_source(source, vendor)
+    path, lay = resolve_source(source, vendor)
+    layout = lay.name
     key = hashlib.sha1(json.dumps([CACHE_VERSION, layout, _identity(path), vendor, base_only, val_fraction],
                                   sort_keys=True).encode()).hexdigest()[:16]
     cache = cache_root() / "data" / f"{layout}-{vendor}-{key}.npz"
@@ -520,21 +558,16 @@ def load(source: str = "npm", vendor: str = "google", base_only: bool = False, v
         d = read_data_cache(cache, desc)
         if d is not None:
             return d
-    if layout == "npm":
-        try:
-            images, captions, groups = read_npm(path, vendor, base_only)
-        except DfeditError:
-            if source not in ("", "npm") or not path.exists() or _tarball_ok(path):
-                raise
-            # the cached download itself is damaged (e.g. truncated by an older version): fetch it again
-            notice(f"the cached npm tarball {path} is damaged; fetching it again")
-            path.unlink()
-            path = fetch_npm_package(vendor)
-            images, captions, groups = read_npm(path, vendor, base_only)
-    elif layout == "kaggle":
-        images, captions, groups = read_kaggle(path, vendor, base_only)
-    else:
-        images, captions, groups = read_folder(path, base_only)
+    try:
+        images, captions, groups = lay.read(path, vendor, base_only)
+    except DfeditError:
+        if source not in ("", "npm") or not path.exists() or _tarball_ok(path):
+            raise
+        # the cached download itself is damaged (e.g. truncated by an older version): fetch it again
+        notice(f"the cached npm tarball {path} is damaged; fetching it again")
+        path.unlink()
+        path = fetch_npm_package(vendor)
+        images, captions, groups = lay.read(path, vendor, base_only)
     arr = np.stack(images)
     val = split(arr, groups, val_fraction)
     if use_cache:

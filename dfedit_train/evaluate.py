@@ -147,7 +147,7 @@ def recognise(path: str | Path, device="cpu", weights: str = "ema", n_train: int
     if dac.subset:
         train_mask &= datamod.subset_mask(d, dac.subset)
     path_, layout = datamod.resolve_source(dac.source, dac.vendor)
-    cats = recmod.categories(path_) if layout == "npm" and path_.is_file() else {}
+    cats = recmod.categories(path_) if layout.name == "npm" and path_.is_file() else {}
     real_sets, ceiling_sets = metric_sets(dac, d)
     r = recmod.recognisability(den, d, train_mask, cats, n_train=n_train, n_heldout=n_heldout, seed=seed,
                                stride=stride, guidance=guidance, progress=progress, log=log, sampler=sampler,

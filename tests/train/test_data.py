@@ -176,3 +176,26 @@ def test_npm_pack_failure_is_one_line(monkeypatch, tmp_path):
 def test_unknown_vendor():
     with pytest.raises(DfeditError, match="unknown vendor"):
         data.load("npm", vendor="samsung")
+
+
+def test_a_data_source_registered_in_the_test_is_read_by_load(tmp_path):
+    """docs/architecture.md: a data source is one reader plus one registration line."""
+    root = tmp_path / "toy-source"
+    root.mkdir()
+    (root / "colours.txt").write_text("red\ngreen\nblue\n")
+    rgb = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+    def read(path, vendor, base_only):
+        names = (path / "colours.txt").read_text().split()
+        return [np.full((data.STORE_SIZE, data.STORE_SIZE, 3), rgb[n], np.uint8) for n in names], names, names
+
+    layout = data.register_layout("colours", lambda p: (p / "colours.txt").is_file(), read)
+    try:
+        assert [lay.name for lay in data.LAYOUTS][-1] == "folder"  # the catch-all stays last
+        d = data.load(str(root), val_fraction=0.0, use_cache=False)
+        assert d.captions == ["red", "green", "blue"] and d.source == "colours:toy-source (google)"
+        assert (d.images[1] == (0, 255, 0)).all()
+        with pytest.raises(ValueError, match="already registered"):
+            data.register_layout("colours", layout.detect, read)
+    finally:
+        data.LAYOUTS.remove(layout)
