@@ -292,7 +292,7 @@ class NoiseSchedule:
         default), whatever clipping removes from x0 comes back with the opposite sign through the
         direction term, at full strength at low noise: the built-in emoji model draws white
         backgrounds that CFG pushes past 1, and raw-eps DDIM turned them into dark, multi-coloured
-        noisy tiles (tests/train/test_samplers_emoji.py). Without clipping both are the same step.
+        noisy tiles (tests/emoji/test_shipped_samplers.py). Without clipping both are the same step.
         A learned variance is ignored.
         """
         x0 = self.threshold((x_t - c.sqrt_one_minus_abar * eps) / c.sqrt_abar)

@@ -3,9 +3,13 @@ Fixtures live in conftest.py; these are plain functions and classes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
+
+import dfedit.files
 
 
 def pixels(path) -> np.ndarray:
@@ -41,6 +45,13 @@ def last_line_error(r, fragment: str, prog: str = "dfedit-train", code: int = 1)
     return err
 
 
+def clean_image(size: int = 16, seed: int = 3) -> torch.Tensor:
+    """(1, 3, size, size) inside [-1, 1], so thresholding leaves it alone: what oracles return.
+    Seeds torch's global generator, as the tests that use it always have (their noise follows it)."""
+    torch.manual_seed(seed)
+    return torch.rand(1, 3, size, size) * 1.8 - 0.9
+
+
 class OracleDenoiser:
     """Knows the clean image: returns the exact noise eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar).
 
@@ -61,3 +72,26 @@ class OracleDenoiser:
         x0 = self.x0.expand_as(x)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         return eps, (torch.zeros_like(x) if self.learned_variance else None)
+
+
+class DiskFull:
+    """Plant ENOSPC in dfedit's one file writer: files whose name matches get `room` bytes, then the
+    write fails as a full disk does (the partial bytes are really written)."""
+
+    def __init__(self, monkeypatch, match, room=100):
+        self.match, self.room, self.hits = match, room, 0
+        real = dfedit.files._file
+
+        def fake_open(fd, path):
+            f = real(fd, path)
+            if self.match in Path(path).name:
+                self.hits += 1
+                write = f.write
+
+                def limited(data):
+                    write(data[: self.room])
+                    raise OSError(28, "No space left on device")
+                f.write = limited
+            return f
+
+        monkeypatch.setattr(dfedit.files, "_file", fake_open)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from helpers import OracleDenoiser
+from helpers import OracleDenoiser, clean_image
 from dfedit.sampler import cfg, conditioned, denoise_loop, step_pairs
 from dfedit.schedule import NoiseSchedule
 
@@ -52,13 +52,8 @@ def test_step_equals_ddpm_scheduler_step(variance_type, thresholding):
         x = expect
 
 
-def _clean_image():
-    torch.manual_seed(3)
-    return torch.rand(1, 3, 16, 16) * 1.8 - 0.9  # inside [-1, 1]: thresholding leaves it alone
-
-
 def test_oracle_loop_returns_the_clean_image(if_schedule):
-    x0 = _clean_image()
+    x0 = clean_image()
     oracle = OracleDenoiser(x0, if_schedule)
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(1, 3, 16, 16, generator=g)
@@ -69,7 +64,7 @@ def test_oracle_loop_returns_the_clean_image(if_schedule):
 
 def test_oracle_loop_catches_a_wrong_formula(if_schedule, monkeypatch):
     """Plant abar[t'] where abar[t] belongs in the x0 estimate: the oracle test must fail."""
-    x0 = _clean_image()
+    x0 = clean_image()
     good = NoiseSchedule.step_coefficients
 
     def wrong(self, t, t_prev):
@@ -87,7 +82,7 @@ def test_oracle_loop_catches_a_wrong_formula(if_schedule, monkeypatch):
 
 def test_without_terminal_step_the_loop_is_off_by_the_last_noise(if_schedule):
     """A loop that stops at t = 0 (CS180 style) is one step short: about sigma_0 ~ 0.02 away."""
-    x0 = _clean_image()
+    x0 = clean_image()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, 16, 16, generator=g)
     oracle = OracleDenoiser(x0, if_schedule)
@@ -101,7 +96,7 @@ def test_without_terminal_step_the_loop_is_off_by_the_last_noise(if_schedule):
 
 def test_forward_jump_pairs_renoise_without_calling_the_model(if_schedule):
     """A pair with t' > t (RePaint resampling) re-noises: the oracle still converges to x0."""
-    x0 = _clean_image()
+    x0 = clean_image()
     oracle = OracleDenoiser(x0, if_schedule)
     ts = [990, 960, 930, 960, 930, 900] + list(range(870, -1, -30))
     g = torch.Generator().manual_seed(0)
@@ -137,7 +132,7 @@ def test_cfg_is_one_batched_call_and_matches_two_calls(if_schedule):
 
 
 def test_same_seed_same_output_different_seed_different(if_schedule):
-    x0 = _clean_image()
+    x0 = clean_image()
     oracle = OracleDenoiser(x0 * 3, if_schedule)  # out of range: thresholding and noise both matter
 
     def run(seed):
@@ -147,45 +142,6 @@ def test_same_seed_same_output_different_seed_different(if_schedule):
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
-
-
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("thresholding", [False, True])
-def test_ddim_loop_equals_ddim_scheduler(eta, thresholding):
-    """DDIM through the one loop == diffusers' DDIMScheduler (100 steps = our stride 10, final abar 1).
-
-    With thresholding the matching configuration is use_clipped_model_output=True: dfedit's DDIM
-    points the direction term at the thresholded x0 (NoiseSchedule.ddim_step says why)."""
-    from diffusers import DDIMScheduler
-
-    ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", set_alpha_to_one=True, thresholding=thresholding,
-                        sample_max_value=1.5, clip_sample=False)
-    ref.set_timesteps(100)
-    ours = NoiseSchedule.from_config(dict(ref.config))
-    ts = ours.strided_timesteps(10)
-    assert ts == ref.timesteps.tolist()
-    w = torch.randn(3, 3, 1, 1, generator=torch.Generator().manual_seed(1))
-
-    def model(x, t):  # any deterministic function of (x, t) will do
-        return torch.nn.functional.conv2d(x, w) * 0.3 + t / 1000, None
-
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    g = torch.Generator().manual_seed(3)
-    expect = x
-    for t in ref.timesteps:
-        expect = ref.step(model(expect, int(t))[0], t, expect, eta=eta, generator=g,
-                          use_clipped_model_output=thresholding).prev_sample
-    got = denoise_loop(model, x, ts, ours, torch.Generator().manual_seed(3), eta=eta)
-    assert torch.equal(got, expect)
-
-
-def test_ddim_oracle_returns_the_clean_image(if_schedule):
-    x0 = _clean_image()
-    g = torch.Generator().manual_seed(0)
-    for eta in (0.0, 1.0):
-        out = denoise_loop(conditioned(OracleDenoiser(x0, if_schedule), None), torch.randn(1, 3, 16, 16, generator=g),
-                           COURSE_TS, if_schedule, g, eta=eta)
-        assert (out - x0).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("shape", [(1, 12288), (3, 777), (2, 5)])

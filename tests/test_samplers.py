@@ -13,7 +13,7 @@ import inspect
 import pytest
 import torch
 
-from helpers import OracleDenoiser
+from helpers import OracleDenoiser, clean_image
 from dfedit.constants import SAMPLER_NAMES
 from dfedit.errors import DfeditError
 from dfedit.sampler import conditioned, denoise_loop, plan_timesteps
@@ -21,6 +21,7 @@ from dfedit.samplers import SAMPLERS, get_sampler
 from dfedit.schedule import NoiseSchedule
 
 PROMPT = "an oil painting of a snowy mountain village"
+COURSE_TS = list(range(990, -1, -30))  # the course's stride-30 list
 # (sampler, eta) pairs that cover every registered sampler, DDIM both deterministic and stochastic
 EVERY = [(n, 0.0) for n in SAMPLERS] + [("ddim", 1.0)]
 
@@ -47,15 +48,10 @@ def test_steps_count_model_calls():
         plan_timesteps(s, "ddpm", steps=0)
 
 
-def _clean_image():
-    torch.manual_seed(3)
-    return torch.rand(1, 3, 16, 16) * 1.8 - 0.9
-
-
 @pytest.mark.parametrize("name,eta", EVERY)
 @pytest.mark.parametrize("grid", ["stride", "steps"])
 def test_oracle_is_returned_by_every_sampler(if_schedule, name, eta, grid):
-    x0 = _clean_image()
+    x0 = clean_image()
     oracle = OracleDenoiser(x0, if_schedule)
     ts = plan_timesteps(if_schedule, name, stride=30 if grid == "stride" else None,
                         steps=20 if grid == "steps" else None)
@@ -160,7 +156,7 @@ def test_dpmpp_2m_on_tiny_if_equals_ifpipeline_with_dpm_solver(tiny_models, step
 
 
 def test_resampling_needs_a_stochastic_sampler(if_schedule):
-    x0 = _clean_image()
+    x0 = clean_image()
     ts = [990, 960, 930, 960, 930, 900] + list(range(870, -1, -30))
     g = torch.Generator().manual_seed(0)
     for name, eta in EVERY:
@@ -178,3 +174,42 @@ def test_resampling_needs_a_stochastic_sampler(if_schedule):
 def test_eta_is_refused_by_samplers_that_ignore_it(if_schedule):
     with pytest.raises(DfeditError, match="^eta applies to sampler ddim only"):
         denoise_loop(lambda x, t: (x, None), torch.zeros(1, 3, 4, 4), [990, 0], if_schedule, sampler="dpmpp-2m", eta=0.5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("thresholding", [False, True])
+def test_ddim_loop_equals_ddim_scheduler(eta, thresholding):
+    """DDIM through the one loop == diffusers' DDIMScheduler (100 steps = our stride 10, final abar 1).
+
+    With thresholding the matching configuration is use_clipped_model_output=True: dfedit's DDIM
+    points the direction term at the thresholded x0 (NoiseSchedule.ddim_step says why)."""
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", set_alpha_to_one=True, thresholding=thresholding,
+                        sample_max_value=1.5, clip_sample=False)
+    ref.set_timesteps(100)
+    ours = NoiseSchedule.from_config(dict(ref.config))
+    ts = ours.strided_timesteps(10)
+    assert ts == ref.timesteps.tolist()
+    w = torch.randn(3, 3, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def model(x, t):  # any deterministic function of (x, t) will do
+        return torch.nn.functional.conv2d(x, w) * 0.3 + t / 1000, None
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    expect = x
+    for t in ref.timesteps:
+        expect = ref.step(model(expect, int(t))[0], t, expect, eta=eta, generator=g,
+                          use_clipped_model_output=thresholding).prev_sample
+    got = denoise_loop(model, x, ts, ours, torch.Generator().manual_seed(3), eta=eta)
+    assert torch.equal(got, expect)
+
+
+def test_ddim_oracle_returns_the_clean_image(if_schedule):
+    x0 = clean_image()
+    g = torch.Generator().manual_seed(0)
+    for eta in (0.0, 1.0):
+        out = denoise_loop(conditioned(OracleDenoiser(x0, if_schedule), None), torch.randn(1, 3, 16, 16, generator=g),
+                           COURSE_TS, if_schedule, g, eta=eta)
+        assert (out - x0).abs().max() < 1e-5

@@ -82,16 +82,15 @@ class Emoji:
 
     def probe(self, model: str) -> ModelInfo[EmojiSource] | None:
         from ..emoji import checkpoint
-        from ..emoji.config import DiffusionConfig, from_dict
+        from ..emoji.config import schedule_of
         from ..emoji.names import for_encoder
-        from ..schedule import NoiseSchedule
 
         opened = checkpoint.open_model(model)
         if opened is None:
             return None
         source = EmojiSource(*opened)
         cfg = source.config
-        schedule = NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config())
+        schedule = schedule_of(cfg)
         return ModelInfo(
             name=model, backend=self, schedule=schedule, sample_size=int(cfg["model"]["image_size"]),
             # the scale the run's validation grids used

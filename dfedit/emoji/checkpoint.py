@@ -322,12 +322,10 @@ def open_model(path: str | Path) -> tuple[Path, dict] | None:
 
 def describe(path: str | Path):
     """(NoiseSchedule, image size) from the config alone: what dfedit checks before loading weights."""
-    from ..schedule import NoiseSchedule
-    from .config import DiffusionConfig, from_dict
+    from .config import schedule_of
 
     _, cfg = load(path)
-    return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config()), \
-        int(cfg["model"]["image_size"])
+    return schedule_of(cfg), int(cfg["model"]["image_size"])
 
 
 def load_tensors(ck: Path, which: str) -> dict[str, torch.Tensor]:

@@ -188,3 +188,11 @@ def from_dict(cls, d: dict):
             raise DfeditError(f"unknown {cls.__name__} field {k!r} in the checkpoint config")
         out[k] = tuple(v) if isinstance(v, list) else v
     return cls(**out)
+
+
+def schedule_of(cfg: dict):
+    """The NoiseSchedule a checkpoint's config.json implies (its `diffusion` section): the one
+    reading every loader and the backend share, and the one the trainer's schedule is tested
+    against."""
+    from ..schedule import NoiseSchedule
+    return NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config())

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..denoiser import Cond
-from ..schedule import NoiseSchedule
-from .config import DiffusionConfig, from_dict
+from .config import schedule_of
 from .precondition import Preconditioning
 from .text import CaptionEncoder
 
@@ -53,7 +52,7 @@ class EmojiDenoiser:
     def from_config(cls, net, cfg: dict, name: str, device="cpu", dtype=torch.float32,
                     cache_dir=None) -> "EmojiDenoiser":
         d = cfg["data"]
-        schedule = NoiseSchedule.from_config(from_dict(DiffusionConfig, cfg["diffusion"]).scheduler_config())
+        schedule = schedule_of(cfg)
         diff = Preconditioning(schedule, d["mean"], d["std"], device)
         pe = CaptionEncoder(cfg["text_encoder"]["name"], cfg["text_encoder"]["max_length"],
                             cfg["model"]["text_dim"], device, dtype, cache_dir=cache_dir)

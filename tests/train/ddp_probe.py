@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: emoji_synth
 torch.set_num_threads(1)
 
 from emoji_synth import tiny_configs  # noqa: E402

@@ -2,7 +2,7 @@
 
     python fault_child.py OUT TARBALL ENCODER SAVE_NO WHERE
 
-trains the tiny preset (the same configs as tests/train/test_faults.py's reference run) and, during
+trains the tiny preset (the same configs as tests/train/test_checkpoint_faults.py's reference run) and, during
 the SAVE_NO-th checkpoint save, SIGKILLs itself:
     WHERE=tensors  after model.safetensors is written into the temporary step directory
     WHERE=latest   after the step directory is renamed into place, before latest.json is written
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: emoji_synth
 torch.set_num_threads(1)
 
 from emoji_synth import tiny_configs  # noqa: E402

@@ -28,7 +28,7 @@ from dfedit_train.cli import app as train_app
 runner = CliRunner()
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from test_faults import DiskFull  # noqa: E402
+from helpers import DiskFull  # noqa: E402
 
 
 @pytest.fixture(scope="module")

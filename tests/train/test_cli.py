@@ -6,19 +6,13 @@ import pytest
 from typer.testing import CliRunner
 
 from dfedit_train.cli import app
+from helpers import one_line_error
 
 runner = CliRunner()
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(r, fragment):
-    assert r.exit_code == 1, r.output
-    err = r.stderr.strip()
-    assert err.startswith("dfedit-train: error: ") and "\n" not in err and "Traceback" not in r.output + err
-    assert fragment in err, err
 
 
 def test_train_resume_and_eval(tmp_path, npm_tarball, tiny_encoder, monkeypatch):

@@ -32,7 +32,7 @@ from dfedit_train.train import train
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from test_faults import (assert_same_weights, configs, latest, one_line_error, reference, resume,  # noqa: E402,F401
+from test_checkpoint_faults import (assert_same_weights, configs, latest, reference, resume,  # noqa: E402,F401
                          steps, two_checkpoints)
 
 runner = CliRunner()

@@ -43,10 +43,17 @@ def test_every_objective_name_has_one_objective():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_schedule_an_objective_implies_is_what_dfedit_reads(name):
+    """The trainer's noise levels (the objective's schedule) against what dfedit reads back from a
+    checkpoint's config.json (its `diffusion` section, through the loaders' one reader)."""
+    import dataclasses
+    import json
+
+    from dfedit.emoji.config import schedule_of
     dc = _config(name)
-    cfg = Objective.from_config(dc).scheduler_config()
-    assert cfg == dc.scheduler_config()  # what every checkpoint's config.json stores
-    sched = NoiseSchedule.from_config(cfg)
+    trained = Objective.from_config(dc).schedule
+    sched = schedule_of(json.loads(json.dumps({"diffusion": dataclasses.asdict(dc)})))
+    assert torch.equal(sched.alphas_cumprod, trained.alphas_cumprod)
+    assert (sched.prediction_type, sched.flow_matching) == (trained.prediction_type, trained.flow_matching)
     assert sched.prediction_type == CASES[name][1] and sched.clip_sample and sched.variance_type == "fixed_small"
     assert sched.flow_matching == (name == "flow")
     np.testing.assert_allclose(sched.alphas_cumprod.double().numpy(), _abar_reference(dc), rtol=2e-6, atol=1e-9)
@@ -131,3 +138,81 @@ def test_the_shipped_models_stored_schedule_is_what_its_objective_implies():
     dc = from_dict(DiffusionConfig, cfg["diffusion"])
     assert Objective.from_config(dc).scheduler_config() == cfg["schedule"]
     assert Objective.from_config(dc).prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("sched", ["squaredcos_cap_v2", "linear", "sigmoid"])
+def test_schedule_config_is_dfedits(sched):
+    dc = DiffusionConfig(beta_schedule=sched)
+    s = NoiseSchedule.from_config(dc.scheduler_config())
+    assert s.num_train_timesteps == 1000 and s.prediction_type == "epsilon" and s.variance_type == "fixed_small"
+    assert s.alphas_cumprod[0] > 0.99 and s.alphas_cumprod[-1] < 0.01
+
+
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
+def test_objective_targets_convert_back_to_the_noise(pred):
+    """For a perfect model, the per-sample to_eps and dfedit's model_output_to_eps both recover eps."""
+    diff = Diffusion(DiffusionConfig(prediction_type=pred), [0.0] * 3, [1.0] * 3)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([5, 400, 990])
+    ab = diff.abar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    target = {"epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "sample": x0}[pred]
+    tol = 1e-3 if pred == "sample" else 1e-4  # x0 -> eps divides by sqrt(1 - abar), small at t = 5
+    assert torch.allclose(diff.to_eps(target, x_t, t), eps, atol=tol)
+    for i in range(3):
+        got = diff.schedule.model_output_to_eps(target[i:i + 1], x_t[i:i + 1], int(t[i]))
+        assert torch.allclose(got, eps[i:i + 1], atol=tol)
+    # And the training loss of that perfect output is zero.
+    net = lambda x, tt, text, mask: target  # noqa: E731
+    assert diff.loss(net, x0, t, eps, None, None).abs().max() < 1e-6
+
+
+def test_preconditioning_standardises_each_channel():
+    mean, std = [0.5, -0.2, 0.1], [0.3, 0.6, 0.4]
+    diff = Diffusion(DiffusionConfig(), mean, std)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4000, 3, 2, 2, generator=g) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    for tv in (0, 300, 999):
+        t = torch.full((4000,), tv)
+        ab = diff.abar[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g)
+        z = diff.net_input(x_t, t)
+        assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
+        assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_min_snr_weights_are_min_not_max():
+    diff = Diffusion(DiffusionConfig(min_snr_gamma=5.0), [0.0] * 3, [1.0] * 3)
+    x0 = torch.zeros(2, 3, 4, 4)
+    noise = torch.ones(2, 3, 4, 4)
+    net = lambda x, t, a, b: torch.zeros_like(x)  # noqa: E731  loss 1 per sample before weighting
+    t = torch.tensor([1, 999])  # huge SNR at t=1 -> weight gamma/snr << 1; tiny SNR -> weight 1
+    w = diff.loss(net, x0, t, noise, None, None)
+    assert w[0] < 0.01 and abs(float(w[1]) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("pred", list(OBJECTIVES))
+def test_objectives_convert_back_and_min_snr_weighs_the_x0_error_alike(pred):
+    """For every objective: a perfect output converts back to eps (trainer and dfedit), and with
+    min-SNR-gamma the loss of an output that is off by dx0 in x0 (at fixed x_t) is min(SNR, gamma) |dx0|^2."""
+    dc = (DiffusionConfig(prediction_type="flow_prediction", beta_schedule="flow") if pred == "flow_prediction"
+          else DiffusionConfig(prediction_type=pred))
+    gamma = 5.0
+    diff = Diffusion(DiffusionConfig(**{**dc.__dict__, "min_snr_gamma": gamma}), [0.0] * 3, [1.0] * 3)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand((3, 3, 8, 8), generator=g) * 1.8 - 0.9, torch.randn((3, 3, 8, 8), generator=g)
+    t = torch.tensor([30, 400, 900])
+    ab = diff.abar[t].view(-1, 1, 1, 1)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    x_t = a * x0 + s * eps
+    target = diff.objective.target(x0, eps, a, s)
+    torch.testing.assert_close(diff.to_eps(target, x_t, t), eps, atol=2e-3, rtol=0)
+    for i in range(3):
+        got = diff.schedule.model_output_to_eps(target[i:i + 1], x_t[i:i + 1], int(t[i]))
+        torch.testing.assert_close(got, eps[i:i + 1], atol=2e-3, rtol=0)
+    d = 0.01 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    off = diff.objective.target(x0 + d, (x_t - a * (x0 + d)) / s, a, s)  # same x_t, x0 off by d
+    loss = diff.loss(lambda *args: off, x0, t, eps, None, None)
+    snr = (ab / (1 - ab)).flatten()
+    torch.testing.assert_close(loss, torch.clamp(snr, max=gamma) * (d**2).mean(dim=(1, 2, 3)), rtol=1e-3, atol=0)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # tests/: emoji_synth
 
 from emoji_synth import npm_entries, npm_files, write_tarball  # noqa: E402
 

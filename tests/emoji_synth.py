@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from dfedit.cache import cache_root
 
-# The user's cache as it was before tests/train/conftest.py pointed $DFEDIT_CACHE at a temp dir
+# The user's cache as it was before tests/conftest.py pointed $DFEDIT_CACHE at a temp dir
 # (this module is imported first): tests that check against the real npm packages look there, and
 # skip when they were never downloaded.
 USER_CACHE = cache_root()

@@ -20,8 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import dfedit.cache
-import dfedit.files
 from dfedit.errors import DfeditError
 from dfedit.emoji import checkpoint as eck
 from dfedit_train import checkpoint as ckpt
@@ -35,18 +33,11 @@ REPO = HERE.parent.parent
 runner = CliRunner()
 sys.path.insert(0, str(HERE))
 from fault_child import CONFIG  # noqa: E402
+from helpers import DiskFull, last_line_error  # noqa: E402
 
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(r, fragment, code=1):
-    assert r.exit_code == code, r.output
-    err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("dfedit-train: error: ") and "Traceback" not in r.output, r.output
-    assert fragment in err, err
-    return err
 
 
 def configs(tiny, **kw):
@@ -234,7 +225,7 @@ def test_checkpoints_but_none_resumable_never_restarts_silently(two_checkpoints,
         (ck / "ema.safetensors").write_bytes(b"short")
     common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
               "--out", two_checkpoints, "--quiet", "--epochs", "1"]
-    one_line_error(invoke(*common), "none can be resumed")
+    last_line_error(invoke(*common), "none can be resumed")
     assert steps(two_checkpoints) == [2, 4]  # nothing deleted, nothing started
     r = invoke(*common, "--restart")
     assert r.exit_code == 0, r.output
@@ -258,7 +249,7 @@ def test_second_trainer_refuses_and_a_dead_owners_lock_is_taken_over(tmp_path, n
         assert holder.stdout.readline().strip() == "locked"
         common = ["emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
                   "--max-length", "12", "--out", out, "--quiet", "--epochs", "1", "--sample-every", "0"]
-        err = one_line_error(invoke(*common, "--seed", "5"), "is in use by another dfedit-train")
+        err = last_line_error(invoke(*common, "--seed", "5"), "is in use by another dfedit-train")
         assert f"pid {holder.pid} on " in err
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the second one wrote nothing
     finally:
@@ -395,10 +386,10 @@ def test_damaged_config_is_one_line_naming_file_and_key(tmp_path, one_run, case)
     assert not (tmp_path / "x.png").exists()
     # export: the same sentence, nothing written
     r = invoke("export", cfg_path.parent, tmp_path / "exp")
-    assert frag in one_line_error(r, str(cfg_path)) and not (tmp_path / "exp").exists()
+    assert frag in last_line_error(r, str(cfg_path)) and not (tmp_path / "exp").exists()
     # resume: the only checkpoint cannot be resumed -> one line saying why, nothing started
     r = invoke("emoji", "--preset", "tiny", "--out", run, "--quiet")
-    assert frag.split(" (")[0] in one_line_error(r, "none can be resumed")
+    assert frag.split(" (")[0] in last_line_error(r, "none can be resumed")
 
 
 def test_weights_of_another_preset_are_not_resumed(tmp_path, tiny, two_checkpoints):
@@ -426,29 +417,6 @@ def test_weights_of_another_preset_are_not_resumed(tmp_path, tiny, two_checkpoin
 
 # ---- disk full -------------------------------------------------------------------------------------
 
-class DiskFull:
-    """Plant ENOSPC in dfedit's one file writer: files whose name matches get `room` bytes, then the
-    write fails as a full disk does (the partial bytes are really written)."""
-
-    def __init__(self, monkeypatch, match, room=100):
-        self.match, self.room, self.hits = match, room, 0
-        real = dfedit.files._file
-
-        def fake_open(fd, path):
-            f = real(fd, path)
-            if self.match in Path(path).name:
-                self.hits += 1
-                write = f.write
-
-                def limited(data):
-                    write(data[: self.room])
-                    raise OSError(28, "No space left on device")
-                f.write = limited
-            return f
-
-        monkeypatch.setattr(dfedit.files, "_file", fake_open)
-
-
 def _snapshot(d):
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".lock"}
 
@@ -460,7 +428,7 @@ def test_disk_full_during_a_checkpoint_save(two_checkpoints, npm_tarball, tiny_e
     full = DiskFull(monkeypatch, "optimizer.safetensors")
     r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length",
                "12", "--out", out, "--quiet", "--epochs", "3")
-    err = one_line_error(r, "cannot write checkpoint")
+    err = last_line_error(r, "cannot write checkpoint")
     assert full.hits == 1 and "no space left on the device (needs" in err and " free in " in err
     assert "the previous checkpoint (step-00000004) is intact" in err
     assert _snapshot(out / "checkpoints") == before and (out / "latest.json").read_bytes() == latest_before
@@ -482,14 +450,14 @@ def test_disk_full_during_export_keeps_the_previous_export(one_run, tmp_path, mo
     assert r.exit_code == 0, r.output
     before = _snapshot(dest)
     full = DiskFull(monkeypatch, "ema.safetensors", room=10)
-    err = one_line_error(invoke("export", one_run, dest, "--fp32"), "cannot write the export")
+    err = last_line_error(invoke("export", one_run, dest, "--fp32"), "cannot write the export")
     assert full.hits == 1 and "no space left on the device" in err and "previous export in it is intact" in err
     assert _snapshot(dest) == before and list(tmp_path.glob(".*.tmp")) == []
     # a new destination: nothing at all is left
-    err = one_line_error(invoke("export", one_run, tmp_path / "new"), "cannot write the export")
+    err = last_line_error(invoke("export", one_run, tmp_path / "new"), "cannot write the export")
     assert not (tmp_path / "new").exists() and list(tmp_path.glob(".*.tmp")) == []
     # export refuses a directory that holds anything else (e.g. the run itself) before reading weights
-    one_line_error(invoke("export", one_run, one_run), "holds other files")
+    last_line_error(invoke("export", one_run, one_run), "holds other files")
 
 
 # ---- signals ---------------------------------------------------------------------------------------
@@ -514,7 +482,7 @@ def test_signal_during_training_saves_and_resumes_bit_exact(tmp_path, npm_tarbal
         # meanwhile, a second trainer on the same --out refuses
         r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--out", out,
                    "--quiet")
-        one_line_error(r, f"is in use by another dfedit-train (pid {proc.pid}")
+        last_line_error(r, f"is in use by another dfedit-train (pid {proc.pid}")
         proc.send_signal(sig)
         err = proc.communicate(timeout=120)[1]
     finally:
@@ -589,7 +557,7 @@ def test_bad_options_fail_before_data_preparation(tmp_path, monkeypatch, args, f
     if "15" not in args:  # a bad value of one option is refused before the run directory is even locked
         monkeypatch.setattr(RunLock, "acquire", lambda self: pytest.fail("--out touched before the check"))
     out = tmp_path / "new" / "run"
-    one_line_error(invoke("emoji", "--preset", "tiny", "--out", out, *args), fragment)
+    last_line_error(invoke("emoji", "--preset", "tiny", "--out", out, *args), fragment)
     assert not (tmp_path / "new").exists()  # no empty --out left behind
 
 
@@ -599,19 +567,19 @@ def test_unusable_out_is_found_first(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data prepared before --out was checked"))
     f = tmp_path / "file"
     f.write_text("mine")
-    one_line_error(invoke("emoji", "--preset", "tiny", "--out", f), "is a file, not a run directory")
-    one_line_error(invoke("emoji", "--preset", "tiny", "--out", f / "run"), "is a file")
+    last_line_error(invoke("emoji", "--preset", "tiny", "--out", f), "is a file, not a run directory")
+    last_line_error(invoke("emoji", "--preset", "tiny", "--out", f / "run"), "is a file")
     assert f.read_text() == "mine"
     real = os.access
     # tests run as root, for whom every directory is writable: pretend tmp_path is not
     monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == tmp_path and m & os.W_OK else real(p, m))
-    one_line_error(invoke("emoji", "--preset", "tiny", "--out", tmp_path / "run"), "is not writable")
-    one_line_error(invoke("export", tmp_path, tmp_path / "exp"), "not a writable directory")
+    last_line_error(invoke("emoji", "--preset", "tiny", "--out", tmp_path / "run"), "is not writable")
+    last_line_error(invoke("export", tmp_path, tmp_path / "exp"), "not a writable directory")
 
 
 def test_a_failed_start_leaves_no_empty_out(tmp_path, tiny_encoder):
     out = tmp_path / "run"
-    one_line_error(invoke("emoji", "--preset", "tiny", "--data", tmp_path / "nope", "--text-encoder", tiny_encoder,
+    last_line_error(invoke("emoji", "--preset", "tiny", "--data", tmp_path / "nope", "--text-encoder", tiny_encoder,
                           "--out", out, "--quiet"), "does not exist")
     assert not out.exists()
 
@@ -621,9 +589,9 @@ def test_resume_with_another_preset_refuses_like_lr(one_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(one_run, run)
-    one_line_error(invoke("emoji", "--preset", "cpu", "--out", run, "--quiet"),
+    last_line_error(invoke("emoji", "--preset", "cpu", "--out", run, "--quiet"),
                    "holds a run with image_size=16, --preset cpu has 32")
-    one_line_error(invoke("emoji", "--preset", "tiny", "--out", run, "--quiet", "--lr", "0.5"), "holds a run with lr=")
+    last_line_error(invoke("emoji", "--preset", "tiny", "--out", run, "--quiet", "--lr", "0.5"), "holds a run with lr=")
 
 
 def test_cpu_out_of_memory_is_recognised(tmp_path, monkeypatch, npm_tarball, tiny_encoder):
@@ -634,7 +602,7 @@ def test_cpu_out_of_memory_is_recognised(tmp_path, monkeypatch, npm_tarball, tin
                            "you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
 
     monkeypatch.setattr(train_mod, "train", oom)
-    one_line_error(invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
+    last_line_error(invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder,
                           "--out", tmp_path / "run", "--quiet"), "out of memory (CPU RAM): lower --batch-size")
 
 
@@ -658,5 +626,5 @@ def test_a_signal_swallowed_during_preparation_still_stops_the_run(tmp_path, mon
     out = tmp_path / "run"
     r = invoke("emoji", "--preset", "tiny", "--data", npm_tarball, "--text-encoder", tiny_encoder, "--max-length", "12",
                "--out", out, "--quiet", "--sample-every", "0")
-    one_line_error(r, "stopped by SIGTERM before the first step; nothing new to save", code=143)
+    last_line_error(r, "stopped by SIGTERM before the first step; nothing new to save", code=143)
     assert steps(out) == [] and not (out / ".lock").exists()

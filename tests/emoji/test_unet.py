@@ -1,4 +1,5 @@
-"""The U-Net, the null conditioning, the objectives and the preconditioning."""
+"""dfedit/emoji/unet.py: shapes, zero-initialised outputs, the learned null token, text and pooled-caption
+conditioning, attention in bf16, per-level blocks (the objectives and preconditioning: tests/train/test_objective.py)."""
 
 from dataclasses import replace
 
@@ -6,9 +7,7 @@ import pytest
 import torch
 
 from dfedit.errors import DfeditError
-from dfedit.schedule import NoiseSchedule
-from dfedit_train.config import DiffusionConfig, ModelConfig, preset
-from dfedit_train.diffusion import Diffusion
+from dfedit_train.config import ModelConfig, preset
 from dfedit.emoji.unet import UNet
 
 
@@ -84,58 +83,6 @@ def test_bad_model_config():
         ModelConfig(image_size=20, channels=(16, 32, 64), self_attn=(0, 0, 0), cross_attn=(0, 0, 0)).validate()
     with pytest.raises(DfeditError):
         ModelConfig(channels=(16, 32), self_attn=(False,), cross_attn=(False, False)).validate()
-
-
-@pytest.mark.parametrize("sched", ["squaredcos_cap_v2", "linear", "sigmoid"])
-def test_schedule_config_is_dfedits(sched):
-    dc = DiffusionConfig(beta_schedule=sched)
-    s = NoiseSchedule.from_config(dc.scheduler_config())
-    assert s.num_train_timesteps == 1000 and s.prediction_type == "epsilon" and s.variance_type == "fixed_small"
-    assert s.alphas_cumprod[0] > 0.99 and s.alphas_cumprod[-1] < 0.01
-
-
-@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
-def test_objective_targets_convert_back_to_the_noise(pred):
-    """For a perfect model, the per-sample to_eps and dfedit's model_output_to_eps both recover eps."""
-    diff = Diffusion(DiffusionConfig(prediction_type=pred), [0.0] * 3, [1.0] * 3)
-    g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
-    t = torch.tensor([5, 400, 990])
-    ab = diff.abar[t].view(-1, 1, 1, 1)
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    target = {"epsilon": eps, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0, "sample": x0}[pred]
-    tol = 1e-3 if pred == "sample" else 1e-4  # x0 -> eps divides by sqrt(1 - abar), small at t = 5
-    assert torch.allclose(diff.to_eps(target, x_t, t), eps, atol=tol)
-    for i in range(3):
-        got = diff.schedule.model_output_to_eps(target[i:i + 1], x_t[i:i + 1], int(t[i]))
-        assert torch.allclose(got, eps[i:i + 1], atol=tol)
-    # And the training loss of that perfect output is zero.
-    net = lambda x, tt, text, mask: target  # noqa: E731
-    assert diff.loss(net, x0, t, eps, None, None).abs().max() < 1e-6
-
-
-def test_preconditioning_standardises_each_channel():
-    mean, std = [0.5, -0.2, 0.1], [0.3, 0.6, 0.4]
-    diff = Diffusion(DiffusionConfig(), mean, std)
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4000, 3, 2, 2, generator=g) * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-    for tv in (0, 300, 999):
-        t = torch.full((4000,), tv)
-        ab = diff.abar[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=g)
-        z = diff.net_input(x_t, t)
-        assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
-        assert (z.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
-
-
-def test_min_snr_weights_are_min_not_max():
-    diff = Diffusion(DiffusionConfig(min_snr_gamma=5.0), [0.0] * 3, [1.0] * 3)
-    x0 = torch.zeros(2, 3, 4, 4)
-    noise = torch.ones(2, 3, 4, 4)
-    net = lambda x, t, a, b: torch.zeros_like(x)  # noqa: E731  loss 1 per sample before weighting
-    t = torch.tensor([1, 999])  # huge SNR at t=1 -> weight gamma/snr << 1; tiny SNR -> weight 1
-    w = diff.loss(net, x0, t, noise, None, None)
-    assert w[0] < 0.01 and abs(float(w[1]) - 1.0) < 1e-5
 
 
 def test_cpu_bf16_attention_runs_in_fp32_and_matches(monkeypatch):
