@@ -177,11 +177,11 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
     if len(prompts) != len(views):
         raise DfeditError(f"{len(views)} views (identity + {len(view)} --view) need {len(views)} prompts, "
                           f"got {len(prompts)}")
-    edit = edits.anagram(list(prompts), views, view_seed, offered=VIEW_NAMES)
+    edit = edits.anagram(list(prompts), views, view_seed, offered=VIEW_NAMES, base_size=opts.info.sample_size)
     df, plan = start(opts, list(prompts))
     res = df.generate(edit, plan)
     # Show every sample under every view: row = sample, column = view.
-    vs = [make_view(v, res.images.shape[-1], view_seed) for v in views]
+    vs = [make_view(v, res.images.shape[-1], view_seed, base=opts.info.sample_size) for v in views]
     rows = [[to_pil(v.apply(res.images[j:j + 1]))[0] for v in vs] for j in range(res.images.shape[0])]
     labels = [[f"{v}: {p}"[:40] for v, p in zip(views, _as_read(res, prompts))] for _ in rows]
     _sheet(opts, rows, labels, res.meta)

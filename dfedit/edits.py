@@ -96,9 +96,10 @@ def inpaint(image, mask, prompt: str, size: int, *, invert_mask: bool = False, j
                 meta={"invert_mask": invert_mask, "jump_length": jump_length, "jump_n_sample": jump_n_sample})
 
 
-def anagram(prompts: list[str], views: list[str], view_seed: int = 0, offered=None) -> Edit:
+def anagram(prompts: list[str], views: list[str], view_seed: int = 0, offered=None, base_size: int | None = None) -> Edit:
     """Visual anagram: prompt k is what the image shows under view k (views[0] is usually identity).
-    `offered`: the view names an unknown one's message suggests (default: all)."""
+    `offered`: the view names an unknown one's message suggests (default: all). `base_size`: stage
+    I's size, which stage II's views must follow (dfedit.views.make_view)."""
     if len(prompts) < 2:
         raise DfeditError("an anagram needs at least two prompts")
     if len(views) != len(prompts):
@@ -107,7 +108,7 @@ def anagram(prompts: list[str], views: list[str], view_seed: int = 0, offered=No
     check_seed(view_seed, "view_seed")
 
     def eps(den, conds, uncond, scale):
-        vs = [make_view(v, den.sample_size, view_seed) for v in views]
+        vs = [make_view(v, den.sample_size, view_seed, base=base_size) for v in views]
         return multi_guided(den, conds, uncond, scale, vs)
 
     return Edit("anagram", list(prompts), eps=eps, meta={"views": list(views), "view_seed": view_seed})

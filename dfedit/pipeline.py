@@ -311,7 +311,8 @@ class DFEdit:
     def anagram(self, prompts: list[str], views: list[str], *, view_seed: int = 0, plan: Plan | None = None,
                 **kw) -> Result:
         """Visual anagram: prompt k is what the image shows under view k (views[0] is usually identity)."""
-        return self.generate(edits.anagram(list(prompts), list(views), view_seed), plan, **kw)
+        edit = edits.anagram(list(prompts), list(views), view_seed, base_size=self.info.sample_size)
+        return self.generate(edit, plan, **kw)
 
     def hybrid(self, prompts: list[str], *, split: str = "gaussian", kernel: int | None = None,
                sigma: float | None = None, plan: Plan | None = None, **kw) -> Result:

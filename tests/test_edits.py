@@ -97,6 +97,60 @@ def test_every_view_is_exactly_invertible_and_norm_preserving(name, size):
     assert torch.allclose(v.apply(x).norm(), x.norm())
 
 
+@pytest.mark.parametrize("name", sorted(VIEWS))
+@pytest.mark.parametrize("base, size", [(16, 32), (64, 256), (32, 128)])
+def test_every_view_at_a_stage_two_size_moves_the_upsampled_image_as_stage_one(name, base, size):
+    """view_II(up(x)) == up(view_I(x)) exactly, up = nearest (each pixel a block): what stage II
+    sharpens is the picture stage I made, under every view."""
+    from dfedit.views import upsample
+    small, big = make_view(name, base, seed=7), make_view(name, size, seed=7, base=base)
+    x = torch.randn(2, 3, base, base, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(big.apply(upsample(x, size // base)), upsample(small.apply(x), size // base))
+    assert torch.equal(big.inverse(big.apply(upsample(x, size // base))), upsample(x, size // base))
+
+
+def test_an_unlifted_permutation_fails_the_stage_check_and_an_unfixable_view_is_refused():
+    from dfedit.views import VIEWS as registry, check_stage, register_view
+    with pytest.raises(DfeditError, match="does not move the upsampled image"):
+        check_stage(registry["pixel_permute"](256, 0), registry["pixel_permute"](64, 0))  # stage II's own draw
+
+    class Roll(View):  # a one-pixel roll: exact at any size, but one pixel is not one block
+        name = "roll"
+
+        def apply(self, x):
+            return torch.roll(x, 1, dims=-1)
+
+        def inverse(self, x):
+            return torch.roll(x, -1, dims=-1)
+
+    register_view("roll", Roll)
+    try:
+        make_view("roll", 64)  # fine at one size
+        with pytest.raises(DfeditError, match="^view roll at 256 px does not move the upsampled image"):
+            make_view("roll", 256, base=64)
+    finally:
+        registry.pop("roll")
+
+
+@pytest.mark.parametrize("name", ["inner_circle", "square_hinge"])
+def test_the_inner_circle_and_the_hinged_squares_move_what_they_say(name):
+    n = 32
+    v = make_view(name, n)
+    x = torch.arange(n * n, dtype=torch.float32).view(1, 1, n, n)
+    y = v.apply(x)[0, 0]
+    moved = y != x[0, 0]
+    if name == "inner_circle":
+        assert not moved[0].any() and not moved[:, 0].any()  # the rim stays
+        assert torch.equal(y[8:24, 8:24], torch.rot90(x[0, 0], -1)[8:24, 8:24])  # the middle turns clockwise
+    else:
+        side, o = n // 3, (n - 3 * (n // 3)) // 2
+        sq = slice(o, o + side)
+        assert torch.equal(y[sq, sq], torch.rot90(x[0, 0, sq, sq], 1))  # top-left: +90
+        sq2 = slice(o + side, o + 2 * side)
+        assert torch.equal(y[sq, sq2], torch.rot90(x[0, 0, sq, sq2], -1))  # its neighbour: -90
+        assert not moved[-1].any()  # the row left over at 32 px stays
+
+
 def test_permutation_views_are_seeded():
     a, b, c = (make_view("pixel_permute", 16, s).apply(_img()) for s in (1, 1, 2))
     assert torch.equal(a, b) and not torch.equal(a, c)

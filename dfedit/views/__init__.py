@@ -110,11 +110,57 @@ def check_views(views: list[str], offered=None) -> None:
         raise ParamError("view", f"{bad[0]!r} is unknown: choose from {', '.join(offered or VIEWS)}")
 
 
-def make_view(name: str, size: int, seed: int = 0) -> View:
+def make_view(name: str, size: int, seed: int = 0, base: int | None = None) -> View:
+    """The view `name` for images of `size` px, checked exactly invertible and norm-preserving.
+
+    `base`: the stage I size when `size` is a later stage's (IF's stage II: 64 -> 256). The view
+    must then move the upsampled image as the stage I view moves the stage I image, or stage II
+    would sharpen a different picture from the one stage I drew: a view that does so at its own
+    size (flip, the rotations, negate, tiles that scale) is kept; a pixel permutation that does not
+    (pixel_permute, skew, the inner circle's rim) becomes its stage I permutation lifted to blocks;
+    anything else is refused. Checked here, every time, like invertibility."""
     check_views([name])
     view = VIEWS[name](size, seed)
     check_view(view, size)
+    if base is None or base == size:
+        return view
+    if size % base:
+        raise DfeditError(f"view {name} at {size} px cannot follow its {base} px view: {size} is not a multiple of {base}")
+    small = VIEWS[name](base, seed)
+    check_view(small, base)
+    if not follows(view, small) and isinstance(small, PixelPermutation):
+        view = lifted(small, size)
+    check_stage(view, small)
     return view
+
+
+def upsample(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling by a whole factor: every pixel becomes a k x k block."""
+    return x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+
+
+def follows(view: View, small: View) -> bool:
+    """Whether view(up(x)) == up(small(x)) exactly, on a random x at the small view's size."""
+    k = view.size // small.size
+    x = torch.randn(2, 3, small.size, small.size, generator=torch.Generator().manual_seed(4321))
+    return torch.equal(view.apply(upsample(x, k)), upsample(small.apply(x), k))
+
+
+def check_stage(view: View, small: View) -> None:
+    if not follows(view, small):
+        raise DfeditError(f"view {view.name} at {view.size} px does not move the upsampled image as its "
+                          f"{small.size} px view moves the image: a stage II result would lose the illusion")
+
+
+def lifted(small: PixelPermutation, size: int) -> PixelPermutation:
+    """`small`'s permutation at `size` = k * small.size px: every k x k block moves where its stage I
+    pixel moves, its pixels keeping their places inside it."""
+    n, k = small.size, size // small.size
+    rows = torch.arange(size).view(-1, 1).expand(size, size)
+    cols = torch.arange(size).view(1, -1).expand(size, size)
+    src = small.perm.to(torch.long)[(rows // k) * n + cols // k]  # the stage I pixel each block comes from
+    perm = ((src // n) * k + rows % k) * size + (src % n) * k + cols % k
+    return PixelPermutation(size, perm.flatten(), small.name, small.seed)
 
 
 def check_view(view: View, size: int) -> None:

