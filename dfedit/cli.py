@@ -20,7 +20,7 @@ from . import cli_errors
 from .cli_errors import OneLineErrors
 from .cli_options import (EditPrompt, InputImage, Options, check_cache_dir, generating, library, options,
                           start)
-from .constants import DEFAULT_STRIDE, VIEW_NAMES
+from .constants import DEFAULT_STRIDE, SPLIT_NAMES, VIEW_NAMES
 from .errors import DfeditError
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -192,10 +192,13 @@ def anagram(prompts: Annotated[list[str], typer.Argument(help="One prompt per vi
 @generating
 def hybrid(prompts: Annotated[list[str], typer.Argument(help="Two or three prompts: low frequencies, (a middle "
                                                         "band,) high frequencies.")],
-           split: Annotated[str, typer.Option("--split", help="gaussian (low/high frequencies) or color "
-                                              "(grayscale / colour).")] = "gaussian",
+           split: Annotated[str, typer.Option("--split", help=f"How the image is factorized: {', '.join(SPLIT_NAMES)} "
+                                              "(gaussian: low / high frequencies; color: grayscale / colour; "
+                                              "motion_blur: a horizontal streak / what it removes; scaling: a "
+                                              "small copy / its detail).")] = "gaussian",
            kernel: Annotated[Optional[int], typer.Option("--kernel", help="Gaussian kernel size at 64 px, odd "
-                                                         "(default 33; scaled with the model size).")] = None,
+                                                         "(default 33; scaled with the model size); for "
+                                                         "motion_blur the streak's length (default 9).")] = None,
            sigma: Annotated[Optional[float], typer.Option("--sigma", help="Gaussian sigma at 64 px (default 2).")] = None,
            opts: Options = None):
     """Hybrid image: low frequencies from the first prompt, high from the last (factorized diffusion)."""

@@ -31,3 +31,6 @@ BUILTIN_MODELS = {"emoji": Path(__file__).resolve().parent / "weights" / "emoji"
 
 # One file per anagram view in dfedit/views/ ("identity", the unchanged image, lives in its __init__).
 VIEW_NAMES = tuple(_modules("views"))
+
+# One file per hybrid split (factorization) in dfedit/splits/.
+SPLIT_NAMES = tuple(sorted(_modules("splits"), key=lambda n: n != "gaussian"))

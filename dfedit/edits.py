@@ -20,10 +20,10 @@ import torch
 from .constants import DEFAULT_STRIDE
 from .denoiser import Cond, Denoiser, EpsFn
 from .errors import DfeditError, ParamError
-from .filters import gaussian_blur
 from .images import image_at, mask_at
 from .plan import check_seed
 from .sampler import StepHook, cfg, randn
+from .splits import check_split, frequency_split
 from .schedule import NoiseSchedule
 from .views import View, check_views, make_view
 
@@ -116,17 +116,13 @@ def anagram(prompts: list[str], views: list[str], view_seed: int = 0, offered=No
 
 def hybrid(prompts: list[str], size: int, split: str = "gaussian", kernel: int | None = None,
            sigma: float | None = None) -> Edit:
-    """Hybrid image: low frequencies follow prompts[0], high frequencies prompts[-1] (and the
-    middle band prompts[1] with three prompts); split color: grayscale vs colour. kernel and sigma
-    are given at 64 px and scale with the model's `size`, like the defaults."""
+    """Hybrid image (factorized diffusion): the first component of the split follows prompts[0], the
+    last prompts[-1] (and the middle band prompts[1] with three prompts, gaussian only); the splits
+    are dfedit/splits/ (gaussian, color, motion_blur, scaling). kernel and sigma are given at 64 px
+    and scale with the model's `size`, like the defaults."""
     if len(prompts) not in (2, 3):
         raise DfeditError(f"a hybrid takes two or three prompts, got {len(prompts)}")
-    frequency_split(split, 64, len(prompts), kernel, sigma)
-    if split == "color" and (kernel is not None or sigma is not None):
-        raise ParamError("kernel", "and {sigma} shape the Gaussian split; {split} color does not use them",
-                         also=("sigma", "split"))
-    if split == "gaussian":
-        check_hybrid_kernel(kernel, sigma, size, len(prompts))
+    check_split(split, size, len(prompts), kernel, sigma)
 
     def eps(den, conds, uncond, scale):
         f = den.sample_size / 64
@@ -262,75 +258,3 @@ def multi_guided(denoiser: Denoiser, conds: list[Cond], uncond: Cond, scale: flo
         return combine(outs), (torch.stack(variances).mean(0) if variances else None)
 
     return eps_fn
-
-
-# ---- frequency splits (hybrid images, factorized diffusion) -------------------------------------
-
-
-def hybrid_kernel(size: int, kernel: int | None = None, sigma: float | None = None) -> tuple[int, float]:
-    """Kernel 33 / sigma 2 at 64 px, scaled with the image size (133 / 8 at 256 px), kernel kept odd."""
-    scale = size / 64
-    if kernel is None:
-        kernel = max(1, round(33 * scale))
-        kernel += kernel % 2 == 0
-    if sigma is None:
-        sigma = 2.0 * scale
-    return int(kernel), float(sigma)
-
-
-def check_hybrid_kernel(kernel: int | None, sigma: float | None, size: int, n_prompts: int = 2) -> None:
-    """--kernel / --sigma are given at 64 px: each must be usable as given and after scaling to the
-    model's size (an even or 1-tap kernel would be silently changed or blur nothing)."""
-    from .filters import check_blur
-    if kernel is not None:
-        check_blur(kernel, 2.0 if sigma is None else sigma, 64, "kernel", "sigma",
-                   "the 64 px scale it is given at")
-    if sigma is not None:
-        check_blur(33, sigma, 64, "kernel", "sigma")
-    f = size / 64
-    k = None if kernel is None else max(1, round(kernel * f)) | 1
-    s = None if sigma is None else sigma * f
-    k1, s1 = hybrid_kernel(size, k, s)
-    what = f" ({{kernel}} {kernel} at 64 px is {k1} at the model's {size} px)" if kernel is not None else ""
-    if k1 < 3:
-        raise ParamError("kernel", f"{kernel} scales to a {k1}-tap blur at the model's {size} px, which blurs "
-                         "nothing: use a larger {kernel}")
-    if k1 // 2 >= size or (n_prompts == 3 and hybrid_kernel(size, None if k is None else 2 * k + 1)[0] // 2 >= size):
-        raise ParamError("kernel", f"{kernel} is too large for the model's {size} px images{what}")
-
-
-def frequency_split(kind: str, size: int, n_prompts: int, kernel: int | None = None,
-                    sigma: float | None = None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-    """combine(estimates) -> sum of complementary components, one per prompt (low first).
-
-    gaussian, 2 prompts: low(e1) + high(e2) with high = identity - low (the course's hybrid).
-    gaussian, 3 prompts: coarse(e1) + [low(e2) - coarse(e2)] + [e3 - low(e3)], where coarse blurs
-    with twice the sigma: three bands that sum to the identity.
-    color: gray(e1) + (e2 - gray(e2)), gray = mean over channels (factorized diffusion).
-    """
-    if kind == "color":
-        if n_prompts != 2:
-            raise ParamError("split", "color takes exactly two prompts (grayscale, colour)")
-
-        def gray(e):
-            return e.mean(dim=1, keepdim=True).expand_as(e)
-
-        return lambda es: gray(es[0]) + (es[1] - gray(es[1]))
-    if kind != "gaussian":
-        raise ParamError("split", f"{kind!r} is unknown: use gaussian or color")
-    k, s = hybrid_kernel(size, kernel, sigma)
-    if n_prompts == 2:
-        def low(e):
-            return gaussian_blur(e, k, s)
-        return lambda es: low(es[0]) + (es[1] - low(es[1]))
-    if n_prompts == 3:
-        k2, s2 = hybrid_kernel(size, None if kernel is None else 2 * kernel + 1, 2 * s)
-
-        def coarse(e):
-            return gaussian_blur(e, k2, s2)
-
-        def fine_cut(e):
-            return gaussian_blur(e, k, s)
-
-        return lambda es: coarse(es[0]) + (fine_cut(es[1]) - coarse(es[1])) + (es[2] - fine_cut(es[2]))
-    raise DfeditError(f"a hybrid takes two or three prompts, got {n_prompts}")

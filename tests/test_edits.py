@@ -8,6 +8,7 @@ from dfedit import edits
 from dfedit.denoiser import Cond
 from dfedit.errors import DfeditError
 from dfedit.sampler import conditioned, denoise_loop
+from dfedit.splits import SPLITS, hybrid_kernel
 from dfedit.views import VIEWS, View, check_view, make_view
 
 TS = list(range(990, -1, -30))
@@ -242,6 +243,42 @@ def test_frequency_bands_of_one_estimate_sum_to_the_identity(split, n, size):
     assert torch.allclose(combine([e] * n), e, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(SPLITS))
+@pytest.mark.parametrize("size", [32, 64, 256])
+def test_every_splits_components_sum_to_the_image(name, size):
+    """c_1(x) + ... + c_K(x) = x for every registered split, and each component does something
+    (a split whose first component were the identity would pass the sum)."""
+    split = SPLITS[name]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    for n in split.prompts:
+        parts = split.components(size, n, None, None)
+        assert torch.allclose(sum(c(x) for c in parts), x, atol=1e-5)
+        assert not torch.allclose(parts[0](x), x, atol=1e-2)
+
+
+def test_motion_blur_streaks_along_rows_and_scaling_is_a_projection():
+    from dfedit.splits.motion_blur import motion_blur
+    from dfedit.splits.scaling import down_up
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 4, 4] = 1.0
+    y = motion_blur(x, 3)
+    assert torch.equal(y[0, 0, 4, 3:6], torch.full((3,), 1 / 3)) and y[0, 0, 3].abs().sum() == 0  # one row only
+    z = torch.randn(1, 3, 16, 16)
+    assert torch.allclose(down_up(down_up(z, 4), 4), down_up(z, 4), atol=1e-6)  # applying it twice changes nothing
+
+
+def test_a_split_refuses_what_it_does_not_use():
+    from dfedit.errors import ParamError
+    with pytest.raises(ParamError, match="^sigma does not apply to split motion_blur"):
+        edits.hybrid(["a", "b"], 64, "motion_blur", None, 2.0)
+    with pytest.raises(ParamError, match="^kernel and sigma shape the Gaussian split; split scaling"):
+        edits.hybrid(["a", "b"], 64, "scaling", 5, None)
+    with pytest.raises(ParamError, match="^split scaling takes exactly two prompts, got 3"):
+        edits.hybrid(["a", "b", "c"], 64, "scaling")
+    with pytest.raises(ParamError, match="^split 'box' is unknown: use gaussian, color"):
+        edits.hybrid(["a", "b"], 64, "box")
+
+
 def test_lowpass_is_a_real_lowpass():
     """The low band of white noise loses most of its energy; the high band keeps most of it."""
     e = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -252,9 +289,9 @@ def test_lowpass_is_a_real_lowpass():
 
 
 def test_hybrid_kernel_scales_with_size():
-    assert edits.hybrid_kernel(64) == (33, 2.0)
-    assert edits.hybrid_kernel(256) == (133, 8.0)
-    k, s = edits.hybrid_kernel(16)
+    assert hybrid_kernel(64) == (33, 2.0)
+    assert hybrid_kernel(256) == (133, 8.0)
+    k, s = hybrid_kernel(16)
     assert k % 2 == 1 and s == 0.5
 
 

@@ -212,3 +212,11 @@ def test_edit_bad_inputs(cli, m, tmp_path, photo, monkeypatch):
     assert "exactly two prompts" in _bad(cli, tmp_path, "hybrid", "a", "b", "c", "--split", "color", *m)
     assert "--split 'wavelet' is unknown" in _bad(cli, tmp_path, "hybrid", "a", "b", "--split", "wavelet", *m)
     assert ".gif" in _bad(cli, tmp_path, "sample", "a", "--trajectory", tmp_path / "t.png", *m)
+
+
+@pytest.mark.parametrize("split", ["motion_blur", "scaling"])
+def test_the_new_factorizations_run_through_both_stages_and_are_recorded(cli, m, tmp_path, split):
+    ok(cli("hybrid", "a dog", "a cat", "--split", split, *m, "--upscale", "--stride", "330", "--stage2-steps", "2",
+           "-o", tmp_path / "h.png"))
+    meta = read_metadata(tmp_path / "h.png")
+    assert meta["split"] == split and meta["stage2_steps"] == 2

